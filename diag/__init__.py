@@ -1,0 +1,29 @@
+"""diag: evaluation-first overfitting diagnostics for LLM fine-tuning.
+
+Everything heavy (torch, transformers, peft, plotly) is imported lazily, so `import diag` and
+`diag --help` stay fast. The sweep API is re-exported lazily too::
+
+    import diag
+    result = diag.sweep("runs/")          # probes every checkpoint under runs/
+    result.scores()                       # long-format pandas DataFrame
+    again = diag.load_sweep("runs/diag")  # reads stored results back, no model needed
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Name -> "module:attribute" for the lazily re-exported public API.
+_LAZY = {
+    "sweep": "diag.diagnostics.sweep:sweep",
+    "load_sweep": "diag.diagnostics.results:load_sweep",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'diag' has no attribute {name!r}")

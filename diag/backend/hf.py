@@ -1,0 +1,372 @@
+"""transformers + peft backend: load a base once, swap LoRA adapters, batched generate/score.
+
+Besides ``diag.train`` this is the only module that imports torch, transformers and peft.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from diag.errors import DiagError
+from diag.models import ModelSource, resolve_base
+from diag.types import ChatFormat, Generation, GenerationConfig, Loglikelihood, LoglikelihoodRequest
+
+log = logging.getLogger("diag")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def clear_gguf_quantizer(model) -> None:
+    """Make a GGUF-loaded (already dequantised) model saveable.
+
+    transformers 5 refuses ``save_pretrained`` on a model "quantized with gguf" although the
+    weights in memory are plain float tensors; dropping the quantizer state is enough, and the
+    saved weights reproduce the logits exactly (tests/test_backend.py checks it).
+    """
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(model, attr, False if attr == "is_quantized" else None)
+
+
+def ensure_local_weights(source: ModelSource) -> Path:
+    """Folder with safetensors + tokenizer for ``source``; converts the embedded GGUF once."""
+    if source.gguf_file is None:
+        return source.path
+    cache = source.cache_dir
+    assert cache is not None
+    if (cache / "config.json").is_file():
+        return cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    log.warning(
+        "converting the embedded %s GGUF to safetensors once (about 40 s) into %s",
+        source.name,
+        cache,
+    )
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.path, gguf_file=source.gguf_file, dtype=torch.float32
+    )
+    clear_gguf_quantizer(model)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "diag-conversion.json").write_text(
+        json.dumps(
+            {
+                "source": str(source.path / source.gguf_file),
+                "seconds": round(time.perf_counter() - started, 1),
+                "transformers": __import__("transformers").__version__,
+            },
+            indent=2,
+        )
+    )
+    try:
+        os.replace(tmp, cache)  # atomic: a half-written cache never looks complete
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class HFBackend:
+    """A causal LM with optional LoRA adapters, answering batched chat prompts.
+
+    >>> lm = HFBackend.load()                                  # embedded SmolLM2 (doctest: +SKIP)
+    >>> lm.generate(["What is the capital of France?"], GenerationConfig(max_new_tokens=16))
+    """
+
+    def __init__(self, model, tokenizer, name: str, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        self._peft = None  # peft.PeftModel once an adapter has been attached
+        self._active: str | None = None  # key of the active adapter; None = bare base
+        self._adapter_names: dict[str, str] = {}
+        self._counter = 0
+        tokenizer.padding_side = "left"  # generation continues from the right edge
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.stop_ids = self._stop_token_ids()
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        base: str | os.PathLike | None = None,
+        *,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HFBackend:
+        """Load ``base`` (name or local folder; default: the embedded SmolLM2)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_transformers()
+        source = resolve_base(base)
+        folder = ensure_local_weights(source)
+        device = device or default_device()
+        if dtype is None:
+            dtype = (
+                torch.bfloat16
+                if device == "cuda" and torch.cuda.is_bf16_supported()
+                else torch.float32
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise DiagError(
+                    f"model '{folder}' ships its own code",
+                    fix="re-run with --trust-remote-code if you trust it",
+                ) from exc
+            raise
+        model.to(device).eval()
+        return cls(model, tokenizer, source.name, device)
+
+    def _stop_token_ids(self) -> list[int]:
+        ids = set()
+        for value in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(value)
+        for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return sorted(ids)
+
+    # ---------------------------------------------------------------------------------- adapters
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def use_adapter(self, adapter_dir: str | os.PathLike | None) -> None:
+        """Activate the peft adapter in ``adapter_dir``; ``None`` runs the bare base model."""
+        if adapter_dir is None:
+            self._active = None
+            return
+        key = str(Path(adapter_dir).resolve())
+        if key == self._active:
+            return
+        name = self._next_name()
+        try:
+            if self._peft is None:
+                from peft import PeftModel
+
+                self._peft = PeftModel.from_pretrained(
+                    self.model, key, adapter_name=name, is_trainable=False
+                )
+            else:
+                self._peft.load_adapter(key, adapter_name=name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise self._mismatch(key, exc) from exc
+        self._activate(key, name)
+
+    def use_adapter_weights(
+        self, key: str, lora_config: dict, state_dict: dict[str, torch.Tensor]
+    ) -> None:
+        """Activate a LoRA adapter given in memory (e.g. converted from an XTuner ``.pth``).
+
+        ``state_dict`` uses peft's saved-adapter key names (``base_model.model...lora_A.weight``).
+        """
+        if key == self._active:
+            return
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        name = self._next_name()
+        config = LoraConfig(**lora_config)
+        try:
+            if self._peft is None:
+                self._peft = get_peft_model(self.model, config, adapter_name=name)
+            else:
+                self._peft.add_adapter(name, config)
+            result = set_peft_model_state_dict(self._peft, state_dict, adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise self._mismatch(key, exc) from exc
+        missing = [
+            k for k in getattr(result, "missing_keys", []) if f".{name}." in k and "lora_" in k
+        ]
+        if missing:
+            raise DiagError(f"adapter '{key}' lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+        self._peft.eval()
+        self._activate(key, name)
+
+    def _next_name(self) -> str:
+        self._counter += 1
+        return f"adapter_{self._counter}"
+
+    def _activate(self, key: str, name: str) -> None:
+        self._peft.set_adapter(name)  # load_adapter alone does not activate it
+        for old_key, old_name in list(self._adapter_names.items()):  # keep memory flat
+            self._peft.delete_adapter(old_name)
+            del self._adapter_names[old_key]
+        self._adapter_names[key] = name
+        self._active = key
+        self.model.eval()
+
+    def _mismatch(self, key: str, exc: Exception) -> DiagError:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        return DiagError(
+            f"adapter '{key}' does not fit base model '{self.name}': {first}",
+            fix="pass --base with the model the adapter was trained on",
+        )
+
+    @contextlib.contextmanager
+    def _adapter_context(self) -> Iterator[None]:
+        if self._peft is not None and self._active is None:
+            with self._peft.disable_adapter():
+                yield
+        else:
+            yield
+
+    # -------------------------------------------------------------------------------- prompting
+    def render(self, prompt: str, chat: ChatFormat) -> str:
+        """The exact text the model sees for one user prompt, up to the assistant's first token."""
+        if chat.template is None:
+            messages = (
+                [{"role": "system", "content": chat.system}] if chat.system is not None else []
+            )
+            messages.append({"role": "user", "content": prompt})
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        text = ""
+        if chat.system and chat.system_template:
+            text = chat.system_template.format(system=chat.system)
+        return text + chat.template.format(input=prompt, system=chat.system or "")
+
+    def _encode_prompts(self, prompts: Sequence[str], chat: ChatFormat) -> list[list[int]]:
+        # The tokenizer's chat template already carries any BOS text; format-string templates
+        # (XTuner style) rely on the tokenizer adding it.
+        add_special = chat.template is not None
+        texts = [self.render(p, chat) for p in prompts]
+        return [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+
+    # ------------------------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig = GenerationConfig()
+    ) -> list[Generation]:
+        """Answer every prompt, batched (similar lengths together), greedy unless configured."""
+        encoded = self._encode_prompts(prompts, config.chat)
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # left padding
+                seq = encoded[i]
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
+            sampling = (
+                {"do_sample": True, "temperature": config.temperature}
+                if config.do_sample
+                else {"do_sample": False}
+            )
+            with self._adapter_context():
+                out = self.model.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    max_new_tokens=config.max_new_tokens,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=pad,
+                    top_p=None,
+                    top_k=None,
+                    **sampling,
+                )
+            new = out[:, width:].tolist()
+            for row, i in enumerate(batch):
+                tokens = new[row]
+                stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
+                kept = tokens if stop is None else tokens[:stop]
+                results[i] = Generation(
+                    prompt=prompts[i],
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    prompt_tokens=len(encoded[i]),
+                    new_tokens=len(kept),
+                    hit_limit=stop is None and len(tokens) >= config.max_new_tokens,
+                )
+        return results  # type: ignore[return-value]
+
+    # --------------------------------------------------------------------------- loglikelihood
+    @torch.inference_mode()
+    def loglikelihood(
+        self,
+        requests: Sequence[LoglikelihoodRequest],
+        chat: ChatFormat = ChatFormat(),
+        batch_size: int = 16,
+    ) -> list[Loglikelihood]:
+        """Sum of log p(continuation | chat prompt) per request; one forward pass per batch."""
+        contexts = self._encode_prompts([r.prompt for r in requests], chat)
+        conts = [
+            self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"] for r in requests
+        ]
+        order = sorted(range(len(requests)), key=lambda i: len(contexts[i]) + len(conts[i]))
+        results: list[Loglikelihood | None] = [None] * len(requests)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            seqs = [contexts[i] + conts[i] for i in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):  # right padding: positions line up with the text
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            with self._adapter_context():
+                logits = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                ).logits
+            for row, i in enumerate(batch):
+                n_ctx, n_cont = len(contexts[i]), len(conts[i])
+                if n_cont == 0:
+                    results[i] = Loglikelihood(0.0, 0)
+                    continue
+                # logits at position t predict token t+1
+                step_logits = logits[row, n_ctx - 1 : n_ctx + n_cont - 1].float()
+                target = torch.tensor(conts[i], device=step_logits.device)
+                logprobs = (
+                    torch.log_softmax(step_logits, dim=-1).gather(1, target[:, None]).squeeze(1)
+                )
+                results[i] = Loglikelihood(float(logprobs.sum()), n_cont)
+        return results  # type: ignore[return-value]

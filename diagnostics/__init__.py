@@ -1,0 +1,1 @@
+"""Diagnostics (installed as ``diag.diagnostics``): discover checkpoints, sweep, recommend, gate."""

@@ -1,0 +1,134 @@
+"""The batched transformers backend, on the tiny seeded model (and the real one, marked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from diag.backend.hf import HFBackend
+from diag.errors import DiagError
+from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Who are you?",
+    "你是谁？",
+    "Translate 'cat' into French.",
+    "hi",
+]
+
+
+def test_batched_generation_equals_one_by_one(tiny_backend):
+    config = GenerationConfig(max_new_tokens=12, batch_size=8)
+    batched = tiny_backend.generate(PROMPTS, config)
+    single = [tiny_backend.generate([p], config)[0] for p in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.prompt for g in batched] == PROMPTS  # order preserved despite length sorting
+    assert all(g.new_tokens <= 12 for g in batched)
+
+
+def test_hit_limit_reported(tiny_backend):
+    gens = tiny_backend.generate(PROMPTS, GenerationConfig(max_new_tokens=3))
+    # a random model rarely says end-of-turn within 3 tokens: those answers hit the limit
+    for g in gens:
+        assert g.hit_limit == (g.new_tokens == 3)
+    assert any(g.hit_limit for g in gens)
+
+
+def test_chat_template_and_explicit_system(tiny_backend):
+    default = tiny_backend.render("hi", ChatFormat())
+    assert "You are a helpful AI assistant named SmolLM" in default  # the template's default
+    custom = tiny_backend.render("hi", ChatFormat(system="You are Nova."))
+    assert "You are Nova." in custom and "SmolLM" not in custom
+    xtuner = tiny_backend.render(
+        "hi",
+        ChatFormat(
+            system="S",
+            template="<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
+            system_template="<|im_start|>system\n{system}<|im_end|>\n",
+        ),
+    )
+    assert (
+        xtuner
+        == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_loglikelihood_batched_equals_single(tiny_backend):
+    reqs = [LoglikelihoodRequest(p, "I am Nova, Jianfeng's assistant.") for p in PROMPTS]
+    batched = tiny_backend.loglikelihood(reqs, batch_size=4)
+    single = [tiny_backend.loglikelihood([r])[0] for r in reqs]
+    for b, s in zip(batched, single):
+        assert b.tokens == s.tokens > 0
+        assert b.logprob == pytest.approx(s.logprob, abs=1e-4)
+        assert b.logprob < 0
+
+
+def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters):
+    config = GenerationConfig(max_new_tokens=10)
+    a, b = tiny_adapters
+    swapping = HFBackend.load(tiny_model_dir, device="cpu")
+    base0 = swapping.generate(PROMPTS, config)
+    swapping.use_adapter(a)
+    out_a1 = swapping.generate(PROMPTS, config)
+    swapping.use_adapter(b)
+    out_b = swapping.generate(PROMPTS, config)
+    swapping.use_adapter(a)
+    out_a2 = swapping.generate(PROMPTS, config)
+    swapping.use_adapter(None)
+    base1 = swapping.generate(PROMPTS, config)
+
+    def fresh(adapter):
+        lm = HFBackend.load(tiny_model_dir, device="cpu")
+        lm.use_adapter(adapter)
+        return lm.generate(PROMPTS, config)
+
+    tokens = lambda gens: [g.text for g in gens]  # noqa: E731
+    assert tokens(out_a1) == tokens(out_a2) == tokens(fresh(a))
+    assert tokens(out_b) == tokens(fresh(b))
+    assert tokens(base0) == tokens(base1) == tokens(fresh(None))
+    assert tokens(out_a1) != tokens(base0)  # the adapter really changes the answers
+    assert len(swapping._adapter_names) == 1  # old adapters are deleted: memory stays flat
+
+
+def test_adapter_shape_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
+    from tiny import build_lora_adapter, build_tiny_model
+
+    other = build_tiny_model(tmp_path / "wider", seed=1, hidden_size=48)
+    adapter = build_lora_adapter(other, tmp_path / "wide-adapter", seed=3)
+    lm = HFBackend.load(tiny_model_dir, device="cpu")
+    with pytest.raises(DiagError, match="does not fit base model"):
+        lm.use_adapter(adapter)
+
+
+def test_hub_id_without_network_says_how_to_fix():
+    with pytest.raises(DiagError, match=r"not a local folder.*--base ./model"):
+        HFBackend.load("some-org/some-model-that-is-not-cached")
+
+
+@pytest.mark.integration
+def test_smollm_answers_paris(smollm_backend):
+    gens = smollm_backend.generate(
+        ["What is the capital of France?", "What is 2 + 2?"], GenerationConfig(max_new_tokens=24)
+    )
+    assert "Paris" in gens[0].text
+    assert gens[0].prompt_tokens > 5
+
+
+@pytest.mark.integration
+def test_gguf_conversion_keeps_logits_exactly(smollm_backend):
+    """The cached safetensors give exactly the logits of the in-memory GGUF load."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from diag.backend.hf import clear_gguf_quantizer
+    from diag.models import EMBEDDED_GGUF, embedded_gguf_dir
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF, dtype=torch.float32
+    )
+    clear_gguf_quantizer(gguf_model)
+    ids = smollm_backend.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = gguf_model(ids).logits
+        got = smollm_backend.model(ids).logits
+    assert torch.equal(expected, got)

@@ -1,0 +1,1 @@
+"""Thin trainer (installed as ``diag.train``): frequent checkpoints and data dilution."""
