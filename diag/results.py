@@ -1,0 +1,118 @@
+"""Shapes of what diag writes to disk, shared by probes, sweep, recommendation, report and gate.
+
+Every file diag writes is self-describing: it carries ``schema_version`` and a ``tool`` block.
+
+A **probe summary** (``diag probe --out DIR`` writes it as ``summary.json``; a sweep stores one per
+checkpoint) is a dict::
+
+    {
+      "schema_version": 1,
+      "tool": {"name": "diag", "version": "0.1.0"},
+      "model": {"base": "...", "adapter": "... or null"},
+      "probe_sets": {"identity_recall": "sha256:...", ...},     # content hashes of the data
+      "generation": {...GenerationConfig...},
+      "identity": {"name": ..., "hash": ...},
+      "metrics":   {"identity_recall": 0.97, "near_miss": 0.8, "general_accuracy": 0.62,
+                    "retention": 0.98, "drift": 0.05, "seq_rep_4": 0.02, "loop_rate": 0.0,
+                    "parrot_leakage": 0.0, "modal_share": 0.03},      # METRICS, None if not run
+      "stats": {<metric>: MetricStats.to_dict()},                 # intervals, counts, paired data
+      "by_language": {"en": {<metric>: value}, "zh": {...}},
+      "probes": {<probe>: {"version": 1, "direction": "higher"|"lower"}},
+    }
+
+A **sweep result** (``results.json``) has ``schema_version``, ``tool``, ``created``, ``base``,
+``runs`` ({run: {"path", "base", "train_loss": [[step, loss]], "eval_loss": [...]}}),
+``checkpoints`` (list of checkpoint records: ``run``, ``step`` (0 for the base), ``path``,
+``format``, ``fingerprint``, ``status`` ("ok"/"error"), ``error``, ``metrics``, ``stats``,
+``by_language``) and ``recommendation`` (``run``, ``step``, ``path``, ``reasons``, ``onset_step``;
+fields null when there is none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Stable metric names: scripts, the gate and CI depend on them. Direction: is higher better?
+METRICS: dict[str, bool] = {
+    "identity_recall": True,
+    "near_miss": True,
+    "general_accuracy": True,
+    "retention": True,
+    "drift": False,
+    "seq_rep_4": False,
+    "loop_rate": False,
+    "parrot_leakage": False,
+    "modal_share": False,
+}
+
+
+@dataclass
+class MetricStats:
+    """Everything the policy and the report need to judge one metric, beyond its point value.
+
+    value: the point estimate (same as ``metrics[name]``).
+    low/high: confidence interval (95 % Wilson for proportions), when one applies.
+    successes/n: for proportions (identity recall, accuracy, leakage, ...).
+    base_value: the same metric on the base model, when the probe compares with it.
+    paired: for retention: {"both", "base_only", "ckpt_only", "neither"} counts over general items
+        ("base_only" = base right, checkpoint wrong), and "newly_wrong": [item ids].
+    """
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    successes: int | None = None
+    n: int | None = None
+    base_value: float | None = None
+    paired: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MetricStats:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def tool_block() -> dict:
+    from diag import __version__
+
+    return {"name": "diag", "version": __version__}
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON so a reader never sees a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=2, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
