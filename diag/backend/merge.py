@@ -1,0 +1,211 @@
+"""Merge a LoRA adapter into its base and save a plain Hugging Face model folder.
+
+The output loads with nothing but transformers (``AutoModelForCausalLM.from_pretrained(out)``):
+safetensors weights, config, tokenizer with its chat template, and a generation config whose
+end-of-sequence ids include the chat end-of-turn token, so ``generate`` stops where diag's probes
+stopped. A ``diag-merge.json`` provenance file records where the weights came from.
+
+Like :mod:`diag.backend.hf`, this is one of the few modules allowed to import torch and peft.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diag.backend.hf import _quiet_transformers, ensure_local_weights
+from diag.errors import DiagError
+from diag.models import resolve_base
+from diag.results import tool_block, write_json_atomic
+
+log = logging.getLogger("diag")
+
+PROVENANCE_FILE = "diag-merge.json"
+# Tokens that end an assistant turn in common chat templates (ChatML, Llama 3, Phi).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+@dataclass
+class AdapterSource:
+    """A LoRA adapter to merge: a peft folder, or weights already in memory.
+
+    key: how provenance names it (the checkpoint path as the user knows it).
+    adapter_dir: a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+    lora_config / state_dict: a converted adapter (e.g. from an XTuner ``.pth``), with peft's
+        saved-adapter key names, as :meth:`diag.backend.hf.HFBackend.use_adapter_weights` takes.
+    """
+
+    key: str
+    adapter_dir: Path | None = None
+    lora_config: dict | None = None
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.adapter_dir is None) == (self.state_dict is None):
+            raise ValueError("give exactly one of adapter_dir or lora_config + state_dict")
+        if self.state_dict is not None and self.lora_config is None:
+            raise ValueError("state_dict needs its lora_config")
+
+
+def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
+    """The base model an adapter folder says it was trained on (``base_model_name_or_path``)."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def merge_adapter(
+    source: AdapterSource,
+    out: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    provenance: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Merge ``source`` into ``base`` (peft ``merge_and_unload``) and save it to ``out``.
+
+    The merge runs in float32 and the result is saved in the base's own dtype, so a bf16 base stays
+    bf16. ``out`` must not exist or be empty: diag never overwrites a model folder. The folder is
+    written under a temporary name and renamed at the end, so a crash never leaves a half model.
+    ``provenance`` is merged into ``diag-merge.json`` next to the weights.
+
+    >>> merge_adapter(AdapterSource("runs/a/checkpoint-300", Path("runs/a/checkpoint-300")),
+    ...               "merged/", base="smollm2-135m-instruct")    # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DiagError(
+            f"output '{out}' already exists and is not empty",
+            fix="pass a new --out folder (diag never overwrites a model)",
+        )
+    _quiet_transformers()
+    started = time.perf_counter()
+    model_source = resolve_base(base)
+    folder = ensure_local_weights(model_source)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    saved_dtype = _stored_dtype(folder)
+
+    peft_model = _attach(model, source, model_source.name)
+    merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN weights
+    if saved_dtype is not None and saved_dtype != torch.float32:
+        merged = merged.to(saved_dtype)
+    merged.generation_config = _generation_config(merged, tokenizer, GenerationConfig)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {
+            "schema_version": 1,
+            "tool": tool_block(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "base": model_source.name,
+            "source": {"checkpoint": source.key, "adapter_dir": _str(source.adapter_dir)},
+            "dtype": str(saved_dtype or torch.float32).replace("torch.", ""),
+            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "versions": _versions(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        record.update(provenance or {})
+        write_json_atomic(tmp / PROVENANCE_FILE, record)
+        if out.exists():  # an empty folder the user made
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("merged %s into %s -> %s", source.key, model_source.name, out)
+    return out
+
+
+def _attach(model, source: AdapterSource, base_name: str):
+    """Wrap ``model`` in a PeftModel holding ``source``; a mismatch is a one-line DiagError."""
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+
+    try:
+        if source.adapter_dir is not None:
+            if not (Path(source.adapter_dir) / "adapter_config.json").is_file():
+                raise DiagError(
+                    f"'{source.adapter_dir}' is not a LoRA adapter folder (no adapter_config.json)",
+                    fix="point at a peft checkpoint folder or an XTuner .pth the sweep found",
+                )
+            return PeftModel.from_pretrained(model, str(source.adapter_dir), is_trainable=False)
+        peft_model = get_peft_model(model, LoraConfig(**source.lora_config))
+        result = set_peft_model_state_dict(peft_model, source.state_dict)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DiagError(
+            f"adapter '{source.key}' does not fit base model '{base_name}': {first}",
+            fix="pass --base with the model the adapter was trained on",
+        ) from exc
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise DiagError(
+            f"adapter '{source.key}' lacks {len(missing)} LoRA weights, e.g. {missing[0]}"
+        )
+    return peft_model
+
+
+def _stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype the base's config.json says its weights are stored in."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype")
+    value = getattr(torch, str(name), None) if name else None
+    return value if isinstance(value, torch.dtype) else None
+
+
+def _generation_config(model, tokenizer, config_cls):
+    """The base's generation config, with end-of-turn tokens added to ``eos_token_id``.
+
+    Base models often list only ``<|endoftext|>``; a chat model merged from diag's checkpoints
+    must stop at the end of its turn, as it did when diag probed it.
+    """
+    config = getattr(model, "generation_config", None) or config_cls.from_model_config(model.config)
+    eos = config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    for token in END_OF_TURN_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(tid)
+    if ids:
+        config.eos_token_id = ids[0] if len(ids) == 1 else ids
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def _str(path: Path | None) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None
