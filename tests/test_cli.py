@@ -1,0 +1,53 @@
+"""The command line stays thin and fast: no heavy imports for --help, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from diag.cli import cli
+
+HEAVY = ("torch", "transformers", "peft", "plotly")
+
+
+def _modules_after(args: list[str]) -> tuple[int, str, list[str]]:
+    code = (
+        "import json, sys\n"
+        "from diag.cli import cli\n"
+        "try:\n"
+        f"    cli({args!r}, standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, proc.stdout, json.loads(lines[-1]) if lines else []
+
+
+def test_help_lists_commands_without_heavy_imports():
+    rc, out, modules = _modules_after(["--help"])
+    assert rc == 0
+    for name in cli.list_commands(None):
+        assert name in out
+    assert not [m for m in HEAVY if m in modules]
+
+
+def test_every_subcommand_help_is_light():
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--help"]).output
+    for name in cli.list_commands(None):
+        assert name in listed
+        rc, out, modules = _modules_after([name, "--help"])
+        assert rc == 0, out
+        heavy = [m for m in HEAVY if m in modules]
+        assert not heavy, f"`diag {name} --help` imports {heavy}"
+
+
+def test_unknown_command_suggests_the_close_one():
+    result = CliRunner().invoke(cli, ["sweeep"])
+    assert result.exit_code == 2
+    assert "Did you mean 'sweep'" in result.output
