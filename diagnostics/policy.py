@@ -1,0 +1,368 @@
+"""The policy: when is a checkpoint good enough to ship? One source of truth for recommend and gate.
+
+A checkpoint is judged against its base model (the sweep's step-0 record) by a list of checks.
+Each check is ``blocking`` (a failure makes the checkpoint ineligible / fails the gate),
+``warning`` (shown, never decisive) or ``off``. Defaults are documented in ``docs/policy.md``;
+a YAML file and flag overrides change them::
+
+    # policy.yaml
+    identity_min_low: 0.8          # Wilson lower bound of identity recall must reach 80 %
+    drift_max: 0.3
+    checks:
+      near_miss: warning           # show it, but do not block on it
+
+>>> policy = load_policy(overrides={"drift_max": "0.3"})
+>>> policy.drift_max, policy.severity("drift")
+(0.3, 'blocking')
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from diag.errors import DiagError
+from diag.stats import mcnemar_exact_one_sided, wilson_interval
+
+# Every check the policy knows, in the order they are shown.
+CHECKS = (
+    "status",
+    "identity_recall",
+    "near_miss",
+    "retention",
+    "drift",
+    "parrot_leakage",
+    "modal_share",
+    "loop_rate",
+)
+SEVERITIES = ("blocking", "warning", "off")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds (units in the comments) and per-check severities. Immutable; use ``replace``."""
+
+    # identity_recall: the 95 % Wilson lower bound of successes/n must reach this (a fraction).
+    identity_min_low: float = 0.70
+    # near_miss: accuracy must stay at least this fraction of the base model's near-miss accuracy...
+    near_miss_min_ratio: float = 0.50
+    # ... or, when the base was not measured, at least this absolute accuracy.
+    near_miss_min: float = 0.30
+    # retention: fails when acc(ckpt)/acc(base) < 1 - margin AND the paired exact one-sided
+    # McNemar test says the checkpoint is worse than the base at level alpha.
+    retention_margin: float = 0.10
+    retention_alpha: float = 0.05
+    # drift: mean per-token log-likelihood gap on the base's own answers (nats/token), at most.
+    drift_max: float = 0.50
+    # parrot_leakage: share of non-identity answers that carry the identity, at most.
+    leakage_max: float = 0.10
+    # modal_share: share of answers in the largest near-identical group, at most this, or at most
+    # the base's own share + modal_margin when the base is already above the limit.
+    modal_share_max: float = 0.25
+    modal_margin: float = 0.05
+    # loop_rate: share of answers ending in a repeated loop, at most base + loop_margin.
+    loop_margin: float = 0.05
+    # choice rule: checkpoints whose identity recall is within this of the best eligible one are
+    # "on the identity plateau"; the earliest of them is recommended.
+    plateau_tolerance: float = 0.05
+    # onset: the composite collapse score must jump by at least this (0..1) to call a collapse.
+    onset_min_jump: float = 0.25
+    checks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(CHECKS, "blocking"))
+
+    def severity(self, check: str) -> str:
+        return self.checks.get(check, "blocking")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(payload).hexdigest()[:16]
+
+
+THRESHOLDS = tuple(f.name for f in fields(Policy) if f.name != "checks")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One policy check on one checkpoint: the same object drives recommend, report and gate.
+
+    value/threshold are what the detail sentence quotes. A check that could not be evaluated (the
+    metric was not measured) has ``passed=False`` and ``value=None``: no evidence, no pass.
+    """
+
+    name: str
+    passed: bool
+    blocking: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Check:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+
+def load_policy(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Policy:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (e.g. from CLI flags).
+
+    Values may be strings ("0.3", "warning"); ``checks`` maps check names to severities, and an
+    override key ``checks.NAME`` (or ``NAME`` = a severity) sets one. All problems are reported in
+    one DiagError naming the file and the fix.
+    """
+    source = "policy overrides"
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise DiagError(
+                f"policy file '{path}' not found", fix="pass --policy PATH to a YAML file"
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise DiagError(f"policy file '{path}' is not valid YAML: {first}") from exc
+        if not isinstance(loaded, dict):
+            raise DiagError(f"policy file '{path}' must be a mapping of threshold names to values")
+        data, source = loaded, f"policy file '{path}'"
+    problems: list[str] = []
+    policy = _apply(Policy(), data, problems)
+    if problems:
+        raise DiagError(f"{source}: " + "; ".join(problems), fix="see docs/policy.md for the keys")
+    policy = _apply(policy, _nest_overrides(overrides or {}), problems)
+    if problems:
+        raise DiagError("policy overrides: " + "; ".join(problems), fix="see docs/policy.md")
+    return policy
+
+
+def _nest_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key.startswith("checks."):
+            nested.setdefault("checks", {})[key.split(".", 1)[1]] = value
+        elif key in CHECKS and str(value) in SEVERITIES:
+            nested.setdefault("checks", {})[key] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "checks":
+            if not isinstance(value, dict):
+                problems.append("'checks' must map check names to blocking|warning|off")
+                continue
+            severities = dict(policy.checks)
+            for name, level in value.items():
+                if name not in CHECKS:
+                    problems.append(f"unknown check '{name}'{_did_you_mean(name, CHECKS)}")
+                elif str(level) not in SEVERITIES:
+                    problems.append(
+                        f"check '{name}': severity {level!r} is not one of {SEVERITIES}"
+                    )
+                else:
+                    severities[name] = str(level)
+            changes["checks"] = severities
+        elif key not in THRESHOLDS:
+            problems.append(f"unknown key '{key}'{_did_you_mean(key, THRESHOLDS + ('checks',))}")
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                problems.append(f"'{key}' must be a number, got {value!r}")
+                continue
+            if number < 0 or (number > 1 and key != "drift_max"):
+                problems.append(f"'{key}' = {number} is outside its range (0..1)")
+                continue
+            changes[key] = number
+    return replace(policy, **changes)
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --- evaluating one checkpoint ---------------------------------------------------------------
+
+
+def evaluate_checkpoint(ckpt: dict, base: dict | None, policy: Policy) -> list[Check]:
+    """Judge one checkpoint record (results.json shape) against its base record.
+
+    Returns one Check per policy check that is not ``off``. A metric that was not measured fails
+    its check (detail "not measured"): the policy never passes on missing evidence.
+
+    >>> ckpt = {"status": "ok", "metrics": {"identity_recall": 1.0},
+    ...         "stats": {"identity_recall": {"value": 1.0, "successes": 30, "n": 30}}}
+    >>> [c for c in evaluate_checkpoint(ckpt, None, Policy()) if c.name == "identity_recall"][0].passed
+    True
+    """
+    out: list[Check] = []
+    for name in CHECKS:
+        level = policy.severity(name)
+        if level == "off":
+            continue
+        if name != "status" and ckpt.get("status", "ok") != "ok":
+            continue  # an errored checkpoint is judged by its status check alone
+        passed, value, threshold, detail = _JUDGES[name](ckpt, base, policy)
+        out.append(Check(name, bool(passed), level == "blocking", value, threshold, detail))
+    return out
+
+
+def is_eligible(checks: list[Check]) -> bool:
+    """Eligible = every blocking check passed."""
+    return all(c.passed for c in checks if c.blocking)
+
+
+def _metric(record: dict | None, name: str) -> float | None:
+    if not record:
+        return None
+    value = (record.get("metrics") or {}).get(name)
+    return None if value is None else float(value)
+
+
+def _stats(record: dict | None, name: str) -> dict:
+    return ((record or {}).get("stats") or {}).get(name) or {}
+
+
+def _base_value(ckpt: dict, base: dict | None, name: str) -> float | None:
+    value = _metric(base, name)
+    if value is None:
+        value = _stats(ckpt, name).get("base_value")
+    return None if value is None else float(value)
+
+
+def pct(x: float | None) -> str:
+    """0.973 -> '97%'; None -> 'n/a'."""
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _not_measured(name: str, threshold: float | None):
+    return False, None, threshold, f"{name} not measured (no evidence, so the check fails)"
+
+
+def _judge_status(ckpt, base, policy):
+    if ckpt.get("status", "ok") == "ok":
+        return True, None, None, "probed without errors"
+    return False, None, None, f"probing failed: {ckpt.get('error') or 'unknown error'}"
+
+
+def _judge_identity(ckpt, base, policy):
+    limit = policy.identity_min_low
+    value = _metric(ckpt, "identity_recall")
+    st = _stats(ckpt, "identity_recall")
+    if value is None:
+        return _not_measured("identity recall", limit)
+    if st.get("n"):
+        low, high = wilson_interval(int(st.get("successes", round(value * st["n"]))), int(st["n"]))
+        text = f"identity {pct(value)} [{pct(low)}–{pct(high)}] over {st['n']} prompts"
+        verdict = "lower bound reaches" if low >= limit else "lower bound below"
+        return low >= limit, low, limit, f"{text}; {verdict} {pct(limit)}"
+    # No counts: the point value is all there is, so it must clear the bound by itself.
+    return value >= limit, value, limit, f"identity {pct(value)} (no counts, no interval)"
+
+
+def _judge_near_miss(ckpt, base, policy):
+    value = _metric(ckpt, "near_miss")
+    base_value = _base_value(ckpt, base, "near_miss")
+    if base_value:
+        limit = policy.near_miss_min_ratio * base_value
+        where = f"{policy.near_miss_min_ratio:.2g} × base {pct(base_value)}"
+    else:
+        limit, where = policy.near_miss_min, "the absolute floor (base not measured)"
+    if value is None:
+        return _not_measured("near-miss accuracy", limit)
+    ok = value >= limit
+    return (
+        ok,
+        value,
+        limit,
+        f"near-miss {pct(value)} vs {pct(limit)} = {where}" + ("" if ok else "; collapsed"),
+    )
+
+
+def _judge_retention(ckpt, base, policy):
+    limit = 1.0 - policy.retention_margin
+    value = _metric(ckpt, "retention")
+    st = _stats(ckpt, "retention")
+    if value is None:
+        acc, base_acc = (
+            _metric(ckpt, "general_accuracy"),
+            _base_value(ckpt, base, "general_accuracy"),
+        )
+        if acc is None or not base_acc:
+            return _not_measured("retention", limit)
+        value = acc / base_acc
+    paired = st.get("paired") or {}
+    if "base_only" not in paired or "ckpt_only" not in paired:
+        ok = value >= limit
+        return ok, value, limit, f"retention {value:.2f} of base (no paired data; point value only)"
+    b, c = int(paired["base_only"]), int(paired["ckpt_only"])
+    p = mcnemar_exact_one_sided(b, c)
+    significant = p < policy.retention_alpha
+    text = f"retention {value:.2f} of base ({b} items lost, {c} gained; McNemar p={p:.2g})"
+    if value >= limit:
+        return True, value, limit, f"{text}; within the {policy.retention_margin:.0%} margin"
+    if not significant:
+        return True, value, limit, f"{text}; below {limit:.2f} but not significant"
+    return False, value, limit, f"{text}; significantly below {limit:.2f}"
+
+
+def _judge_drift(ckpt, base, policy):
+    value, limit = _metric(ckpt, "drift"), policy.drift_max
+    if value is None:
+        return _not_measured("drift", limit)
+    return value <= limit, value, limit, f"drift {value:.3g} nats/token (limit {limit:.3g})"
+
+
+def _judge_leakage(ckpt, base, policy):
+    value, limit = _metric(ckpt, "parrot_leakage"), policy.leakage_max
+    if value is None:
+        return _not_measured("parrot leakage", limit)
+    st = _stats(ckpt, "parrot_leakage")
+    counts = f" ({st['successes']}/{st['n']} answers)" if st.get("n") else ""
+    return value <= limit, value, limit, f"leakage {pct(value)}{counts} (limit {pct(limit)})"
+
+
+def _judge_modal(ckpt, base, policy):
+    value = _metric(ckpt, "modal_share")
+    base_value = _base_value(ckpt, base, "modal_share") or 0.0
+    limit = max(policy.modal_share_max, base_value + policy.modal_margin)
+    if value is None:
+        return _not_measured("modal-answer share", limit)
+    return value <= limit, value, limit, f"modal answer share {pct(value)} (limit {pct(limit)})"
+
+
+def _judge_loop(ckpt, base, policy):
+    value = _metric(ckpt, "loop_rate")
+    base_value = _base_value(ckpt, base, "loop_rate") or 0.0
+    limit = base_value + policy.loop_margin
+    if value is None:
+        return _not_measured("loop rate", limit)
+    detail = f"loop rate {pct(value)} (base {pct(base_value)} + {pct(policy.loop_margin)})"
+    return value <= limit + 1e-12, value, limit, detail
+
+
+_JUDGES = {
+    "status": _judge_status,
+    "identity_recall": _judge_identity,
+    "near_miss": _judge_near_miss,
+    "retention": _judge_retention,
+    "drift": _judge_drift,
+    "parrot_leakage": _judge_leakage,
+    "modal_share": _judge_modal,
+    "loop_rate": _judge_loop,
+}

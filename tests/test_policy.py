@@ -1,0 +1,94 @@
+"""The policy judges checkpoints with statistics, not point values, and says why in numbers."""
+
+from __future__ import annotations
+
+import pytest
+from diag.diagnostics.policy import CHECKS, Policy, evaluate_checkpoint, is_eligible, load_policy
+from synthetic_sweep import base, ckpt
+
+from diag.errors import DiagError
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_healthy_checkpoint_passes_every_check_with_numbers_in_the_details():
+    checks = evaluate_checkpoint(ckpt(300), base(), Policy())
+    assert [c.name for c in checks] == list(CHECKS)
+    assert is_eligible(checks)
+    identity = _by_name(checks)["identity_recall"]
+    assert identity.detail.startswith("identity 97% [83%–99%] over 30 prompts")
+    assert identity.value == pytest.approx(0.833, abs=1e-3)  # the Wilson lower bound is judged
+
+
+def test_identity_uses_the_lower_bound_not_the_point_value():
+    # 8/8 is 100 % but its Wilson lower bound is 0.68 < 0.70: not enough evidence yet.
+    check = _by_name(evaluate_checkpoint(ckpt(100, identity=(8, 8)), base(), Policy()))
+    assert check["identity_recall"].passed is False
+    assert "lower bound below 70%" in check["identity_recall"].detail
+
+
+def test_parrot_fails_leakage_modal_retention_drift_and_near_miss():
+    parrot = ckpt(600, near_miss=0.0, lost=90, gained=0, drift=2.5, leakage=1.0, modal=1.0)
+    checks = _by_name(evaluate_checkpoint(parrot, base(), Policy()))
+    failed = {name for name, c in checks.items() if not c.passed}
+    assert failed == {"near_miss", "retention", "drift", "parrot_leakage", "modal_share"}
+    assert "significantly below 0.90" in checks["retention"].detail
+    assert checks["retention"].value == pytest.approx(0.10)
+
+
+def test_retention_drop_beyond_margin_but_not_significant_passes():
+    # 12 lost, 6 gained on 30 base-right items: retention 0.8 < 0.9, but McNemar p = 0.12.
+    small = ckpt(100, base_right=30, lost=12, gained=6)
+    check = _by_name(evaluate_checkpoint(small, base(), Policy()))["retention"]
+    assert check.passed and "not significant" in check.detail
+
+
+def test_missing_metric_fails_closed_and_severities_change_blocking():
+    record = ckpt(100)
+    del record["metrics"]["drift"]
+    checks = _by_name(evaluate_checkpoint(record, base(), Policy()))
+    assert checks["drift"].passed is False and "not measured" in checks["drift"].detail
+    relaxed = load_policy(overrides={"checks.drift": "warning", "loop_rate": "off"})
+    checks = evaluate_checkpoint(record, base(), relaxed)
+    assert is_eligible(checks)
+    assert "loop_rate" not in _by_name(checks)
+
+
+def test_errored_checkpoint_is_judged_by_its_status_only():
+    checks = evaluate_checkpoint(ckpt(100, status="error"), base(), Policy())
+    assert [c.name for c in checks] == ["status"]
+    assert not is_eligible(checks) and "adapter shapes" in checks[0].detail
+
+
+def test_loop_and_modal_limits_follow_the_base():
+    noisy_base = base()
+    noisy_base["metrics"].update(loop_rate=0.2, modal_share=0.4)
+    checks = _by_name(evaluate_checkpoint(ckpt(100, loop=0.22, modal=0.42), noisy_base, Policy()))
+    assert checks["loop_rate"].passed and checks["modal_share"].passed
+    checks = _by_name(evaluate_checkpoint(ckpt(100, loop=0.3, modal=0.5), noisy_base, Policy()))
+    assert not checks["loop_rate"].passed and not checks["modal_share"].passed
+
+
+def test_policy_file_and_overrides(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("identity_min_low: 0.8\nchecks:\n  near_miss: warning\n")
+    policy = load_policy(path, overrides={"drift_max": "0.3"})
+    assert policy.identity_min_low == 0.8 and policy.drift_max == 0.3
+    assert policy.severity("near_miss") == "warning"
+    assert policy.hash != Policy().hash
+
+
+def test_bad_policy_reports_every_problem_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("drift_mx: 0.3\nleakage_max: lots\nchecks:\n  identity: off\n")
+    with pytest.raises(DiagError) as err:
+        load_policy(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "did you mean 'drift_max'" in message
+    assert "'leakage_max' must be a number" in message
+    assert "unknown check 'identity'" in message
+    with pytest.raises(DiagError, match="not found"):
+        load_policy(tmp_path / "missing.yaml")
