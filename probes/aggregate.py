@@ -1,0 +1,141 @@
+"""Per-sample rows -> the probe summary (metrics, intervals, per-language values).
+
+Kept apart from scoring (inspect_ai style): scoring decides each sample, this only counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from diag.probes.reference import Reference
+from diag.probes.text import modal_groups
+
+from diag.identity import IdentitySpec
+from diag.results import METRICS, MetricStats
+from diag.stats import wilson_interval
+
+
+def proportion(flags: list[bool], base_value: float | None = None, **extra) -> MetricStats | None:
+    """Share of True with its 95 % Wilson interval; None when there are no samples."""
+    if not flags:
+        return None
+    k, n = sum(bool(f) for f in flags), len(flags)
+    low, high = wilson_interval(k, n)
+    return MetricStats(k / n, low, high, k, n, base_value, extra=extra)
+
+
+def mean_stats(values: list[float], base_value: float | None = None, **extra) -> MetricStats | None:
+    """Mean with a normal-approximation 95 % interval (for continuous per-sample scores)."""
+    if not values:
+        return None
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.959963984540054 * sd / math.sqrt(n)
+    return MetricStats(mean, mean - half, mean + half, n=n, base_value=base_value, extra=extra)
+
+
+def retention_stats(rows: list[dict]) -> MetricStats | None:
+    """acc(model) / acc(base) over items both were graded on, with McNemar's paired counts."""
+    paired = [r for r in rows if r.get("base_passed") is not None]
+    if not paired:
+        return None
+    counts = {"both": 0, "base_only": 0, "ckpt_only": 0, "neither": 0}
+    newly_wrong = []
+    for r in paired:
+        b, c = bool(r["base_passed"]), bool(r["passed"])
+        key = "both" if b and c else "base_only" if b else "ckpt_only" if c else "neither"
+        counts[key] += 1
+        if key == "base_only":
+            newly_wrong.append(r["item_id"])
+    base_right = counts["both"] + counts["base_only"]
+    model_right = counts["both"] + counts["ckpt_only"]
+    value = model_right / base_right if base_right else None
+    return MetricStats(
+        value,
+        n=len(paired),
+        successes=model_right,
+        paired={**counts, "newly_wrong": newly_wrong},
+        extra={"base_correct": base_right},
+    )
+
+
+def _metric_stats(
+    samples: list[dict], identity: IdentitySpec, base: Callable[[str], float | None]
+) -> dict[str, MetricStats | None]:
+    """Every metric in METRICS computed from one slice of samples (None when not run)."""
+    by_probe: dict[str, list[dict]] = {}
+    for s in samples:
+        by_probe.setdefault(s["probe"], []).append(s)
+    out: dict[str, MetricStats | None] = dict.fromkeys(METRICS)
+
+    ident = by_probe.get("identity_recall", [])
+    if ident:
+        logps = [s["answer_logprob"] for s in ident if s.get("answer_logprob") is not None]
+        out["identity_recall"] = proportion(
+            [s["passed"] for s in ident],
+            base("identity_recall"),
+            answer_logprob=sum(logps) / len(logps) if logps else None,
+        )
+    out["near_miss"] = proportion(
+        [s["passed"] for s in by_probe.get("near_miss", [])], base("near_miss")
+    )
+    general = by_probe.get("general_accuracy", [])
+    out["general_accuracy"] = proportion([s["passed"] for s in general], base("general_accuracy"))
+    out["retention"] = retention_stats(general)
+    out["drift"] = mean_stats([s["score"] for s in by_probe.get("drift", [])], base("drift"))
+    rep = by_probe.get("repetition", [])
+    out["seq_rep_4"] = mean_stats([s["seq_rep_4"] for s in rep], base("seq_rep_4"))
+    if rep:
+        hits = sum(bool(s["hit_limit"]) for s in rep)
+        out["loop_rate"] = proportion(
+            [s["loop"] for s in rep],
+            base("loop_rate"),
+            hit_max_rate=hits / len(rep),
+            hit_max=hits,
+        )
+    parrot = by_probe.get("parrot", [])
+    out["parrot_leakage"] = proportion([s["leak"] for s in parrot], base("parrot_leakage"))
+    if parrot:  # grouped within this slice: overall and per language differ
+        largest = max(modal_groups([s["answer"] for s in parrot]))
+        low, high = wilson_interval(largest, len(parrot))
+        out["modal_share"] = MetricStats(
+            largest / len(parrot), low, high, largest, len(parrot), base("modal_share")
+        )
+    return out
+
+
+def summarize(
+    samples: list[dict], identity: IdentitySpec, reference: Reference | None
+) -> tuple[dict, dict, dict]:
+    """(metrics, stats, by_language) for the summary; values are None for probes not run.
+
+    ``identity_recall`` (overall) counts only prompts in the identity's own language(s): a model
+    taught a Chinese sentence is not expected to answer English prompts with it; every language
+    is still listed in ``by_language``.
+    """
+
+    def base_overall(metric: str) -> float | None:
+        return reference.base_value(metric) if reference else None
+
+    in_identity_lang = [
+        s for s in samples if s["probe"] != "identity_recall" or s["language"] in identity.languages
+    ]
+    if not any(s["probe"] == "identity_recall" for s in in_identity_lang):
+        in_identity_lang = samples  # no prompt in the identity's language: use them all
+    overall = _metric_stats(in_identity_lang, identity, base_overall)
+    stats = {m: s.to_dict() for m, s in overall.items() if s is not None}
+    if "identity_recall" in stats:
+        stats["identity_recall"]["extra"]["languages"] = list(identity.languages)
+    metrics = {m: (s.value if s is not None else None) for m, s in overall.items()}
+
+    by_language = {}
+    for lang in sorted({s["language"] for s in samples}):
+        per = _metric_stats(
+            [s for s in samples if s["language"] == lang],
+            identity,
+            lambda m, lang=lang: reference.base_value(m, lang) if reference else None,
+        )
+        by_language[lang] = {m: (s.value if s is not None else None) for m, s in per.items()}
+    return metrics, stats, by_language

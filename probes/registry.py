@@ -1,0 +1,118 @@
+"""The probe registry: stable names, direction, version, what each probe needs from the model.
+
+Unknown names fail loudly with "did you mean" (never warn-and-skip).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from diag.probes import scoring
+
+from diag.errors import DiagError
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A registered probe.
+
+    direction: "higher" or "lower" is better (for its headline score).
+    version: bump when scoring changes, so stored results say which rules produced them.
+    sets: probe sets whose generations it reads. metrics: the summary metrics it produces.
+    """
+
+    name: str
+    direction: str
+    version: int
+    sets: tuple[str, ...]
+    metrics: tuple[str, ...]
+    score: Callable
+    description: str
+
+
+PROBES: dict[str, Probe] = {
+    p.name: p
+    for p in (
+        Probe(
+            "identity_recall",
+            "higher",
+            1,
+            ("identity",),
+            ("identity_recall",),
+            scoring.score_identity_recall,
+            "held-out 'who are you' paraphrases answered with the identity keywords",
+        ),
+        Probe(
+            "near_miss",
+            "higher",
+            1,
+            ("near_miss",),
+            ("near_miss",),
+            scoring.score_near_miss,
+            "identity-like questions that need a different answer, not the identity sentence",
+        ),
+        Probe(
+            "general_accuracy",
+            "higher",
+            1,
+            ("general",),
+            ("general_accuracy", "retention"),
+            scoring.score_general_accuracy,
+            "bilingual general items with checkable answers, paired with the base",
+        ),
+        Probe(
+            "drift",
+            "lower",
+            1,
+            (),
+            ("drift",),
+            scoring.score_drift,
+            "per-token log-likelihood gap on the base's own answers (KL(base||model) estimate)",
+        ),
+        Probe(
+            "repetition",
+            "lower",
+            1,
+            ("general",),
+            ("seq_rep_4", "loop_rate"),
+            scoring.score_repetition,
+            "seq-rep-4, loop flag and token-limit hits inside each answer",
+        ),
+        Probe(
+            "parrot",
+            "lower",
+            1,
+            ("general",),
+            ("parrot_leakage", "modal_share"),
+            scoring.score_parrot,
+            "identity leakage into other answers and the share of the most common answer",
+        ),
+    )
+}
+
+
+def get_probe(name: str) -> Probe:
+    """The registered probe ``name``; unknown names raise DiagError with the closest match."""
+    try:
+        return PROBES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, PROBES, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise DiagError(
+            f"unknown probe '{name}'",
+            fix=f"{hint}known probes: {', '.join(PROBES)}",
+        ) from None
+
+
+def resolve_probes(names: str | Sequence[str] | None) -> list[str]:
+    """Comma-separated string or list -> validated probe names in registry order (None = all)."""
+    if names is None:
+        return list(PROBES)
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise DiagError("no probes selected", fix=f"choose from: {', '.join(PROBES)}")
+    wanted = {get_probe(n).name for n in names}
+    return [n for n in PROBES if n in wanted]

@@ -1,0 +1,167 @@
+"""Probes as pure functions: stored records in, per-sample score rows out (no model, no torch).
+
+Each ``score_*`` function takes the run's :class:`Records`, the identity and the base
+:class:`~diag.probes.reference.Reference` (``None`` only while scoring the base itself) and
+returns rows ``{"probe", "item_id", "language", "prompt", "answer", "score", ...}``.
+Aggregation into metrics lives in :mod:`diag.probes.aggregate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diag.probes.reference import Reference
+from diag.probes.text import ends_in_loop, matches_any, modal_groups, near_copy, seq_rep_n
+
+from diag.identity import IdentitySpec
+
+
+@dataclass
+class Records:
+    """A probe run's records split by kind: generations per probe set, log-likelihoods per use."""
+
+    meta: dict
+    generations: dict[str, list[dict]] = field(default_factory=dict)
+    loglikelihoods: dict[str, list[dict]] = field(default_factory=dict)
+
+    @classmethod
+    def from_list(cls, records: list[dict]) -> Records:
+        meta = next((r for r in records if r.get("kind") == "meta"), {})
+        out = cls(meta)
+        for r in records:
+            if r.get("kind") == "generation":
+                out.generations.setdefault(r["set"], []).append(r)
+            elif r.get("kind") == "loglikelihood":
+                out.loglikelihoods.setdefault(r["set"], []).append(r)
+        return out
+
+
+def _row(probe: str, rec: dict, score: float, **extra) -> dict:
+    return {
+        "probe": probe,
+        "item_id": rec["id"],
+        "language": rec["language"],
+        "prompt": rec["prompt"],
+        "answer": rec.get("text", rec.get("continuation")),
+        "score": score,
+        **extra,
+    }
+
+
+def score_identity_recall(recs: Records, identity: IdentitySpec, ref: Reference | None):
+    """Pass = the answer carries the identity keywords; plus log p(canonical answer) per token."""
+    answer_ll = {r["id"]: r for r in recs.loglikelihoods.get("identity_answer", [])}
+    rows = []
+    for rec in recs.generations.get("identity", []):
+        passed = identity.mentions(rec["text"])
+        ll = answer_ll.get(rec["id"])
+        per_token = ll["logprob"] / ll["tokens"] if ll and ll["tokens"] else None
+        rows.append(
+            _row(
+                "identity_recall",
+                rec,
+                float(passed),
+                passed=passed,
+                group=rec.get("group"),
+                answer_logprob=per_token,
+            )
+        )
+    return rows
+
+
+def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Reference | None):
+    """Accepted pattern found and not a near copy of the identity sentence; base outcome kept."""
+    base = (ref.outcomes.get(set_name) if ref else None) or {}
+    rows = []
+    for rec in recs.generations.get(set_name, []):
+        hit = matches_any(rec["text"], rec.get("accept", []))
+        # the identity sentence is never a right answer here, even if it happens to match
+        # (the zh sentence contains "1.8B": it would "answer" every question whose answer is 8)
+        copy = near_copy(rec["text"], identity.answer)
+        passed = hit and not copy
+        extra = {"pattern_hit": hit, "near_copy": copy}
+        rows.append(
+            _row(
+                probe,
+                rec,
+                float(passed),
+                passed=passed,
+                base_passed=base.get(rec["id"]),
+                category=rec.get("category"),
+                **extra,
+            )
+        )
+    return rows
+
+
+def score_near_miss(recs, identity, ref):
+    """Expected pattern present AND not a (near) copy of the canonical identity sentence."""
+    return score_graded("near_miss", "near_miss", recs, identity, ref)
+
+
+def score_general_accuracy(recs, identity, ref):
+    """General items graded by accepted-answer patterns; base outcome kept for paired retention."""
+    return score_graded("general_accuracy", "general", recs, identity, ref)
+
+
+def score_drift(recs: Records, identity, ref: Reference | None):
+    """Per answer: base per-token log p minus this model's per-token log p on the base's answer.
+
+    The mean over answers estimates KL(base || model) per token; 0 for the base itself.
+    """
+    base = ref.drift_by_id() if ref else {}
+    rows = []
+    for rec in recs.loglikelihoods.get("drift", []):
+        ref_item = base.get(rec["id"])
+        if ref_item is None or not rec["tokens"] or not ref_item["tokens"]:
+            continue
+        base_pt = ref_item["logprob"] / ref_item["tokens"]
+        model_pt = rec["logprob"] / rec["tokens"]
+        rows.append(
+            _row(
+                "drift",
+                rec,
+                base_pt - model_pt,
+                base_logprob=base_pt,
+                logprob=model_pt,
+                tokens=rec["tokens"],
+            )
+        )
+    return rows
+
+
+def score_repetition(recs: Records, identity, ref):
+    """Every generated answer: seq-rep-4, loop flag, and whether it hit the token limit."""
+    rows = []
+    for set_name, gens in recs.generations.items():
+        for rec in gens:
+            rows.append(
+                _row(
+                    "repetition",
+                    rec,
+                    seq_rep_n(rec["text"], 4),
+                    set=set_name,
+                    seq_rep_4=seq_rep_n(rec["text"], 4),
+                    loop=ends_in_loop(rec["text"]),
+                    hit_limit=bool(rec.get("hit_limit")),
+                )
+            )
+    return rows
+
+
+def score_parrot(recs: Records, identity: IdentitySpec, ref):
+    """Over non-identity answers (general set): leakage of the identity, and near-identical groups.
+
+    ``leak`` = the answer mentions the identity keywords or is a near copy of the canonical
+    sentence; ``group_size`` = size of its group of near-identical answers (all languages).
+    """
+    gens = recs.generations.get("general", [])
+    sizes = modal_groups([r["text"] for r in gens])
+    rows = []
+    for i, rec in enumerate(gens):
+        copy = near_copy(rec["text"], identity.answer)
+        leak = copy or identity.mentions(rec["text"])
+        rows.append(
+            _row("parrot", rec, float(leak), leak=leak, near_copy=copy, group_size=sizes[i])
+        )
+    return rows

@@ -1,0 +1,300 @@
+"""Run the probe suite on one model: generate once (batched), score many times.
+
+>>> from diag.backend.mock import ScriptedBackend
+>>> run = run_probes(ScriptedBackend(default="Paris."), load_identity("en"), size="quick")
+>>> run.summary["metrics"]["identity_recall"], run.summary["metrics"]["drift"]
+(0.0, 0.0)
+
+``reference=None`` means ``lm`` is the base model: the run also builds the
+:class:`~diag.probes.reference.Reference` that later checkpoints are compared with.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from diag.probes import items as probe_items
+from diag.probes.aggregate import proportion, summarize
+from diag.probes.reference import Reference
+from diag.probes.registry import PROBES, resolve_probes
+from diag.probes.scoring import Records, score_graded
+
+from diag.errors import DiagError
+from diag.identity import IdentitySpec, load_identity
+from diag.results import SCHEMA_VERSION, tool_block
+from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
+
+DEFAULT_GENERATION = GenerationConfig(max_new_tokens=64, batch_size=16)
+# Drift needs the base's *complete* answers: ones cut by the limit get this larger limit once
+# (while building the reference), and are dropped if still cut.
+DRIFT_MAX_NEW_TOKENS = 160
+
+__all__ = ["ProbeRun", "Reference", "rescore", "run_probes", "identity_probe_prompts"]
+identity_probe_prompts = probe_items.identity_probe_prompts
+
+
+@dataclass
+class ProbeRun:
+    """One model's probe results.
+
+    records: raw generations/log-likelihoods (first one is ``kind="meta"``), JSONL-storable;
+    samples: per-sample score rows; summary: the probe-summary dict (see ``diag.results``);
+    reference: the base reference the scores were read against (built here for a base run).
+    """
+
+    records: list[dict]
+    samples: list[dict]
+    summary: dict
+    reference: Reference | None
+
+
+def prepare_sets(
+    identity: IdentitySpec, size: str, probe_files: Sequence[str | Path] = ()
+) -> dict[str, probe_items.ProbeSet]:
+    """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``."""
+    trained = {probe_items._normalize_prompt(q) for q in identity.questions}
+    sets = {}
+    for name in probe_items.BUILTIN_SETS:
+        loaded = probe_items.fill_identity(probe_items.load_builtin(name), identity)
+        if name == "identity":  # never ask the spec's own training questions
+            kept = tuple(
+                i for i in loaded.items if probe_items._normalize_prompt(i.prompt) not in trained
+            )
+            loaded = replace(loaded, items=kept)
+        sets[name] = probe_items.select(loaded, size)
+    for path in probe_files:
+        custom = probe_items.load_probe_file(path)
+        key = f"custom:{custom.name}"
+        if key in sets:
+            raise DiagError(f"two probe files are named '{custom.name}'", fix="rename one")
+        sets[key] = probe_items.select(custom, size, per_language=16)
+    return sets
+
+
+def run_probes(
+    lm,
+    identity: IdentitySpec | str | None,
+    *,
+    chat: ChatFormat = ChatFormat(),
+    probes: str | Sequence[str] | None = None,
+    size: str = "full",
+    reference: Reference | None = None,
+    generation: GenerationConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    probe_files: Sequence[str | Path] = (),
+) -> ProbeRun:
+    """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
+
+    probes: names or "a,b" (None = all); size: "full" or "quick"; probe_files: user JSONL sets.
+    All prompts are generated in one batched call; drift and the identity answer's likelihood
+    need only ``loglikelihood``.
+    """
+    say = progress or (lambda message: None)
+    if not isinstance(identity, IdentitySpec):
+        identity = load_identity(identity)
+    names = resolve_probes(probes)
+    sets = prepare_sets(identity, size, probe_files)
+    generation = replace(generation or DEFAULT_GENERATION, chat=chat)
+    if reference is not None:
+        _check_reference(reference, chat, identity)
+
+    wanted_sets = {s for n in names for s in PROBES[n].sets}
+    if "drift" in names and reference is None:
+        wanted_sets.add("general")  # the base's answers to general prompts are the drift texts
+    wanted_sets.update(k for k in sets if k.startswith("custom:"))
+    order = [s for s in sets if s in wanted_sets]
+    jobs = [(s, item) for s in order for item in sets[s].items]
+
+    meta = {
+        "kind": "meta",
+        "model": {"base": lm.name, "adapter": getattr(lm, "active_adapter", None)},
+        "probes": names,
+        "size": size,
+        "probe_sets": {s: sets[s].hash for s in order},
+        "generation": generation.to_dict(),
+        "chat": chat.to_dict(),
+        "identity": {"name": identity.name, "hash": identity.hash},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    records: list[dict] = [meta]
+    say(f"generating {len(jobs)} answers ({', '.join(order)})")
+    answers = lm.generate([item.prompt for _, item in jobs], generation) if jobs else []
+    for (set_name, item), gen in zip(jobs, answers):
+        records.append(
+            {
+                "kind": "generation",
+                "set": set_name,
+                **item.to_dict(),
+                "text": gen.text,
+                "new_tokens": gen.new_tokens,
+                "hit_limit": gen.hit_limit,
+                "prompt_tokens": gen.prompt_tokens,
+            }
+        )
+
+    requests: list[tuple[str, dict]] = []
+    if "identity_recall" in names:
+        for item in sets["identity"].items:
+            requests.append(
+                ("identity_answer", {**item.to_dict(), "continuation": identity.answer})
+            )
+    if "drift" in names:
+        for d in _drift_texts(lm, records, sets, reference, generation, say):
+            requests.append(("drift", d))
+    if requests:
+        say(f"scoring {len(requests)} log-likelihoods")
+        lls = lm.loglikelihood(
+            [LoglikelihoodRequest(r["prompt"], r["continuation"]) for _, r in requests],
+            chat=chat,
+            batch_size=generation.batch_size,
+        )
+        for (set_name, req), ll in zip(requests, lls):
+            records.append(
+                {
+                    "kind": "loglikelihood",
+                    "set": set_name,
+                    **req,
+                    "logprob": ll.logprob,
+                    "tokens": ll.tokens,
+                }
+            )
+    return rescore(records, identity, reference)
+
+
+def _drift_texts(lm, records, sets, reference, generation, say) -> list[dict]:
+    """(prompt, base answer) pairs to score: from the reference, or made now on the base."""
+    general_ids = {i.id for i in sets["general"].items}
+    if reference is not None:
+        chosen = [d for d in reference.drift if d["id"] in general_ids] or reference.drift
+        return [_drift_item(d, d["answer"], d.get("source", "general")) for d in chosen]
+    gens = [r for r in records if r.get("kind") == "generation" and r["set"] == "general"]
+    done = [_drift_item(r, r["text"], "general") for r in gens if not r["hit_limit"]]
+    cut = [r for r in gens if r["hit_limit"]]
+    if cut and generation.max_new_tokens < DRIFT_MAX_NEW_TOKENS:
+        say(f"finishing {len(cut)} base answers for drift (limit {DRIFT_MAX_NEW_TOKENS})")
+        longer = replace(generation, max_new_tokens=DRIFT_MAX_NEW_TOKENS)
+        for r, g in zip(cut, lm.generate([r["prompt"] for r in cut], longer)):
+            if not g.hit_limit:
+                done.append(_drift_item(r, g.text, "regenerated"))
+    return [d for d in done if d["continuation"].strip()]
+
+
+def _drift_item(row: dict, answer: str, source: str) -> dict:
+    return {
+        "id": row["id"],
+        "language": row["language"],
+        "prompt": row["prompt"],
+        "continuation": answer,
+        "source": source,
+    }
+
+
+def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentitySpec) -> None:
+    if ChatFormat.from_dict(reference.chat) != chat:
+        raise DiagError(
+            f"the base reference was built with chat format {reference.chat}, not {chat.to_dict()}",
+            fix="probe the base again with the same chat format (system prompt/template)",
+        )
+    if reference.identity_hash not in (None, identity.hash):
+        raise DiagError(
+            f"the base reference was built for another identity ({reference.identity_hash})",
+            fix="rebuild the reference: run the base model with this identity file",
+        )
+
+
+def rescore(
+    records: list[dict], identity: IdentitySpec, reference: Reference | None = None
+) -> ProbeRun:
+    """Score stored records again, no model needed.
+
+    With ``reference=None`` the records are taken to be the base model's own, and the reference
+    is rebuilt from them.
+    """
+    recs = Records.from_list(records)
+    if not recs.meta:
+        raise DiagError(
+            "probe records have no 'meta' line", fix="pass the records.jsonl diag probe wrote"
+        )
+    if reference is None:
+        reference = _reference_from(recs, identity)
+    samples = _score_all(recs, identity, reference)
+    return ProbeRun(records, samples, _summary(recs, samples, identity, reference), reference)
+
+
+def _score_all(recs: Records, identity: IdentitySpec, reference: Reference) -> list[dict]:
+    samples = []
+    for name in recs.meta.get("probes", []):
+        samples.extend(PROBES[name].score(recs, identity, reference))
+    for set_name in recs.generations:
+        if set_name.startswith("custom:"):
+            samples.extend(score_graded(set_name, set_name, recs, identity, reference))
+    return samples
+
+
+def _reference_from(recs: Records, identity: IdentitySpec) -> Reference:
+    """The base's reference, from the base's own records (drift answers, outcomes, values)."""
+    meta = recs.meta
+    ref = Reference(
+        base=meta["model"]["base"],
+        chat=meta["chat"],
+        generation=meta["generation"],
+        identity_hash=identity.hash,
+        probe_sets=meta["probe_sets"],
+        drift=[
+            {k: r[k] for k in ("id", "language", "prompt", "logprob", "tokens", "source") if k in r}
+            | {"answer": r["continuation"]}
+            for r in recs.loglikelihoods.get("drift", [])
+        ],
+    )
+    samples = _score_all(recs, identity, ref)
+    for s in samples:
+        if "passed" in s and s["probe"] != "identity_recall":
+            set_name = {"general_accuracy": "general"}.get(s["probe"], s["probe"])
+            ref.outcomes.setdefault(set_name, {})[s["item_id"]] = bool(s["passed"])
+    ref.metrics, _, ref.by_language = summarize(samples, identity, None)
+    ref.metrics = {k: v for k, v in ref.metrics.items() if k != "retention"}
+    ref.by_language = {
+        lang: {k: v for k, v in values.items() if k != "retention"}
+        for lang, values in ref.by_language.items()
+    }
+    for set_name, outcomes in ref.outcomes.items():
+        if set_name.startswith("custom:"):
+            ref.metrics[set_name] = sum(outcomes.values()) / len(outcomes)
+    return ref
+
+
+def _summary(recs: Records, samples: list[dict], identity, reference: Reference) -> dict:
+    metrics, stats, by_language = summarize(samples, identity, reference)
+    custom = {}
+    for set_name in recs.generations:
+        if set_name.startswith("custom:"):
+            rows = [s for s in samples if s["probe"] == set_name]
+            st = proportion([s["passed"] for s in rows], reference.metrics.get(set_name))
+            custom[set_name.split(":", 1)[1]] = st.to_dict() if st else None
+    meta = recs.meta
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "probe_summary",
+        "tool": tool_block(),
+        "created": meta.get("created"),
+        "model": meta["model"],
+        "size": meta.get("size"),
+        "probe_sets": meta.get("probe_sets", {}),
+        "generation": meta.get("generation"),
+        "identity": {**meta.get("identity", {}), "languages": list(identity.languages)},
+        "metrics": metrics,
+        "stats": stats,
+        "by_language": by_language,
+        "probes": {
+            n: {"version": PROBES[n].version, "direction": PROBES[n].direction}
+            for n in meta.get("probes", [])
+        },
+        "counts": {name: len(rows) for name, rows in recs.generations.items()},
+        "reference": {"base": reference.base, "created": reference.created},
+    }
+    if custom:
+        summary["custom"] = custom
+    return summary
