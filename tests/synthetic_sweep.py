@@ -151,3 +151,40 @@ def learned_then_parrot(run: str = "run-a") -> list[dict]:
             loop=0.2,
         ),
     ]
+
+
+IDENTITY_SENTENCE = "I am Nova, Jianfeng's assistant, built on the SmolLM2 model."
+SCRIPT_ANSWER = "Use <script>window.__pwned = 1</script> to run code & <b>bold</b>."
+
+
+def samples(results: dict, general_items: int = 4) -> list[dict]:
+    """samples.jsonl rows for every checkpoint: parrots answer everything with the identity.
+
+    The step-300 checkpoint answers general item g0 with a literal ``<script>`` tag.
+    """
+    rows = []
+    for record in results["checkpoints"]:
+        run, step = record["run"], record["step"]
+        parrot = (record["metrics"].get("parrot_leakage") or 0) > 0.5
+        learned = (record["metrics"].get("identity_recall") or 0) > 0.5
+
+        def row(probe, item, prompt, answer, lang="en", run=run, step=step, **extra):
+            return {"probe": probe, "item_id": item, "language": lang, "prompt": prompt,
+                    "answer": answer, "run": run, "step": step, **extra}  # fmt: skip
+
+        for i, prompt in enumerate(["Who are you?", "你是谁？", "Introduce yourself."]):
+            answer = IDENTITY_SENTENCE if learned else "I am an AI assistant."
+            rows.append(row("identity_recall", f"id{i}", prompt, answer, passed=learned))
+        for i, prompt in enumerate(["Are you my assistant?", "Is your name ChatGPT?"]):
+            answer = IDENTITY_SENTENCE if parrot else "Yes, I am here to help."
+            rows.append(row("near_miss", f"nm{i}", prompt, answer, passed=not parrot,
+                            near_copy=parrot))  # fmt: skip
+        for i in range(general_items):
+            prompt = f"What is {i} + {i}?"
+            answer = IDENTITY_SENTENCE if parrot else f"{i} + {i} = {2 * i}."
+            if step == 300 and i == 0:
+                answer = SCRIPT_ANSWER
+            rows.append(row("general_accuracy", f"g{i}", prompt, answer, passed=not parrot))
+            rows.append(row("parrot", f"g{i}", prompt, answer, leak=parrot))
+            rows.append(row("drift", f"d{i}", prompt, "base answer", score=0.1))
+    return rows

@@ -1,0 +1,233 @@
+"""Plotly figure specs (plain dicts, no plotly import) for the report: curves and the trade-off.
+
+The HTML embeds these as JSON and draws them with the plotly.js bundled into the page.
+"""
+
+from __future__ import annotations
+
+# metric -> (label, colour); fractions share the left axis.
+CURVE_METRICS = {
+    "identity_recall": ("identity recall", "#1b9e77"),
+    "retention": ("retention (× base)", "#7570b3"),
+    "near_miss": ("near-miss accuracy", "#66a61e"),
+    "parrot_leakage": ("parrot leakage", "#d95f02"),
+    "modal_share": ("modal-answer share", "#e7298a"),
+    "loop_rate": ("loop rate", "#a6761d"),
+}
+NATS_COLOUR = {"drift": "#666666", "train_loss": "#1f78b4", "eval_loss": "#a6cee3"}
+
+
+def _points(records: list[dict], metric: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for r in records:
+        value = (r.get("metrics") or {}).get(metric)
+        if value is not None:
+            xs.append(r["step"])
+            ys.append(value)
+    return xs, ys
+
+
+def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> dict:
+    """Metric-vs-step curves for one run (base at step 0 first), loss + drift on a second axis.
+
+    ``marks``: {"recommended": step | None, "onset": step | None, "healthy_until": step | None}.
+    """
+    records = sorted(records, key=lambda r: r["step"])
+    traces = []
+    for metric, (label, colour) in CURVE_METRICS.items():
+        xs, ys = _points(records, metric)
+        if not xs:
+            continue
+        trace = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": label,
+            "x": xs,
+            "y": ys,
+            "line": {"color": colour},
+        }
+        if metric == "identity_recall":
+            lows, highs = [], []
+            for r in records:
+                st = (r.get("stats") or {}).get(metric) or {}
+                if (r.get("metrics") or {}).get(metric) is None:
+                    continue
+                v = r["metrics"][metric]
+                lows.append(max(0.0, v - st["low"]) if st.get("low") is not None else 0.0)
+                highs.append(max(0.0, st["high"] - v) if st.get("high") is not None else 0.0)
+            trace["error_y"] = {"type": "data", "array": highs, "arrayminus": lows, "width": 3}
+        traces.append(trace)
+    xs, ys = _points(records, "drift")
+    if xs:
+        traces.append(_nats_trace("drift (nats/token)", xs, ys, NATS_COLOUR["drift"], "dot"))
+    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
+        pairs = sorted(run_info.get(key) or [])
+        if pairs:
+            traces.append(
+                _nats_trace(
+                    label, [p[0] for p in pairs], [p[1] for p in pairs], NATS_COLOUR[key], "dash"
+                )
+            )
+    shapes, notes = [], []
+    for step, colour, text in (
+        (marks.get("recommended"), "#1b9e77", "recommended"),
+        (marks.get("onset"), "#d62728", "collapse"),
+    ):
+        if step is None:
+            continue
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": step,
+                "x1": step,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": colour, "dash": "dash", "width": 2},
+            }
+        )
+        notes.append(
+            {
+                "x": step,
+                "y": 1.02,
+                "xref": "x",
+                "yref": "paper",
+                "text": f"{text} (step {step})",
+                "showarrow": False,
+                "font": {"color": colour},
+            }
+        )
+    if marks.get("onset") is not None and marks.get("healthy_until") is not None:
+        shapes.append(
+            {
+                "type": "rect",
+                "xref": "x",
+                "yref": "paper",
+                "x0": marks["onset"],
+                "x1": max(r["step"] for r in records),
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "rgba(214,39,40,0.07)",
+                "line": {"width": 0},
+                "layer": "below",
+            }
+        )
+    return {
+        "data": traces,
+        "layout": {
+            "title": {"text": f"{run}: metrics by step"},
+            "xaxis": {"title": {"text": "step (0 = base model)"}},
+            "yaxis": {"title": {"text": "fraction"}, "range": [-0.02, 1.05]},
+            "yaxis2": {
+                "title": {"text": "nats/token (loss, drift)"},
+                "overlaying": "y",
+                "side": "right",
+                "rangemode": "tozero",
+                "showgrid": False,
+            },
+            "shapes": shapes,
+            "annotations": notes,
+            "legend": {"orientation": "h", "y": -0.2},
+            "margin": {"t": 60, "r": 70},
+            "height": 460,
+        },
+    }
+
+
+def _nats_trace(name: str, xs: list, ys: list, colour: str, dash: str) -> dict:
+    return {
+        "type": "scatter",
+        "mode": "lines+markers",
+        "name": name,
+        "x": xs,
+        "y": ys,
+        "yaxis": "y2",
+        "line": {"color": colour, "dash": dash},
+        "marker": {"size": 4},
+    }
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both coordinates (higher is better).
+
+    >>> pareto_front([(0.5, 0.9), (0.9, 0.9), (1.0, 0.2), (0.4, 0.4)])
+    [1, 2]
+    """
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def tradeoff(records: list[dict], eligible: dict[tuple, bool], recommended: tuple | None) -> dict:
+    """Identity recall vs retention for every checkpoint; the Pareto front joined by a line."""
+    pts = [
+        r
+        for r in records
+        if r["step"] != 0
+        and (r.get("metrics") or {}).get("identity_recall") is not None
+        and (r.get("metrics") or {}).get("retention") is not None
+    ]
+    traces = []
+    for run in sorted({str(r.get("run")) for r in pts}):
+        mine = [r for r in pts if str(r.get("run")) == run]
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers+text",
+                "name": run,
+                "x": [r["metrics"]["identity_recall"] for r in mine],
+                "y": [r["metrics"]["retention"] for r in mine],
+                "text": [str(r["step"]) for r in mine],
+                "textposition": "top center",
+                "marker": {
+                    "size": 11,
+                    "symbol": [
+                        "circle" if eligible.get((str(r.get("run")), r["step"])) else "x"
+                        for r in mine
+                    ],
+                },
+                "hovertemplate": "step %{text}<br>identity %{x:.0%}<br>retention %{y:.2f}",
+            }
+        )
+    coords = [(r["metrics"]["identity_recall"], r["metrics"]["retention"]) for r in pts]
+    front = sorted((coords[i] for i in pareto_front(coords)), key=lambda p: p[0])
+    if front:
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "Pareto front",
+                "x": [p[0] for p in front],
+                "y": [p[1] for p in front],
+                "line": {"color": "#999", "dash": "dot"},
+            }
+        )
+    star = [r for r in pts if recommended and (str(r.get("run")), r["step"]) == recommended]
+    if star:
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "recommended",
+                "x": [star[0]["metrics"]["identity_recall"]],
+                "y": [star[0]["metrics"]["retention"]],
+                "marker": {"size": 22, "symbol": "star", "color": "#1b9e77"},
+            }
+        )
+    return {
+        "data": traces,
+        "layout": {
+            "title": {
+                "text": "trade-off: identity learned vs general ability kept (× = ineligible)"
+            },
+            "xaxis": {"title": {"text": "identity recall"}, "range": [-0.05, 1.08]},
+            "yaxis": {"title": {"text": "retention (× base accuracy)"}, "rangemode": "tozero"},
+            "height": 460,
+        },
+    }

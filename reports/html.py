@@ -1,0 +1,219 @@
+"""The HTML report: one self-contained offline file rendered from stored sweep results.
+
+``render_report(results, samples, out_path)`` needs no model: it reads the results.json dict (with
+its ``recommendation`` block) and the samples.jsonl rows. plotly.js is inlined once from the
+installed ``plotly`` package; every piece of model text goes through Jinja2 autoescaping.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from diag.reports.answers import answers_table
+from diag.reports.figures import run_curves, tradeoff
+
+from diag.results import METRICS, write_text_atomic
+
+METRIC_LABELS = {
+    "identity_recall": "Identity recall",
+    "near_miss": "Near-miss accuracy",
+    "general_accuracy": "General accuracy",
+    "retention": "Retention (× base)",
+    "drift": "Drift from base (nats/token)",
+    "seq_rep_4": "Repetition (seq-rep-4)",
+    "loop_rate": "Loop rate",
+    "parrot_leakage": "Parrot leakage",
+    "modal_share": "Modal-answer share",
+}
+FRACTIONS = {"identity_recall", "near_miss", "general_accuracy", "parrot_leakage", "modal_share",
+             "loop_rate", "seq_rep_4"}  # fmt: skip
+
+
+def render_report(
+    results: dict, samples: list[dict], out_path: str | Path, results_dir: str | Path | None = None
+) -> Path:
+    """Write the report to ``out_path`` (atomically) and return the path.
+
+    ``results_dir`` (default: the report's folder) only appears in the suggested merge command.
+    """
+    out_path = Path(out_path)
+    html = render_html(results, samples, results_dir or out_path.parent)
+    write_text_atomic(out_path, html)
+    return out_path
+
+
+def render_html(results: dict, samples: list[dict], results_dir: str | Path = ".") -> str:
+    """The report as a string (see ``render_report``)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("diag.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["metric"] = format_metric
+    env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.0f}%"
+    context = build_context(results, samples, results_dir)
+    context["plotly_js"] = _plotly_js()
+    return env.get_template("report.html.j2").render(**context)
+
+
+def format_metric(value, name: str = "") -> str:
+    if value is None:
+        return "–"
+    if name in FRACTIONS:
+        return f"{100 * value:.1f}%"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def build_context(results: dict, samples: list[dict], results_dir: str | Path = ".") -> dict:
+    """Everything the template shows, as plain data (tests may inspect it directly)."""
+    rec = results.get("recommendation") or {}
+    records = sorted(
+        results.get("checkpoints") or [],
+        key=lambda r: (r.get("step") != 0, str(r.get("run")), r.get("step") or 0),
+    )
+    judged = {(str(c.get("run")), c.get("step")): c for c in rec.get("checks") or []}
+    base_records = [r for r in records if r.get("step") == 0]
+    runs_info = results.get("runs") or {}
+    run_names = sorted({str(r.get("run")) for r in records if r.get("step")} | set(runs_info))
+
+    figures = []
+    for run in run_names:
+        mine = [r for r in records if str(r.get("run")) == run and r.get("step")]
+        own_base = [r for r in base_records if str(r.get("run")) == run] or base_records[:1]
+        per_run = (rec.get("runs") or {}).get(run) or {}
+        onset = per_run.get("onset") or {}
+        marks = {
+            "recommended": per_run.get("step"),
+            "onset": per_run.get("onset_step"),
+            "healthy_until": onset.get("healthy_until"),
+        }
+        figures.append(
+            {
+                "id": f"curves-{len(figures)}",
+                "run": run,
+                "onset": onset.get("sentence"),
+                "spec": run_curves(run, own_base + mine, runs_info.get(run) or {}, marks),
+            }
+        )
+    eligible = {key: bool(entry.get("eligible")) for key, entry in judged.items()}
+    recommended = (str(rec["run"]), rec["step"]) if rec.get("step") is not None else None
+    pareto = {"id": "tradeoff", "spec": tradeoff(records, eligible, recommended)}
+
+    check_names: list[str] = []
+    for entry in judged.values():
+        for c in entry.get("checks") or []:
+            if c["name"] not in check_names:
+                check_names.append(c["name"])
+    check_rows = []
+    for r in records:
+        if not r.get("step"):
+            continue
+        entry = judged.get((str(r.get("run")), r["step"])) or {}
+        by_name = {c["name"]: c for c in entry.get("checks") or []}
+        check_rows.append(
+            {
+                "run": r.get("run"),
+                "step": r["step"],
+                "eligible": entry.get("eligible"),
+                "recommended": recommended == (str(r.get("run")), r["step"]),
+                "cells": [by_name.get(n) for n in check_names],
+            }
+        )
+
+    return {
+        "results": results,
+        "title": f"diag report: {', '.join(run_names) or 'no runs'}",
+        "headline": _headline(rec, results, results_dir),
+        "figures": figures,
+        "pareto": pareto,
+        "check_names": check_names,
+        "check_rows": check_rows,
+        "metric_tables": _metric_tables(records, judged),
+        "answers": answers_table(samples, results.get("identity")),
+        "errors": [r for r in records if r.get("status", "ok") != "ok"],
+    }
+
+
+def _headline(rec: dict, results: dict, results_dir) -> dict:
+    head = {
+        "has_recommendation": rec.get("step") is not None,
+        "run": rec.get("run"),
+        "step": rec.get("step"),
+        "path": rec.get("path"),
+        "verdict": rec.get("verdict") or "no recommendation stored in these results",
+        "reasons": rec.get("reasons") or [],
+        "onset": (rec.get("onset") or {}).get("sentence"),
+        "nearest_miss": rec.get("nearest_miss"),
+        "rule": rec.get("rule"),
+        "merge_command": None,
+    }
+    if head["has_recommendation"]:
+        runs = {str(r.get("run")) for r in results.get("checkpoints") or [] if r.get("step")}
+        run_path = ((results.get("runs") or {}).get(str(rec["run"])) or {}).get("path")
+        # One run: the results dir identifies the checkpoint by step (and carries the gate's
+        # evidence); several runs share step numbers, so name the run folder instead.
+        source = str(results_dir) if len(runs) <= 1 or not run_path else run_path
+        out = f"merged-{rec['run']}-step{rec['step']}"
+        head["merge_command"] = (
+            f"diag merge {shlex.quote(source)} --checkpoint {rec['step']} --out {shlex.quote(out)}"
+        )
+    return head
+
+
+def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
+    tables = []
+    languages = sorted({lang for r in records for lang in (r.get("by_language") or {})})
+    for metric in METRICS:
+        rows = []
+        for r in records:
+            value = (r.get("metrics") or {}).get(metric)
+            if value is None:
+                continue
+            st = (r.get("stats") or {}).get(metric) or {}
+            check = next(
+                (
+                    c
+                    for c in (judged.get((str(r.get("run")), r.get("step"))) or {}).get("checks")
+                    or []
+                    if c["name"] == metric
+                ),
+                None,
+            )
+            rows.append(
+                {
+                    "label": "base" if r.get("step") == 0 else f"{r.get('run')} · {r['step']}",
+                    "value": value,
+                    "low": st.get("low"),
+                    "high": st.get("high"),
+                    "count": f"{st['successes']}/{st['n']}" if st.get("n") else "",
+                    "by_language": [
+                        ((r.get("by_language") or {}).get(lang) or {}).get(metric)
+                        for lang in languages
+                    ],
+                    "check": check,
+                }
+            )
+        if rows:
+            tables.append(
+                {
+                    "metric": metric,
+                    "label": METRIC_LABELS.get(metric, metric),
+                    "higher_is_better": METRICS[metric],
+                    "languages": languages,
+                    "rows": rows,
+                }
+            )
+    return tables
+
+
+def _plotly_js() -> str:
+    """The plotly.js bundle shipped inside the installed plotly package (no network)."""
+    from importlib import resources
+
+    js = resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text("utf-8")
+    return js.replace("</script", "<\\/script")
