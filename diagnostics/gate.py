@@ -1,0 +1,303 @@
+"""The pre-merge gate: does the chosen checkpoint pass every blocking policy check?
+
+Fails closed. The verdict is one of
+
+- ``pass`` (exit 0): every blocking check passed on evidence that is present and current;
+- ``fail`` (exit 1): a blocking check failed, or no checkpoint is eligible for ``best``;
+- ``undecided`` (exit 2): the evidence is missing or untrustworthy -- no results, unreadable or
+  other-schema results, the probe errored or a blocking metric was not measured, or the checkpoint
+  files changed after they were probed.
+
+The checks come from :func:`diag.diagnostics.policy.evaluate_checkpoint` (the same ones the
+recommendation uses); this module only chooses the checkpoint, checks that the evidence is
+current, and renders the answer (Markdown for ``$GITHUB_STEP_SUMMARY``, JUnit XML, JSON).
+
+>>> result = gate("runs/diag")                                  # doctest: +SKIP
+>>> result.verdict, result.exit_code
+('pass', 0)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, load_policy
+from diag.diagnostics.recommend import find_base, recommend
+from diag.diagnostics.results import load_sweep
+
+from diag.errors import DiagError
+from diag.results import SCHEMA_VERSION, tool_block
+
+EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class GateResult:
+    """The gate's answer. ``checks`` are the policy's checks for ``checkpoint``.
+
+    problems: why the gate could not decide (undecided) or why nothing was eligible (fail).
+    notes: context that does not change the verdict (e.g. the sweep used another policy).
+    """
+
+    verdict: str
+    results_dir: str
+    checkpoint: dict | None = None
+    selected_by: str = "recommended"
+    checks: list[Check] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    policy_hash: str | None = None
+    policy_source: str = "defaults"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    @property
+    def failed(self) -> list[Check]:
+        """Blocking checks that failed on evidence (the reasons for ``fail``)."""
+        return [c for c in self.checks if c.blocking and not c.passed and not _no_evidence(c)]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if not c.blocking and not c.passed]
+
+    @property
+    def headline(self) -> str:
+        """'PASS: run-a step 300' / 'FAIL: ...' / 'UNDECIDED: ...', one line."""
+        where = _where(self.checkpoint) if self.checkpoint else "no checkpoint"
+        if self.verdict == "pass":
+            return f"PASS: {where} passes every blocking check"
+        if self.verdict == "fail" and self.failed:
+            return f"FAIL: {where} fails {', '.join(c.name for c in self.failed)}"
+        first = self.problems[0] if self.problems else "no evidence"
+        return f"{self.verdict.upper()}: {where}: {first}"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": tool_block(),
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "headline": self.headline,
+            "results_dir": self.results_dir,
+            "checkpoint": self.checkpoint,
+            "selected_by": self.selected_by,
+            "checks": [c.to_dict() for c in self.checks],
+            "failed": [c.name for c in self.failed],
+            "warnings": [c.name for c in self.warnings],
+            "problems": self.problems,
+            "notes": self.notes,
+            "policy": {"hash": self.policy_hash, "source": self.policy_source},
+        }
+
+
+def _no_evidence(check: Check) -> bool:
+    """A check the policy could not evaluate: the probe errored or the metric is missing."""
+    return not check.passed and (check.name == "status" or check.value is None)
+
+
+def _where(ckpt: dict) -> str:
+    return f"{ckpt.get('run')} step {ckpt.get('step')}"
+
+
+def gate(
+    results_dir: str | os.PathLike,
+    *,
+    policy: Policy | str | os.PathLike | None = None,
+    checkpoint: str | int = "best",
+) -> GateResult:
+    """Judge one checkpoint of a sweep (``best`` = the policy's recommendation, a STEP or a PATH).
+
+    Never raises for missing or bad evidence (that is an ``undecided`` result, so CI still gets its
+    summary and JUnit file); raises :class:`DiagError` only for a bad ``--checkpoint`` or policy.
+    """
+    if not isinstance(policy, Policy):
+        source = f"policy file '{policy}'" if policy is not None else "defaults"
+        policy = load_policy(policy)
+    else:
+        source = "given"
+    result = GateResult(
+        "undecided", str(results_dir), policy_hash=policy.hash, policy_source=source
+    )
+    data, results_file, problem = load_results(results_dir)
+    if problem:
+        result.problems.append(problem)
+        return result
+    records = [c for c in data.get("checkpoints") or [] if isinstance(c, dict)]
+    chosen = _choose(data, records, checkpoint, policy, result)
+    if chosen is None:
+        return result  # _choose set the verdict and said why
+    result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
+    result.checks = evaluate_checkpoint(chosen, find_base(records, chosen.get("run")), policy)
+    result.problems += _evidence_problems(chosen, data, results_file)
+    result.problems += [
+        f"{c.name}: {c.detail}" for c in result.checks if c.blocking and _no_evidence(c)
+    ]
+    stored = (data.get("recommendation") or {}).get("policy_hash")
+    if stored and stored != policy.hash:
+        result.notes.append(
+            f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
+        )
+    if result.failed:
+        result.verdict = (
+            "fail"  # a failure on evidence is decisive even if other evidence is missing
+        )
+    elif result.problems:
+        result.verdict = "undecided"
+    else:
+        result.verdict = "pass"
+    return result
+
+
+def load_results(results_dir: str | os.PathLike) -> tuple[dict, Path, str | None]:
+    """(results dict, results.json path, problem): the sweep's own loader, with its refusal
+    (missing, invalid JSON, other schema version) turned into a sentence instead of an error."""
+    path = Path(results_dir)
+    file = path if path.suffix == ".json" else path / RESULTS_FILE
+    try:
+        data = load_sweep(path).data
+    except DiagError as exc:
+        return {}, file, exc.problem
+    except OSError as exc:
+        return {}, file, f"'{file}' is unreadable: {exc.strerror or exc}"
+    if not isinstance(data.get("checkpoints"), list):
+        return {}, file, f"'{file}' is not a diag sweep result (no checkpoints list)"
+    return data, file, None
+
+
+def _choose(
+    data: dict, records: list[dict], checkpoint: str | int, policy: Policy, result: GateResult
+) -> dict | None:
+    """The record to judge; on ``None`` the verdict and problems are already set."""
+    candidates = [r for r in records if r.get("step") not in (None, 0)]
+    wanted = str(checkpoint).strip()
+    if wanted == "best":
+        pick = recommend(data, policy)
+        if pick.get("step") is None:
+            result.verdict = "fail"
+            result.problems += [pick.get("verdict") or "no checkpoint is eligible"]
+            result.problems += list(pick.get("reasons") or [])
+            return None
+        result.selected_by = "recommended"
+        return next(
+            r
+            for r in candidates
+            if r.get("run") == pick["run"]
+            and r["step"] == pick["step"]
+            and r.get("path") == pick["path"]
+        )
+    if wanted.isdigit():
+        matches = [r for r in candidates if r["step"] == int(wanted)]
+        if len(matches) > 1:
+            runs = ", ".join(sorted(str(r.get("run")) for r in matches))
+            raise DiagError(
+                f"step {wanted} exists in several runs ({runs})",
+                fix="pass --checkpoint PATH to say which one",
+            )
+        result.selected_by = f"--checkpoint {wanted}"
+    else:
+        target = _resolved(wanted)  # a path given here is relative to here
+        matches = [r for r in candidates if _record_path(r, data, result.results_dir) == target]
+        result.selected_by = "--checkpoint PATH"
+    if not matches:
+        known = ", ".join(f"{r.get('run')}:{r['step']}" for r in candidates[:12]) or "none"
+        raise DiagError(
+            f"checkpoint '{wanted}' is not in the sweep results (known: {known})",
+            fix="pass best, a step the sweep probed, or a checkpoint path; re-run `diag sweep` "
+            "if the checkpoint is new",
+        )
+    return matches[0]
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _record_path(record: dict, data: dict, results_dir: str) -> str | None:
+    """Where a record's checkpoint lives on this machine.
+
+    The sweep stores paths as it found them: absolute, or relative to where it ran. A relative
+    path is tried from here, then re-rooted on the sweep's absolute ``root`` and on the folder
+    above the results (``runs/diag`` -> ``runs``), dropping leading parts that name the root.
+    """
+    raw = record.get("path")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return _resolved(path)
+    if path.exists():
+        return _resolved(path)
+    roots = [Path(data["root"])] if data.get("root") else []
+    roots += [Path(results_dir).parent, Path(results_dir)]
+    for root in roots:
+        for skip in range(len(path.parts)):
+            candidate = root.joinpath(*path.parts[skip:])
+            if candidate.exists():
+                return _resolved(candidate)
+    return _resolved(path)
+
+
+def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str]:
+    """Reasons the stored scores may not describe the checkpoint's current files."""
+    problems = []
+    if data.get("complete") is False:
+        problems.append(f"the sweep in '{results_file.parent}' did not finish (complete: false)")
+    where = _record_path(record, data, str(results_file.parent))
+    if where is None or not Path(where).exists():
+        return problems + [
+            f"checkpoint files '{record.get('path')}' not found, so the results cannot be "
+            "checked against them (run the gate where the checkpoints are)"
+        ]
+    stored = str(record.get("fingerprint") or "")
+    if stored.startswith(FINGERPRINT_PREFIX):
+        current = current_fingerprint(Path(where))
+        if current != stored:
+            problems.append(
+                f"checkpoint '{record.get('path')}' changed after it was probed (fingerprint "
+                f"{current or 'unavailable'} != {stored}; re-run `diag sweep`)"
+            )
+        return problems
+    # No content fingerprint to compare: fall back to file times.
+    files = [where] if Path(where).is_file() else sorted(Path(where).rglob("*"))
+    newest = max((Path(f).stat().st_mtime for f in files if Path(f).is_file()), default=0.0)
+    if newest > results_file.stat().st_mtime:
+        changed = datetime.fromtimestamp(newest, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        problems.append(
+            f"checkpoint '{record.get('path')}' changed at {changed}, after the results were "
+            "written (re-run `diag sweep`)"
+        )
+    return problems
+
+
+FINGERPRINT_PREFIX = "blake2b:"  # diag.diagnostics.cache.Fingerprinter's content hashes
+
+
+def current_fingerprint(path: Path) -> str | None:
+    """The content fingerprint of the checkpoint at ``path`` now, computed as the sweep does.
+
+    Re-hashes the weight files in full (no memo: a rewrite that keeps size and mtime must still be
+    caught). None when ``path`` is no longer a recognisable checkpoint.
+    """
+    from diag.diagnostics.cache import Fingerprinter
+    from diag.diagnostics.discover import discover
+
+    target = path.resolve()
+    match = None
+    # The checkpoint alone first (cheap); its parent for formats recognised by their surroundings
+    # (DeepSpeed's global_stepN next to a `latest` file).
+    for root in (target, target.parent):
+        found = discover(root, settle_seconds=0).checkpoints
+        match = next((c for c in found if c.path.resolve() == target), None)
+        if match is not None:
+            break
+    if match is None:
+        return None
+    return Fingerprinter(None).fingerprint(
+        match.files, root=match.path if match.path.is_dir() else None
+    )
