@@ -167,6 +167,8 @@ def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
                 continue
             severities = dict(policy.checks)
             for name, level in value.items():
+                if level is False:  # YAML 1.1 reads a bare `off` as false
+                    level = "off"
                 if name not in CHECKS:
                     problems.append(f"unknown check '{name}'{_did_you_mean(name, CHECKS)}")
                 elif str(level) not in SEVERITIES:

@@ -73,10 +73,11 @@ def test_loop_and_modal_limits_follow_the_base():
 
 def test_policy_file_and_overrides(tmp_path):
     path = tmp_path / "policy.yaml"
-    path.write_text("identity_min_low: 0.8\nchecks:\n  near_miss: warning\n")
+    path.write_text("identity_min_low: 0.8\nchecks:\n  near_miss: warning\n  loop_rate: off\n")
     policy = load_policy(path, overrides={"drift_max": "0.3"})
     assert policy.identity_min_low == 0.8 and policy.drift_max == 0.3
     assert policy.severity("near_miss") == "warning"
+    assert policy.severity("loop_rate") == "off"  # a bare YAML `off` is read as false
     assert policy.hash != Policy().hash
 
 
