@@ -69,9 +69,9 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
                 )
             )
     shapes, notes = [], []
-    for step, colour, text in (
-        (marks.get("recommended"), "#1b9e77", "recommended"),
-        (marks.get("onset"), "#d62728", "collapse"),
+    for step, colour, text, side in (
+        (marks.get("recommended"), "#1b9e77", "recommended", "right"),
+        (marks.get("onset"), "#d62728", "collapse", "left"),
     ):
         if step is None:
             continue
@@ -94,6 +94,7 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
                 "xref": "x",
                 "yref": "paper",
                 "text": f"{text} (step {step})",
+                "xanchor": side,  # labels of adjacent steps sit on either side of their lines
                 "showarrow": False,
                 "font": {"color": colour},
             }

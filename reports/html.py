@@ -140,14 +140,15 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
 
 
 def _headline(rec: dict, results: dict, results_dir) -> dict:
+    onset = (rec.get("onset") or {}).get("sentence")  # shown on its own line, not twice
     head = {
         "has_recommendation": rec.get("step") is not None,
         "run": rec.get("run"),
         "step": rec.get("step"),
         "path": rec.get("path"),
         "verdict": rec.get("verdict") or "no recommendation stored in these results",
-        "reasons": rec.get("reasons") or [],
-        "onset": (rec.get("onset") or {}).get("sentence"),
+        "reasons": [r for r in rec.get("reasons") or [] if r != onset],
+        "onset": onset,
         "nearest_miss": rec.get("nearest_miss"),
         "rule": rec.get("rule"),
         "merge_command": None,
