@@ -280,7 +280,7 @@ def _judge_identity(ckpt, base, policy):
 def _judge_near_miss(ckpt, base, policy):
     value = _metric(ckpt, "near_miss")
     base_value = _base_value(ckpt, base, "near_miss")
-    if base_value:
+    if base_value is not None:  # relative to the base, even a weak one: "not collapsed"
         limit = policy.near_miss_min_ratio * base_value
         where = f"{policy.near_miss_min_ratio:.2g} × base {pct(base_value)}"
     else:
@@ -335,7 +335,7 @@ def _judge_leakage(ckpt, base, policy):
     if value is None:
         return _not_measured("parrot leakage", limit)
     st = _stats(ckpt, "parrot_leakage")
-    counts = f" ({st['successes']}/{st['n']} answers)" if st.get("n") else ""
+    counts = f" ({st['successes']}/{st['n']} answers)" if st.get("n") and "successes" in st else ""
     return value <= limit, value, limit, f"leakage {pct(value)}{counts} (limit {pct(limit)})"
 
 

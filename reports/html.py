@@ -191,7 +191,7 @@ def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
                     "value": value,
                     "low": st.get("low"),
                     "high": st.get("high"),
-                    "count": f"{st['successes']}/{st['n']}" if st.get("n") else "",
+                    "count": _count(st),
                     "by_language": [
                         ((r.get("by_language") or {}).get(lang) or {}).get(metric)
                         for lang in languages
@@ -210,6 +210,12 @@ def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
                 }
             )
     return tables
+
+
+def _count(st: dict) -> str:
+    if st.get("n") is None:
+        return ""
+    return f"{st['successes']}/{st['n']}" if st.get("successes") is not None else f"n={st['n']}"
 
 
 def _plotly_js() -> str:

@@ -93,3 +93,14 @@ def test_bad_policy_reports_every_problem_at_once(tmp_path):
     assert "unknown check 'identity'" in message
     with pytest.raises(DiagError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_near_miss_is_read_relative_to_the_base_or_an_absolute_floor():
+    weak_base = base()
+    weak_base["metrics"]["near_miss"] = 0.2
+    checks = _by_name(evaluate_checkpoint(ckpt(100, near_miss=0.12), weak_base, Policy()))
+    assert checks["near_miss"].passed and checks["near_miss"].threshold == 0.1
+    checks = _by_name(evaluate_checkpoint(ckpt(100, near_miss=0.08), weak_base, Policy()))
+    assert not checks["near_miss"].passed and "collapsed" in checks["near_miss"].detail
+    checks = _by_name(evaluate_checkpoint(ckpt(100, near_miss=0.25), None, Policy()))
+    assert not checks["near_miss"].passed and checks["near_miss"].threshold == 0.3
