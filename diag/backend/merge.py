@@ -123,7 +123,9 @@ def merge_adapter(
             "versions": _versions(),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        record.update(provenance or {})
+        for key, value in (provenance or {}).items():  # nested blocks are merged, not replaced
+            both = isinstance(value, dict) and isinstance(record.get(key), dict)
+            record[key] = {**record[key], **value} if both else value
         write_json_atomic(tmp / PROVENANCE_FILE, record)
         if out.exists():  # an empty folder the user made
             out.rmdir()

@@ -1,0 +1,337 @@
+"""``diag merge``: choose a checkpoint, ask the gate, and only then merge it into its base.
+
+Data flow: SOURCE (a sweep's results dir, a run folder or one checkpoint) -> the checkpoint to
+merge -> the gate's verdict on it (the sweep's evidence, same policy) -> refuse unless it passes or
+``force`` -> :func:`diag.backend.merge.merge_adapter` (torch, imported only here, lazily).
+
+XTuner ``iter_N.pth`` files and ``.pth/`` DeepSpeed folders are converted in memory with the
+sweep's reader (:mod:`diag.backend.checkpoints`), so XTuner users skip ``pth_to_hf`` + ``merge``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from diag.diagnostics.discover import Checkpoint, discover
+from diag.diagnostics.gate import GateResult, _record_path, current_fingerprint, gate, load_results
+
+from diag.errors import DiagError
+
+log = logging.getLogger("diag")
+
+RESULTS_FILE = "results.json"
+LORA_FORMATS = ("xtuner-pth", "xtuner-deepspeed", "deepspeed-zero")
+
+
+@dataclass
+class MergePlan:
+    """What would be merged, into which base, and what the gate said about it (None: no sweep
+    results cover the checkpoint, so there is no evidence at all)."""
+
+    checkpoint: Checkpoint
+    base: str | None
+    gate: GateResult | None
+    results_dir: Path | None
+    record: dict | None
+
+    @property
+    def approved(self) -> bool:
+        return self.gate is not None and self.gate.verdict == "pass"
+
+    def refusal(self) -> str:
+        """Why the gate does not approve, in one sentence with the numbers."""
+        where = f"{self.checkpoint.run} step {self.checkpoint.step}"
+        if self.gate is None:
+            return f"no sweep results cover {where} ('{self.checkpoint.path}'), so it is ungated"
+        if self.gate.failed:
+            details = "; ".join(f"{c.name}: {c.detail}" for c in self.gate.failed)
+            return f"the gate fails {where}: {details}"
+        return f"the gate could not decide on {where}: {'; '.join(self.gate.problems) or 'no evidence'}"
+
+
+def plan_merge(
+    source: str | os.PathLike,
+    checkpoint: str | int = "best",
+    *,
+    policy=None,
+    base: str | None = None,
+) -> MergePlan:
+    """Find the checkpoint ``source`` + ``checkpoint`` name and the gate's verdict on it.
+
+    source: a sweep's results dir (or its results.json), a run folder, or a checkpoint.
+    checkpoint: ``best`` (the policy's recommendation), a STEP, or a checkpoint PATH.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DiagError(
+            f"'{source}' does not exist",
+            fix="pass a sweep's results dir, a run folder or a checkpoint",
+        )
+    results_dir = _results_dir_of(path)
+    if results_dir is not None:
+        verdict = gate(results_dir, policy=policy, checkpoint=checkpoint)
+        record = _record_for(verdict, results_dir)
+        if record is None:
+            raise DiagError(
+                f"nothing to merge from '{source}': {verdict.headline}",
+                fix="pass --checkpoint STEP to choose one (and --force if the gate fails it)",
+            )
+        data = load_results(results_dir)[0]
+        where = _record_path(record, data, str(results_dir))
+        ckpt = _discover_one(Path(where or record["path"]))
+        return _plan(ckpt, verdict, results_dir, record, base)
+    ckpt = _select_in_run(path, checkpoint)
+    results_dir = _results_covering(ckpt.path)
+    if results_dir is None:
+        return MergePlan(ckpt, _fallback_base(ckpt, base), None, None, None)
+    verdict = gate(results_dir, policy=policy, checkpoint=str(ckpt.path.resolve()))
+    return _plan(ckpt, verdict, results_dir, _record_for(verdict, results_dir), base)
+
+
+def _plan(ckpt, verdict, results_dir, record, base_flag) -> MergePlan:
+    probed_base = (record or {}).get("base")
+    if base_flag and probed_base and _same_base(base_flag, probed_base) is False:
+        raise DiagError(
+            f"--base '{base_flag}' is not the base '{probed_base}' the sweep probed this checkpoint "
+            "with, so the gate's evidence would not hold for the merge",
+            fix="drop --base, or sweep again with --base",
+        )
+    return MergePlan(
+        ckpt, probed_base or _fallback_base(ckpt, base_flag), verdict, results_dir, record
+    )
+
+
+def _same_base(a: str, b: str) -> bool | None:
+    from diag.models import resolve_base
+
+    try:
+        return resolve_base(a).name == resolve_base(b).name
+    except DiagError:
+        return None
+
+
+def _fallback_base(ckpt: Checkpoint, flag: str | None) -> str:
+    """No sweep record: --base, else what the checkpoint or its run names (as the sweep chooses)."""
+    from diag.diagnostics.sweep import _choose_base
+
+    return _choose_base(ckpt, flag, None)
+
+
+def _results_dir_of(path: Path) -> Path | None:
+    if path.is_file() and path.name == RESULTS_FILE:
+        return path.parent
+    if path.is_dir() and (path / RESULTS_FILE).is_file():
+        return path
+    return None
+
+
+def _results_covering(ckpt_path: Path, levels: int = 4) -> Path | None:
+    """The nearest sweep results (``<dir>/diag/results.json``, the sweep's default ``--out``, or
+    ``<dir>/results.json``) in a folder above the checkpoint that list this checkpoint."""
+    target = str(ckpt_path.resolve())
+    folder = ckpt_path.resolve()
+    for _ in range(levels):
+        folder = folder.parent
+        for candidate in (folder / "diag", folder):
+            if not (candidate / RESULTS_FILE).is_file():
+                continue
+            data, _, problem = load_results(candidate)
+            if problem:
+                continue
+            for record in data["checkpoints"]:
+                if record.get("step") and _record_path(record, data, str(candidate)) == target:
+                    return candidate
+    return None
+
+
+def _record_for(verdict: GateResult, results_dir: Path) -> dict | None:
+    if verdict.checkpoint is None:
+        return None
+    data = load_results(results_dir)[0]
+    ck = verdict.checkpoint
+    return next(
+        (
+            r
+            for r in data.get("checkpoints") or []
+            if r.get("run") == ck["run"]
+            and r.get("step") == ck["step"]
+            and r.get("path") == ck["path"]
+        ),
+        None,
+    )
+
+
+def _discover_one(path: Path) -> Checkpoint:
+    """The checkpoint at ``path``, with its run's settings (LoRA alpha, chat format)."""
+    target = path.resolve()
+    for root in (target.parent, target):
+        if not root.exists():
+            continue
+        found = discover(root, settle_seconds=0).checkpoints
+        match = next((c for c in found if c.path.resolve() == target), None)
+        if match is not None:
+            return match
+    raise DiagError(
+        f"checkpoint '{path}' is not there any more (or not a checkpoint diag recognises)",
+        fix="run the merge where the checkpoints are",
+    )
+
+
+def _select_in_run(path: Path, checkpoint: str | int) -> Checkpoint:
+    """A checkpoint under a run folder (or the checkpoint ``path`` itself)."""
+    found = discover(path, settle_seconds=0).checkpoints
+    if not found:
+        raise DiagError(
+            f"no checkpoints found under '{path}'", fix="pass a run folder or a checkpoint"
+        )
+    wanted = str(checkpoint).strip()
+    if wanted == "best":
+        if len(found) == 1:
+            return found[0]
+        results = _results_covering(found[0].path)
+        if results is None:
+            raise DiagError(
+                f"--checkpoint best needs sweep results, and none cover '{path}'",
+                fix=f"run `diag sweep {path}` first, or pass --checkpoint STEP",
+            )
+        verdict = gate(results, checkpoint="best")
+        if verdict.checkpoint is None:
+            raise DiagError(f"nothing to merge from '{path}': {verdict.headline}")
+        wanted = str(verdict.checkpoint["step"])
+        found = [c for c in found if c.run == verdict.checkpoint["run"]] or found
+    if wanted.isdigit():
+        matches = [c for c in found if c.step == int(wanted)]
+    else:
+        target = Path(wanted).expanduser().resolve()
+        matches = [c for c in found if c.path.resolve() == target]
+    if len(matches) > 1:
+        runs = ", ".join(sorted(c.run for c in matches))
+        raise DiagError(f"step {wanted} exists in several runs ({runs})", fix="pass the run folder")
+    if not matches:
+        steps = ", ".join(str(c.step) for c in found[:20])
+        raise DiagError(f"no checkpoint '{wanted}' under '{path}' (steps: {steps})")
+    return matches[0]
+
+
+def merge(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    checkpoint: str | int = "best",
+    policy=None,
+    force: bool = False,
+    base: str | None = None,
+    allow_pickle: bool = False,
+    lora_alpha: float | None = None,
+) -> tuple[Path, MergePlan]:
+    """Merge the chosen checkpoint into its base if the gate passes it (or ``force``).
+
+    Raises :class:`DiagError` naming the failed checks when the gate does not approve.
+
+    >>> merge("runs/diag", "merged/")                                    # doctest: +SKIP
+    """
+    plan = plan_merge(source, checkpoint, policy=policy, base=base)
+    if not plan.approved and not force:
+        raise DiagError(
+            f"refusing to merge: {plan.refusal()}",
+            fix=(
+                "run `diag sweep` over its run first, or pass --force to merge it ungated"
+                if plan.gate is None
+                else "merge the recommended checkpoint, or pass --force to merge it anyway"
+            ),
+        )
+    if not plan.approved:
+        log.warning("merging anyway (--force): %s", plan.refusal())
+    from diag.backend.merge import merge_adapter
+
+    adapter = adapter_source(plan.checkpoint, allow_pickle=allow_pickle, lora_alpha=lora_alpha)
+    record = provenance(plan, force)
+    chat = record["chat"] or {}
+    if chat.get("system") is not None or chat.get("template"):
+        note = (
+            "the checkpoint was probed with its own prompt format (see 'chat'); the merged "
+            "tokenizer's chat template does not add it, so serve with the same system prompt"
+            "/template"
+        )
+        log.warning(note)
+        record["notes"] = [note]
+    out_path = merge_adapter(adapter, out, base=plan.base, provenance=record)
+    return out_path, plan
+
+
+def adapter_source(
+    ckpt: Checkpoint, *, allow_pickle: bool = False, lora_alpha: float | None = None
+):
+    """The LoRA adapter of ``ckpt``: its folder, or XTuner/DeepSpeed weights converted in memory."""
+    from diag.diagnostics import xtuner
+
+    from diag.backend import checkpoints as reader
+    from diag.backend.merge import AdapterSource
+
+    if ckpt.format == "peft-adapter":
+        if ckpt.files[-1].suffix in (".bin", ".pt"):
+            reader.safe_load(ckpt.files[-1], allow_pickle=allow_pickle)  # refuse pickles first
+        return AdapterSource(str(ckpt.path), adapter_dir=ckpt.path)
+    if ckpt.format not in LORA_FORMATS:
+        raise DiagError(
+            f"'{ckpt.path}' is a full model ({ckpt.format}), not a LoRA adapter: nothing to merge",
+            fix="load that folder directly with transformers",
+        )
+    state = reader.read_state_dict(ckpt.path, ckpt.format, allow_pickle=allow_pickle)
+    lora = reader.split_lora(state)
+    if lora is None:
+        raise DiagError(
+            f"'{ckpt.path}' holds full weights, not LoRA weights: nothing to merge",
+            fix="convert it with your trainer's own tool (e.g. xtuner convert pth_to_hf)",
+        )
+    settings = dict(ckpt.lora)
+    if lora_alpha is not None:
+        settings["lora_alpha"] = lora_alpha
+    try:
+        config = xtuner.lora_settings({k: tuple(v.shape) for k, v in lora.items()}, settings)
+    except KeyError:
+        raise DiagError(
+            f"LoRA alpha of '{ckpt.path}' is unknown (no XTuner config with lora=dict(...) in "
+            f"'{ckpt.run_dir}')",
+            fix="pass --lora-alpha N (the lora_alpha used in training)",
+        ) from None
+    return AdapterSource(str(ckpt.path), lora_config=config, state_dict=lora)
+
+
+def provenance(plan: MergePlan, forced: bool) -> dict:
+    """What ``diag-merge.json`` records besides the backend's own fields."""
+    ckpt = plan.checkpoint
+    record = plan.record or {}
+    chat = record.get("chat") or (ckpt.chat.to_dict() if ckpt.chat else None)
+    gate_block = None
+    if plan.gate is not None:
+        g = plan.gate.to_dict()
+        gate_block = {
+            k: g[k]
+            for k in (
+                "verdict",
+                "exit_code",
+                "headline",
+                "failed",
+                "warnings",
+                "problems",
+                "policy",
+            )
+        }
+        gate_block["results_dir"] = str(plan.results_dir)
+    return {
+        "source": {
+            "checkpoint": str(ckpt.path),
+            "run": ckpt.run,
+            "step": ckpt.step,
+            "format": ckpt.format,
+            "fingerprint": current_fingerprint(ckpt.path),
+            "probed_fingerprint": record.get("fingerprint"),
+        },
+        "gate": gate_block or {"verdict": "ungated", "problems": [plan.refusal()]},
+        "forced": bool(forced and not plan.approved),
+        "chat": chat,
+    }
