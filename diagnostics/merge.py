@@ -83,7 +83,7 @@ def plan_merge(
         where = _record_path(record, data, str(results_dir))
         ckpt = _discover_one(Path(where or record["path"]))
         return _plan(ckpt, verdict, results_dir, record, base)
-    ckpt = _select_in_run(path, checkpoint)
+    ckpt = _select_in_run(path, checkpoint, policy)
     results_dir = _results_covering(ckpt.path)
     if results_dir is None:
         return MergePlan(ckpt, _fallback_base(ckpt, base), None, None, None)
@@ -180,7 +180,7 @@ def _discover_one(path: Path) -> Checkpoint:
     )
 
 
-def _select_in_run(path: Path, checkpoint: str | int) -> Checkpoint:
+def _select_in_run(path: Path, checkpoint: str | int, policy=None) -> Checkpoint:
     """A checkpoint under a run folder (or the checkpoint ``path`` itself)."""
     found = discover(path, settle_seconds=0).checkpoints
     if not found:
@@ -197,7 +197,7 @@ def _select_in_run(path: Path, checkpoint: str | int) -> Checkpoint:
                 f"--checkpoint best needs sweep results, and none cover '{path}'",
                 fix=f"run `diag sweep {path}` first, or pass --checkpoint STEP",
             )
-        verdict = gate(results, checkpoint="best")
+        verdict = gate(results, policy=policy, checkpoint="best")
         if verdict.checkpoint is None:
             raise DiagError(f"nothing to merge from '{path}': {verdict.headline}")
         wanted = str(verdict.checkpoint["step"])

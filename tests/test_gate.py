@@ -249,3 +249,12 @@ def test_json_output_and_github_step_summary(parrot_sweep, tmp_path):
     text = step_summary.read_text()
     assert text.startswith("earlier step output\n")  # appended, like GitHub expects
     assert "diag gate: PASS" in text
+
+
+def test_set_overrides_the_policy_like_a_file(parrot_sweep):
+    result = run_gate(str(parrot_sweep), "--set", "identity_min_low=0.95", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert "--set identity_min_low=0.95" in data["policy"]["source"]
+    bad = run_gate(str(parrot_sweep), "--set", "identity_min_lo=0.9")
+    assert bad.exit_code == 2 and "did you mean 'identity_min_low'" in bad.output

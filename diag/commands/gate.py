@@ -19,6 +19,13 @@ STATE_STYLE = {"pass": "green", "fail": "red", "warning": "yellow", "undecided":
     help="Policy YAML (thresholds, blocking|warning|off per check); default: built-in policy.",
 )
 @click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one policy value, e.g. --set identity_min_low=0.8 --set checks.drift=warning.",
+)
+@click.option(
     "--checkpoint",
     default="best",
     show_default=True,
@@ -35,7 +42,7 @@ STATE_STYLE = {"pass": "green", "fail": "red", "warning": "yellow", "undecided":
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the verdict as JSON instead of a table."
 )
-def gate(results_dir, policy_file, checkpoint, junit, summary, as_json):
+def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_json):
     """Gate a checkpoint before merge: exit 0 pass, 1 fail or nothing eligible, 2 undecided.
 
     Undecided (fail closed): results missing, unreadable or of another schema version, the probe
@@ -43,11 +50,16 @@ def gate(results_dir, policy_file, checkpoint, junit, summary, as_json):
     """
     import json
 
+    from diag.commands.report import _parse
     from diag.diagnostics.gate import gate as run_gate
     from diag.diagnostics.gate_output import to_junit, to_markdown
+    from diag.diagnostics.policy import load_policy
     from diag.results import write_text_atomic
 
-    result = run_gate(results_dir, policy=policy_file, checkpoint=checkpoint)
+    policy = load_policy(policy_file, _parse(overrides))
+    source = f"policy file '{policy_file}'" if policy_file else "defaults"
+    result = run_gate(results_dir, policy=policy, checkpoint=checkpoint)
+    result.policy_source = source + (f" + --set {' '.join(overrides)}" if overrides else "")
     if junit:
         write_text_atomic(junit, to_junit(result))
     markdown = to_markdown(result)

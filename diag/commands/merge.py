@@ -24,25 +24,34 @@ import click
 @click.option(
     "--policy", "policy_file", type=click.Path(path_type=Path), help="Policy YAML for the gate."
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one policy value for the gate, e.g. --set drift_max=0.3.",
+)
 @click.option("--base", help="Base model, only when no sweep results cover the checkpoint.")
 @click.option("--allow-pickle", is_flag=True, help="Allow full unpickling of .bin/.pt/.pth files.")
 @click.option(
     "--lora-alpha", type=float, help="LoRA alpha for XTuner checkpoints without a config."
 )
-def merge(source, out, checkpoint, force, policy_file, base, allow_pickle, lora_alpha):
+def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pickle, lora_alpha):
     """Merge a checkpoint into its base: a plain transformers folder, refused if the gate fails.
 
     SOURCE is a sweep's results dir, a run folder or one checkpoint (peft adapter, XTuner
     iter_N.pth). The output holds safetensors, tokenizer, chat template, generation config and
     diag-merge.json (source, fingerprint, gate verdict, diag version).
     """
+    from diag.commands.report import _parse
     from diag.diagnostics.merge import merge as run_merge
+    from diag.diagnostics.policy import load_policy
 
     out_path, plan = run_merge(
         source,
         out,
         checkpoint=checkpoint,
-        policy=policy_file,
+        policy=load_policy(policy_file, _parse(overrides)),
         force=force,
         base=base,
         allow_pickle=allow_pickle,
