@@ -1,0 +1,246 @@
+"""Read checkpoint weights safely and put them on a loaded base model (torch lives here).
+
+Loading never executes pickled code by default:
+
+- ``.pt/.pth/.bin`` go through ``torch.load(weights_only=True)``;
+- XTuner and DeepSpeed files also pickle mmengine/DeepSpeed objects next to the tensors. They are
+  read with :func:`restricted_load`: torch's own allow-list of tensor-rebuilding functions, and every
+  other class replaced by an inert placeholder that only stores its arguments -- no constructor,
+  no ``__reduce__`` callable ever runs. Nothing needs mmengine or xtuner installed.
+- Anything else is refused with a message naming the ``--allow-pickle`` opt-in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import importlib
+import logging
+import pickle
+import types
+from pathlib import Path
+
+import torch
+
+from diag.diagnostics import xtuner
+from diag.errors import DiagError
+
+log = logging.getLogger("diag")
+
+PICKLE_FIX = "re-run with --allow-pickle if you trust where the file came from"
+
+
+# ------------------------------------------------------------------------ restricted unpickling
+class Inert:
+    """Stand-in for a pickled object of an unknown class: keeps its data, runs none of its code."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def append(self, item):
+        self.__dict__.setdefault("items", []).append(item)
+
+    def extend(self, items):
+        self.__dict__.setdefault("items", []).extend(items)
+
+    def __setitem__(self, key, value):
+        self.__dict__.setdefault("mapping", {})[key] = value
+
+    def __repr__(self) -> str:
+        return f"<inert {type(self).__qualname__}>"
+
+
+@functools.cache
+def _inert_class(module: str, name: str) -> type:
+    return type(name, (Inert,), {"__module__": f"inert:{module}"})
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed_globals() -> dict:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    return dict(_get_allowed_globals())
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only torch's weights-only allow-list (plus DeepSpeed enums); the rest is inert."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _allowed_globals().get(f"{module}.{name}")
+        if allowed is not None:
+            return allowed
+        if module.startswith("deepspeed."):
+            # DeepSpeed stores e.g. ZeroStageEnum.gradients; calling an Enum class with a value
+            # only looks the member up, and zero_to_fp32 compares it with integers.
+            with contextlib.suppress(ImportError, AttributeError):
+                obj = getattr(importlib.import_module(module), name)
+                if isinstance(obj, type) and issubclass(obj, enum.Enum):
+                    return obj
+        return _inert_class(module, name)
+
+
+_restricted_pickle = types.ModuleType("diag_restricted_pickle")
+_restricted_pickle.Unpickler = RestrictedUnpickler
+_restricted_pickle.load = lambda fh, **kw: RestrictedUnpickler(fh, **kw).load()
+_restricted_pickle.__name__ = "diag_restricted_pickle"
+
+
+def restricted_load(path: str | Path):
+    """torch.load that materialises tensors and turns every unknown class into :class:`Inert`."""
+    return _original_torch_load(
+        str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
+    )
+
+
+_original_torch_load = torch.load
+
+
+def safe_load(path: str | Path, *, allow_pickle: bool = False, restricted: bool = False):
+    """Load a torch-pickled file without executing code unless ``allow_pickle`` says so.
+
+    restricted: fall back to :func:`restricted_load` (for formats known to pickle harmless
+    framework objects, such as XTuner and DeepSpeed checkpoints) instead of refusing.
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if allow_pickle:
+            log.warning("loading %s with full unpickling (--allow-pickle)", path)
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+        if restricted:
+            return restricted_load(path)
+        raise DiagError(
+            f"'{path}' needs full unpickling, which can run code: "
+            f"{str(exc).strip().splitlines()[0][:160]}",
+            fix=PICKLE_FIX,
+        ) from exc
+
+
+@contextlib.contextmanager
+def _torch_load_restricted():
+    """Make DeepSpeed's own loaders use the restricted unpickler (they pass weights_only=False)."""
+
+    def patched(f, *args, **kwargs):
+        kwargs.pop("weights_only", None)
+        kwargs.pop("pickle_module", None)
+        kwargs.pop("mmap", None)
+        kwargs["map_location"] = "cpu"
+        return _original_torch_load(
+            f, weights_only=False, pickle_module=_restricted_pickle, **kwargs
+        )
+
+    torch.load = patched
+    try:
+        yield
+    finally:
+        torch.load = _original_torch_load
+
+
+# ------------------------------------------------------------------------------ weight readers
+def read_state_dict(path: Path, fmt: str, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of an XTuner ``.pth``/DeepSpeed folder or a DeepSpeed ZeRO ``global_stepN``."""
+    if fmt == "xtuner-pth":
+        data = safe_load(path, allow_pickle=allow_pickle, restricted=True)
+        weights = data.get("state_dict", data) if isinstance(data, dict) else None
+    elif fmt == "xtuner-deepspeed":
+        data = safe_load(
+            path / "mp_rank_00_model_states.pt", allow_pickle=allow_pickle, restricted=True
+        )
+        weights = data.get("module") if isinstance(data, dict) else None
+    elif fmt == "deepspeed-zero":
+        weights = _zero_to_fp32(path)
+    else:
+        raise ValueError(fmt)
+    if not isinstance(weights, dict) or not weights:
+        raise DiagError(f"'{path}' holds no weights where {fmt} keeps them")
+    return {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+
+
+def _zero_to_fp32(step_dir: Path) -> dict[str, torch.Tensor]:
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError as exc:
+        raise DiagError(
+            f"'{step_dir}' is a DeepSpeed ZeRO checkpoint and deepspeed is not installed",
+            fix="pip install 'diag[deepspeed]' (DS_BUILD_OPS=0 installs without compiling)",
+        ) from exc
+    with _torch_load_restricted():
+        return get_fp32_state_dict_from_zero_checkpoint(
+            str(step_dir.parent), tag=step_dir.name, exclude_frozen_parameters=True
+        )
+
+
+def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """peft-saved-format LoRA weights if ``state`` is an adapter, else None (full weights)."""
+    lora = {}
+    for key, value in state.items():
+        new = xtuner.peft_key(key)
+        if new is not None:
+            lora[new if new.startswith("base_model.") else f"base_model.model.{new}"] = value
+    return lora or None
+
+
+# ------------------------------------------------------------------------- applying to a model
+def apply_checkpoint(lm, ckpt, *, allow_pickle: bool = False, lora_alpha: float | None = None):
+    """Make ``lm`` (an HFBackend on the base) answer as checkpoint ``ckpt``; return the model to
+    probe: ``lm`` itself with an adapter swapped in, or a new backend for full weights."""
+    if ckpt.format == "peft-adapter":
+        if ckpt.files[-1].suffix in (".bin", ".pt"):
+            safe_load(ckpt.files[-1], allow_pickle=allow_pickle)  # refuse pickles before peft does
+        lm.use_adapter(ckpt.path)
+        return lm
+    if ckpt.format == "full-model":
+        return _full_model_backend(lm, ckpt, allow_pickle=allow_pickle)
+    state = read_state_dict(ckpt.path, ckpt.format, allow_pickle=allow_pickle)
+    lora = split_lora(state)
+    if lora is None:
+        full = {xtuner.full_model_key(k): v for k, v in state.items()}
+        return _full_model_backend(lm, ckpt, state=full)
+    settings = dict(ckpt.lora)
+    if lora_alpha is not None:
+        settings["lora_alpha"] = lora_alpha
+    try:
+        config = xtuner.lora_settings({k: tuple(v.shape) for k, v in lora.items()}, settings)
+    except KeyError:
+        raise DiagError(
+            f"LoRA alpha of '{ckpt.path}' is unknown (no XTuner config with lora=dict(...) found "
+            f"in '{ckpt.run_dir}')",
+            fix="pass --lora-alpha N (the lora_alpha used in training)",
+        ) from None
+    lm.use_adapter_weights(f"{ckpt.path}", config, lora)
+    return lm
+
+
+def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
+    """A second model for full weights (base tokenizer, same device); freed by the caller."""
+    from transformers import AutoModelForCausalLM
+
+    from diag.backend.hf import HFBackend, ensure_local_weights
+    from diag.models import resolve_base
+
+    dtype = next(lm.model.parameters()).dtype
+    try:
+        if state is None:
+            if ckpt.files[-1].suffix == ".bin":
+                safe_load(ckpt.files[-1], allow_pickle=allow_pickle)
+            model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=dtype)
+        else:
+            folder = ensure_local_weights(resolve_base(lm.name))
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            result = model.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"unexpected weights, e.g. {result.unexpected_keys[0]}")
+            if len(result.missing_keys) >= len(model.state_dict()):
+                raise RuntimeError("none of its weights match the base model's names")
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DiagError(
+            f"full weights '{ckpt.path}' do not fit base model '{lm.name}': {first}",
+            fix="pass --base with the model the checkpoint was trained from",
+        ) from exc
+    model.to(lm.device).eval()
+    return HFBackend(model, lm.tokenizer, f"{lm.name}+{ckpt.path.name}", lm.device)

@@ -1,0 +1,90 @@
+"""Sweep progress: a rich bar with ETA on a terminal, one plain line per checkpoint for CI logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("diag")
+
+
+class SweepProgress:
+    """mode: "auto" (rich when stderr is a terminal, else plain), "rich", "plain" or "quiet"."""
+
+    def __init__(self, mode: str, total: int):
+        if mode == "auto":
+            mode = "rich" if sys.stderr.isatty() else "plain"
+        if mode not in ("rich", "plain", "quiet"):
+            raise ValueError(mode)
+        self.mode, self.total = mode, total
+        self.count = 0
+        self._rich = None
+        self._task = None
+        self._started = 0.0
+
+    def __enter__(self) -> SweepProgress:
+        if self.mode == "rich":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._rich = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._rich.__enter__()
+            self._task = self._rich.add_task("checkpoints", total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.__exit__(*exc)
+
+    def note(self, text: str) -> None:
+        if self.mode == "rich":
+            self._rich.console.print(f"[dim]{text}[/dim]")
+        elif self.mode == "plain":
+            log.info(text)
+
+    def start(self, label: str) -> None:
+        self._started = time.perf_counter()
+        if self._rich is not None:
+            self._rich.update(self._task, description=f"probing {label}")
+
+    def done(self, label: str, cached: bool, error: bool = False) -> None:
+        self.count += 1
+        how = (
+            "error"
+            if error
+            else "cached"
+            if cached
+            else f"{time.perf_counter() - self._started:.1f} s"
+        )
+        if self._rich is not None:
+            self._rich.advance(self._task)
+            self._rich.console.print(f"  {label}: {how}")
+        elif self.mode == "plain":
+            log.info("[%d/%d] %s: %s", self.count, self.total, label, how)
+
+    def probe_callback(self, label: str):
+        """A ``progress(message)`` callable for the probe suite (None when not drawing a bar)."""
+        if self._rich is None:
+            return None
+
+        def update(message: str) -> None:
+            self._rich.update(self._task, description=f"{label}: {message}")
+
+        return update

@@ -1,0 +1,140 @@
+"""A stored sweep: read ``results.json``/``samples.jsonl`` back and view the scores as a DataFrame.
+
+No model and no torch needed: ``diag.load_sweep("runs/diag").scores()`` works on any machine that
+has the result folder. The schema is documented in ``docs/results-schema.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from diag.errors import DiagError
+from diag.results import METRICS, SCHEMA_VERSION
+
+SCORE_COLUMNS = [
+    "run",
+    "step",
+    "path",
+    "format",
+    "status",
+    "metric",
+    "value",
+    "low",
+    "high",
+    "n",
+    "base_value",
+    "higher_is_better",
+]
+
+
+def score_rows(data: dict) -> list[dict]:
+    """Long format: one row per checkpoint x metric (metrics not run are left out)."""
+    rows = []
+    for ckpt in data.get("checkpoints") or []:
+        stats = ckpt.get("stats") or {}
+        for metric, value in (ckpt.get("metrics") or {}).items():
+            if value is None:
+                continue
+            s = stats.get(metric) or {}
+            rows.append(
+                {
+                    "run": ckpt.get("run"),
+                    "step": ckpt.get("step"),
+                    "path": ckpt.get("path"),
+                    "format": ckpt.get("format"),
+                    "status": ckpt.get("status"),
+                    "metric": metric,
+                    "value": value,
+                    "low": s.get("low"),
+                    "high": s.get("high"),
+                    "n": s.get("n"),
+                    "base_value": s.get("base_value"),
+                    "higher_is_better": METRICS.get(metric),
+                }
+            )
+    return rows
+
+
+def scores_frame(data: dict):
+    """The long-format scores as a pandas DataFrame (columns: :data:`SCORE_COLUMNS`)."""
+    import pandas as pd
+
+    return pd.DataFrame(score_rows(data), columns=SCORE_COLUMNS)
+
+
+@dataclass
+class SweepResult:
+    """A sweep's results: ``data`` is the results.json dict; ``out`` the folder it lives in."""
+
+    data: dict
+    out: Path | None = None
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        return self.data.get("checkpoints") or []
+
+    @property
+    def recommendation(self) -> dict | None:
+        return self.data.get("recommendation")
+
+    @property
+    def runs(self) -> dict:
+        return self.data.get("runs") or {}
+
+    def scores(self):
+        """One row per checkpoint x metric, as a pandas DataFrame."""
+        return scores_frame(self.data)
+
+    def samples(self) -> list[dict]:
+        """Every probe prompt/answer/score of the sweep (from ``samples.jsonl``)."""
+        if self.out is None or not (self.out / "samples.jsonl").is_file():
+            return []
+        return read_jsonl(self.out / "samples.jsonl")
+
+    def checkpoint(self, run: str, step: int) -> dict | None:
+        return next((c for c in self.checkpoints if c["run"] == run and c["step"] == step), None)
+
+    def __repr__(self) -> str:
+        ok = sum(c.get("status") == "ok" for c in self.checkpoints)
+        rec = self.recommendation or {}
+        return (
+            f"SweepResult({ok}/{len(self.checkpoints)} checkpoints ok, "
+            f"recommended: {rec.get('run')} step {rec.get('step')}, out={self.out})"
+        )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def load_sweep(folder: str | Path) -> SweepResult:
+    """Read a stored sweep (the ``--out`` folder of ``diag sweep``, or its results.json).
+
+    >>> result = load_sweep("runs/diag")                               # doctest: +SKIP
+    >>> result.scores().query("metric == 'identity_recall'")
+    """
+    path = Path(folder)
+    results = path if path.suffix == ".json" else path / "results.json"
+    if not results.is_file():
+        raise DiagError(
+            f"no sweep results at '{results}'",
+            fix="run `diag sweep RUNS_DIR` first, or pass its --out folder",
+        )
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DiagError(f"'{results}' is not valid JSON: {exc}") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise DiagError(
+            f"'{results}' has schema_version {version!r}; this diag reads {SCHEMA_VERSION}",
+            fix="re-run `diag sweep` with this version of diag (cached probes are reused)",
+        )
+    return SweepResult(data, results.parent)

@@ -1,0 +1,468 @@
+"""``diag sweep``: probe every checkpoint under a folder against its base, cached and resumable.
+
+Data flow: discover -> (per base: load once, probe the bare base as step 0 and build the Reference)
+-> per checkpoint: fingerprint -> cache hit, or swap the adapter in and run the probes -> results.
+
+Every finished checkpoint is cached at once (atomic files keyed by content), and ``results.json``
+is rewritten after each one, so Ctrl-C or kill -9 loses at most the checkpoint being probed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import importlib.util
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
+from diag.diagnostics.discover import Checkpoint, Discovery, _shards, discover
+from diag.diagnostics.progress import SweepProgress
+from diag.diagnostics.results import SweepResult, scores_frame
+
+from diag.errors import DiagError
+from diag.identity import IdentitySpec, load_identity
+from diag.models import DEFAULT_BASE, resolve_base
+from diag.results import METRICS, SCHEMA_VERSION, tool_block, write_json_atomic, write_text_atomic
+from diag.types import ChatFormat, GenerationConfig
+
+log = logging.getLogger("diag")
+
+EMPTY_RECOMMENDATION = {"run": None, "step": None, "path": None, "reasons": [], "onset_step": None}
+
+
+def sweep(
+    runs_dir,
+    *,
+    base=None,
+    identity=None,
+    out=None,
+    probes=None,
+    size: str = "full",
+    generation: GenerationConfig | None = None,
+    system: str | None = None,
+    template: str | None = None,
+    lora_alpha: float | None = None,
+    allow_pickle: bool = False,
+    settle_seconds: float = 5.0,
+    device: str | None = None,
+    policy=None,
+    report: bool = True,
+    progress: str = "auto",
+    load_model=None,
+) -> SweepResult:
+    """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
+
+    base: ``--base`` (overrides what checkpoints name). identity: an IdentitySpec, a YAML path,
+    "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
+    the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
+    (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
+
+    >>> result = sweep("runs/", identity="zh", size="quick")        # doctest: +SKIP
+    >>> result.scores().pivot_table(index="step", columns="metric", values="value")
+    """
+    started = time.perf_counter()
+    root = Path(runs_dir).expanduser()
+    out = Path(out) if out else root / "diag"
+    spec = identity if isinstance(identity, IdentitySpec) else load_identity(identity)
+    found = discover(root, settle_seconds=settle_seconds, exclude=(out,))
+    if not found.checkpoints:
+        skipped = f" ({len(found.skipped)} still being written)" if found.skipped else ""
+        raise DiagError(
+            f"no checkpoints found under '{root}'{skipped}",
+            fix="point at a folder holding checkpoint-N/, iter_N.pth, global_stepN/ or an adapter "
+            "folder (adapter_config.json + adapter_model.safetensors)",
+        )
+    override = _override_chat(system, template)
+    cache = ResultCache(out / "cache")
+    fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
+    settings = generation_settings(spec, probes, size, generation)
+    state = _State(root, out, found, spec, settings)
+    plan = _plan(found, base, override)
+    with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
+        for base_name, items in plan.by_base().items():
+            runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
+            for chat in plan.chats_for(base_name):
+                runner.probe_base(chat)
+            for ckpt, chat in items:
+                runner.probe_checkpoint(
+                    ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
+                )
+                state.write_partial()
+            runner.close()
+    fingerprints.save()
+    return state.finish(policy, report, time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------- planning
+def _override_chat(system: str | None, template: str | None) -> dict:
+    from diag.diagnostics.xtuner import PROMPT_TEMPLATES
+
+    fields: dict = {}
+    if system is not None:
+        fields["system"] = system
+    if template is not None:
+        if template in PROMPT_TEMPLATES:  # an XTuner template name
+            fields["template"] = PROMPT_TEMPLATES[template]["INSTRUCTION"]
+            fields["system_template"] = PROMPT_TEMPLATES[template]["SYSTEM"]
+        elif "{input}" in template:
+            fields["template"] = template
+        else:
+            raise DiagError(
+                f"--template {template!r} has no '{{input}}' and is not a known template name",
+                fix=f"use a format string with {{input}} or one of {sorted(PROMPT_TEMPLATES)}",
+            )
+    return fields
+
+
+def _choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
+    """--base, else the adapter's own base if it is here, else the run's, else the default."""
+    if flag is not None:
+        return resolve_base(flag).name
+    for hint in (ckpt.base_hint, run_base):
+        if not hint:
+            continue
+        if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
+            return DEFAULT_BASE
+        try:
+            return resolve_base(hint).name
+        except DiagError:
+            continue
+    if ckpt.base_hint or run_base:
+        log.warning(
+            "%s: base '%s' is not available locally; using the default %s (pass --base)",
+            ckpt.path,
+            ckpt.base_hint or run_base,
+            DEFAULT_BASE,
+        )
+    return DEFAULT_BASE
+
+
+class _Plan:
+    def __init__(self):
+        self.checkpoints: list[tuple[Checkpoint, str, ChatFormat]] = []
+        self.bases_chats: list[tuple[str, ChatFormat]] = []
+
+    def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat]]]:
+        groups: dict[str, list] = {name: [] for name, _ in self.bases_chats}
+        for ckpt, name, chat in self.checkpoints:
+            groups[name].append((ckpt, chat))
+        return groups
+
+    def chats_for(self, base_name: str) -> list[ChatFormat]:
+        return [chat for name, chat in self.bases_chats if name == base_name]
+
+
+def _plan(found: Discovery, flag, override: dict) -> _Plan:
+    plan = _Plan()
+    for ckpt in found.checkpoints:
+        run = found.runs[ckpt.run]
+        name = _choose_base(ckpt, flag, run.base)
+        chat = replace(ckpt.chat or ChatFormat(), **override)
+        plan.checkpoints.append((ckpt, name, chat))
+        if (name, chat) not in plan.bases_chats:
+            plan.bases_chats.append((name, chat))
+    return plan
+
+
+def generation_settings(identity, probes, size: str, generation) -> dict:
+    """Everything that decides what the model is asked and how it answers: the cache key.
+
+    Scores are not part of it: cached entries hold the raw generations and are re-scored with
+    the current probe code on every sweep (generate once, score many times).
+    """
+    import hashlib
+    import json
+
+    from diag.probes.registry import resolve_probes
+    from diag.probes.suite import DEFAULT_GENERATION, DRIFT_MAX_NEW_TOKENS, prepare_sets
+
+    names = resolve_probes(probes)
+    prompts = {
+        name: "sha256:"
+        + hashlib.sha256(
+            json.dumps([i.to_dict() for i in probe_set.items], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        for name, probe_set in prepare_sets(identity, size).items()
+    }
+    return {
+        "probes": names,
+        "size": size,
+        "probe_sets": prompts,
+        "generation": (generation or DEFAULT_GENERATION).to_dict(),
+        "drift_max_new_tokens": DRIFT_MAX_NEW_TOKENS,
+        "identity": identity.hash,
+    }
+
+
+def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
+    """Content fingerprint of a base model's weights (the GGUF until it has been converted)."""
+    source = resolve_base(name)
+    if source.gguf_file and not (source.cache_dir and (source.cache_dir / "config.json").is_file()):
+        return fingerprints.fingerprint([source.path / source.gguf_file])
+    files, _ = _shards(source.path)
+    return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
+
+
+# ------------------------------------------------------------------------------------- probing
+class _BaseRunner:
+    """Probes one base and its checkpoints; loads the model only on the first cache miss."""
+
+    def __init__(self, name, state, cache, fingerprints, load_model, device, bar):
+        self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
+        self.load_model, self.device, self.bar = load_model, device, bar
+        self.lm = None
+        self.base_fp = base_fingerprint(name, fingerprints)
+        self.references: dict[ChatFormat, object] = {}
+
+    def model(self):
+        if self.lm is None:
+            self.bar.note(f"loading base {self.name}")
+            if self.load_model is not None:
+                self.lm = self.load_model(self.name)
+            else:
+                from diag.backend.hf import HFBackend
+
+                self.lm = HFBackend.load(self.name, device=self.device)
+        return self.lm
+
+    def _key(self, fingerprint: str, chat: ChatFormat) -> str:
+        return cache_key(
+            weights=fingerprint,
+            base=self.name,
+            base_weights=self.base_fp,
+            chat=chat.to_dict(),
+            **self.state.settings,
+        )
+
+    def probe_base(self, chat: ChatFormat) -> None:
+        from diag.probes.suite import rescore
+
+        key = self._key("base", chat)
+        entry = self.cache.get("base", key)
+        cached = entry is not None
+        label = f"base {self.name}"
+        if entry is None:
+            self.bar.start(label)
+            lm = self.model()
+            if hasattr(lm, "use_adapter"):
+                lm.use_adapter(None)
+            run = self._run(lm, chat, None, label)
+            self.cache.put("base", key, {"records": run.records})
+        else:
+            run = rescore(entry["records"], self.state.identity, None)
+        self.references[chat] = run.reference
+        record = {
+            "run": "base",
+            "step": 0,
+            "path": self.name,
+            "format": "base",
+            "fingerprint": self.base_fp,
+            "base": self.name,
+            "chat": chat.to_dict(),
+        }
+        self.state.add(record, run, cached=cached, cache_key=key)
+        self.bar.done(label, cached)
+
+    def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, **options) -> None:
+        label = f"{ckpt.run} step {ckpt.step}"
+        record = {
+            "run": ckpt.run,
+            "step": ckpt.step,
+            "path": str(ckpt.path),
+            "format": ckpt.format,
+            "base": self.name,
+            "chat": chat.to_dict(),
+        }
+        try:
+            record["fingerprint"] = self.fp.fingerprint(
+                ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
+            )
+        except OSError as exc:  # vanished or unreadable mid-sweep
+            self.state.add_error(record, f"cannot read weights: {exc}")
+            self.bar.done(label, False, error=True)
+            return
+        key = self._key(record["fingerprint"], chat)
+        entry = self.cache.get("checkpoint", key)
+        if entry is not None:
+            from diag.probes.suite import rescore
+
+            run = rescore(entry["records"], self.state.identity, self.references[chat])
+            self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt)
+            self.bar.done(label, True)
+            return
+        self.bar.start(label)
+        from diag.backend.checkpoints import apply_checkpoint
+
+        base_lm = self.model()
+        try:
+            lm = apply_checkpoint(base_lm, ckpt, **options)
+        except DiagError as exc:  # does not fit the base, refused pickle, ...: this one only
+            log.warning("%s: %s", ckpt.path, exc)
+            self.state.add_error(record, str(exc), ckpt=ckpt)
+            self.bar.done(label, False, error=True)
+            return
+        try:
+            run = self._run(lm, chat, self.references[chat], label)
+        finally:
+            if lm is not base_lm:  # full weights: a second model, freed now (memory stays flat)
+                del lm
+                gc.collect()
+        self.cache.put("checkpoint", key, {"records": run.records})
+        self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt)
+        self.bar.done(label, False)
+
+    def _run(self, lm, chat: ChatFormat, reference, label: str):
+        from diag.probes.suite import run_probes
+
+        settings = self.state.settings
+        return run_probes(
+            lm,
+            self.state.identity,
+            chat=chat,
+            probes=settings["probes"],
+            size=settings["size"],
+            reference=reference,
+            generation=_generation(settings),
+            progress=self.bar.probe_callback(label),
+        )
+
+    def close(self) -> None:
+        self.lm = None
+        gc.collect()
+
+
+def _generation(settings: dict) -> GenerationConfig:
+    data = dict(settings["generation"])
+    data["chat"] = ChatFormat.from_dict(data.get("chat"))
+    return GenerationConfig(**data)
+
+
+# ------------------------------------------------------------------------------------- results
+def _loss_at(points: list, step: int) -> float | None:
+    """The last logged loss at or before ``step``."""
+    before = [loss for s, loss in points if s <= step]
+    return before[-1] if before else None
+
+
+class _State:
+    """The results being assembled; written after every checkpoint so nothing done is lost."""
+
+    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict):
+        self.root, self.out, self.found = root, out, found
+        self.identity, self.settings = identity, settings
+        self.records: list[dict] = []
+        self.samples: list[dict] = []
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def add(self, record: dict, run, *, cached: bool, cache_key: str, ckpt=None) -> None:
+        summary = run.summary
+        record.update(
+            status="ok",
+            error=None,
+            cached=cached,
+            cache_key=cache_key,
+            metrics={m: summary.get("metrics", {}).get(m) for m in METRICS},
+            stats=summary.get("stats", {}),
+            by_language=summary.get("by_language", {}),
+            probe_sets=summary.get("probe_sets", {}),
+            probes=summary.get("probes", {}),
+        )
+        self._finish_record(record, ckpt)
+        for sample in run.samples:
+            self.samples.append({"run": record["run"], "step": record["step"], **sample})
+
+    def add_error(self, record: dict, message: str, ckpt=None) -> None:
+        record.update(status="error", error=message, metrics=dict.fromkeys(METRICS))
+        record.setdefault("fingerprint", None)
+        self._finish_record(record, ckpt)
+
+    def _finish_record(self, record: dict, ckpt) -> None:
+        if ckpt is not None:
+            run = self.found.runs[ckpt.run]
+            record["train_loss"] = _loss_at(run.train_loss, ckpt.step)
+            record["eval_loss"] = _loss_at(run.eval_loss, ckpt.step)
+            record["notes"] = list(ckpt.notes)
+        self.records.append(record)
+
+    def data(self, complete: bool) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": tool_block(),
+            "created": self.created,
+            "complete": complete,
+            "root": str(self.root.resolve()),
+            "base": next((r["path"] for r in self.records if r["step"] == 0), None),
+            "identity": {"name": self.identity.name, "hash": self.identity.hash},
+            "settings": self.settings,
+            "runs": {name: run.to_dict() for name, run in sorted(self.found.runs.items())},
+            "checkpoints": sorted(self.records, key=_order),
+            "skipped": [{"path": p, "reason": why} for p, why in self.found.skipped],
+            "recommendation": dict(EMPTY_RECOMMENDATION),
+        }
+
+    def write_partial(self) -> None:
+        write_json_atomic(self.out / "results.json", self.data(complete=False))
+
+    def finish(self, policy, report: bool, seconds: float) -> SweepResult:
+        data = self.data(complete=True)
+        probed = sum(1 for r in self.records if r.get("status") == "ok" and not r.get("cached"))
+        data["timing"] = {
+            "seconds": round(seconds, 2),
+            "probed": probed,
+            "cached": sum(1 for r in self.records if r.get("cached")),
+        }
+        data["recommendation"] = recommend_if_available(data, policy)
+        samples = sorted(self.samples, key=lambda s: (str(s["run"]), s["step"]))
+        lines = "".join(_json_line(s) for s in samples)
+        write_text_atomic(self.out / "samples.jsonl", lines)
+        write_text_atomic(self.out / "scores.csv", scores_frame(data).to_csv(index=False))
+        write_json_atomic(self.out / "results.json", data)
+        if report:
+            path = report_if_available(data, samples, self.out / "report.html")
+            if path is not None:
+                log.info("report: %s", path)
+        return SweepResult(data, self.out)
+
+
+def _order(record: dict):
+    return (record["step"] != 0, str(record["run"]), record["step"], str(record["path"]))
+
+
+def _json_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row, ensure_ascii=False, default=str) + "\n"
+
+
+# --------------------------------------------------------------- seams to the later stages
+def recommend_if_available(data: dict, policy=None) -> dict:
+    """The recommendation block, from ``diag.diagnostics.recommend`` when that module exists.
+
+    A missing module (an older install, or this stage not built yet) yields the fixed keys with
+    null values and a reason saying so; an error inside it is a real error and propagates.
+    """
+    if importlib.util.find_spec("diag.diagnostics.recommend") is None:
+        return {**EMPTY_RECOMMENDATION, "reasons": ["recommendation module not installed"]}
+    from diag.diagnostics.recommend import recommend
+
+    if policy is None or isinstance(policy, (str, Path, dict)):
+        from diag.diagnostics.policy import load_policy
+
+        if isinstance(policy, dict):
+            policy = load_policy(None, policy)
+        else:
+            policy = load_policy(policy)
+    return {**EMPTY_RECOMMENDATION, **recommend(data, policy)}
+
+
+def report_if_available(data: dict, samples: list[dict], path: Path) -> Path | None:
+    """Render the HTML report with ``diag.reports.html`` when that module exists."""
+    if importlib.util.find_spec("diag.reports.html") is None:
+        log.info("HTML report module not installed; skipping report.html")
+        return None
+    from diag.reports.html import render_report
+
+    return render_report(data, samples, path)
