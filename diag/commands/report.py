@@ -1,0 +1,56 @@
+"""`diag report RESULTS_DIR`: re-render the HTML report and the verdict from stored results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path),
+    help="Re-judge with this policy YAML (default: keep the stored recommendation).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one policy value, e.g. --set drift_max=0.3 --set checks.near_miss=warning.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Where to write the HTML (default: RESULTS_DIR/report.html).",
+)
+@click.option("--quiet", is_flag=True, help="Print only the report's path.")
+def report(results_dir, policy_file, overrides, out, quiet):
+    """Re-render RESULTS_DIR/report.html (no model needed) and print the verdict.
+
+    With --policy/--set the checkpoints are re-judged for this report only; results.json is not
+    changed (the gate reads it).
+    """
+    from diag.reports.build import rerender
+
+    path, data = rerender(results_dir, policy_file, _parse(overrides), out)
+    if not quiet:
+        from diag.reports.terminal import print_summary
+
+        print_summary(data)
+    click.echo(f"report: {path}")
+
+
+def _parse(pairs: tuple[str, ...]) -> dict:
+    from diag.errors import DiagError
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
+        parsed[key.strip()] = value.strip()
+    return parsed
