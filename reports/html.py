@@ -154,14 +154,17 @@ def _headline(rec: dict, results: dict, results_dir) -> dict:
         "merge_command": None,
     }
     if head["has_recommendation"]:
-        runs = {str(r.get("run")) for r in results.get("checkpoints") or [] if r.get("step")}
-        run_path = ((results.get("runs") or {}).get(str(rec["run"])) or {}).get("path")
-        # One run: the results dir identifies the checkpoint by step (and carries the gate's
-        # evidence); several runs share step numbers, so name the run folder instead.
-        source = str(results_dir) if len(runs) <= 1 or not run_path else run_path
+        same_step = [
+            r
+            for r in results.get("checkpoints") or []
+            if r.get("step") == rec["step"] and r.get("status", "ok") == "ok"
+        ]
+        # A step names the checkpoint unless several runs share it; then the gate needs its path.
+        which = str(rec["step"]) if len(same_step) <= 1 else shlex.quote(str(rec.get("path")))
         out = f"merged-{rec['run']}-step{rec['step']}"
         head["merge_command"] = (
-            f"diag merge {shlex.quote(source)} --checkpoint {rec['step']} --out {shlex.quote(out)}"
+            f"diag merge {shlex.quote(str(results_dir))} --checkpoint {which} "
+            f"--out {shlex.quote(out)}"
         )
     return head
 

@@ -89,3 +89,18 @@ def test_terminal_summary_shows_the_decision():
     assert "★ recommended" in text and "recommend run-a step 300" in text
     assert "fails near_miss, retention, drift, parrot_leakage, modal_share" in text
     assert "100% [89%–100%]" in text
+
+
+def test_merge_command_names_the_path_when_runs_share_the_step():
+    records = learned_then_parrot("run-a") + learned_then_parrot("run-b")
+    results = sweep(*records)
+    results["recommendation"] = recommend(results)
+    head = build_context(results, [], "runs/diag")["headline"]
+    assert head["merge_command"] == (
+        "diag merge runs/diag --checkpoint runs/run-a/checkpoint-300 --out merged-run-a-step300"
+    )
+    single = _results()
+    head = build_context(single, [], "runs/diag")["headline"]
+    assert (
+        head["merge_command"] == "diag merge runs/diag --checkpoint 300 --out merged-run-a-step300"
+    )
