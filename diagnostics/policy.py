@@ -111,13 +111,30 @@ class Check:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
 
 
-def load_policy(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Policy:
+def parse_overrides(pairs) -> dict[str, str]:
+    """``("drift_max=0.3", "checks.near_miss=warning")`` (repeated ``--set``) -> a dict.
+
+    >>> parse_overrides(["drift_max=0.3"])
+    {'drift_max': '0.3'}
+    """
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def load_policy(path: str | Path | None = None, overrides=None) -> Policy:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (e.g. from CLI flags).
 
-    Values may be strings ("0.3", "warning"); ``checks`` maps check names to severities, and an
-    override key ``checks.NAME`` (or ``NAME`` = a severity) sets one. All problems are reported in
-    one DiagError naming the file and the fix.
+    ``overrides`` is a dict or the ``--set KEY=VALUE`` strings. Values may be strings ("0.3",
+    "warning"); ``checks`` maps check names to severities, and a key ``checks.NAME`` (or ``NAME`` =
+    a severity) sets one. All problems are reported in one DiagError naming the file and the fix.
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
     source = "policy overrides"
     data: dict[str, Any] = {}
     if path is not None:

@@ -8,13 +8,13 @@ from pathlib import Path
 def rerender(
     results_dir: str | Path,
     policy_file: str | Path | None = None,
-    overrides: dict | None = None,
+    overrides=None,
     out: str | Path | None = None,
 ) -> tuple[Path, dict]:
     """Write the HTML report for ``results_dir``; returns (report path, results dict shown).
 
-    The stored recommendation is used unless a policy file or overrides are given, or the results
-    have none; then it is recomputed in memory (results.json is never rewritten here).
+    The stored recommendation is used unless a policy file or overrides (a dict or ``KEY=VALUE``
+    strings) are given, or the results have none; then it is recomputed in memory (results.json is never rewritten here).
     """
     from diag.diagnostics.results import load_sweep
     from diag.reports.html import render_report

@@ -74,7 +74,7 @@ def test_loop_and_modal_limits_follow_the_base():
 def test_policy_file_and_overrides(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("identity_min_low: 0.8\nchecks:\n  near_miss: warning\n  loop_rate: off\n")
-    policy = load_policy(path, overrides={"drift_max": "0.3"})
+    policy = load_policy(path, overrides=("drift_max=0.3",))
     assert policy.identity_min_low == 0.8 and policy.drift_max == 0.3
     assert policy.severity("near_miss") == "warning"
     assert policy.severity("loop_rate") == "off"  # a bare YAML `off` is read as false
@@ -93,6 +93,8 @@ def test_bad_policy_reports_every_problem_at_once(tmp_path):
     assert "unknown check 'identity'" in message
     with pytest.raises(DiagError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+    with pytest.raises(DiagError, match="is not KEY=VALUE"):
+        load_policy(None, ("drift_max",))
 
 
 def test_near_miss_is_read_relative_to_the_base_or_an_absolute_floor():

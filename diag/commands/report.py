@@ -36,7 +36,7 @@ def report(results_dir, policy_file, overrides, out, quiet):
     """
     from diag.reports.build import rerender
 
-    path, data = rerender(results_dir, policy_file, _parse(overrides), out)
+    path, data = rerender(results_dir, policy_file, overrides, out)
     if not quiet:
         from diag.reports.terminal import print_summary
 
@@ -45,12 +45,7 @@ def report(results_dir, policy_file, overrides, out, quiet):
 
 
 def _parse(pairs: tuple[str, ...]) -> dict:
-    from diag.errors import DiagError
+    """Kept for callers that import it; the parser lives with the policy."""
+    from diag.diagnostics.policy import parse_overrides
 
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
-        parsed[key.strip()] = value.strip()
-    return parsed
+    return parse_overrides(pairs)
