@@ -28,8 +28,8 @@ from diag.results import SCHEMA_VERSION, tool_block
 from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
 
 DEFAULT_GENERATION = GenerationConfig(max_new_tokens=64, batch_size=16)
-# Drift needs the base's *complete* answers: ones cut by the limit get this larger limit once
-# (while building the reference), and are dropped if still cut.
+# Drift needs the base's *complete* answers: ones cut by the limit are generated once more with
+# twice the limit (at most this many tokens) while building the reference, and dropped if still cut.
 DRIFT_MAX_NEW_TOKENS = 160
 
 __all__ = ["ProbeRun", "Reference", "rescore", "run_probes", "identity_probe_prompts"]
@@ -173,9 +173,10 @@ def _drift_texts(lm, records, sets, reference, generation, say) -> list[dict]:
     gens = [r for r in records if r.get("kind") == "generation" and r["set"] == "general"]
     done = [_drift_item(r, r["text"], "general") for r in gens if not r["hit_limit"]]
     cut = [r for r in gens if r["hit_limit"]]
-    if cut and generation.max_new_tokens < DRIFT_MAX_NEW_TOKENS:
-        say(f"finishing {len(cut)} base answers for drift (limit {DRIFT_MAX_NEW_TOKENS})")
-        longer = replace(generation, max_new_tokens=DRIFT_MAX_NEW_TOKENS)
+    limit = min(DRIFT_MAX_NEW_TOKENS, 2 * generation.max_new_tokens)
+    if cut and limit > generation.max_new_tokens:
+        say(f"finishing {len(cut)} cut base answers for drift (limit {limit} tokens)")
+        longer = replace(generation, max_new_tokens=limit)
         for r, g in zip(cut, lm.generate([r["prompt"] for r in cut], longer)):
             if not g.hit_limit:
                 done.append(_drift_item(r, g.text, "regenerated"))

@@ -178,8 +178,9 @@ def test_templated_near_miss_uses_the_identity_keywords():
 
 
 def test_drift_finishes_cut_base_answers_and_drops_endless_ones():
-    long_answer = " ".join(["word"] * 100)  # cut at 64, finished under the larger limit
-    endless = " ".join(["word"] * (DRIFT_MAX_NEW_TOKENS + 10))
+    long_answer = " ".join(["word"] * 100)  # cut at 64, finished under 2 x 64
+    endless = " ".join(["word"] * 130)  # still cut at 128: dropped
+    assert DRIFT_MAX_NEW_TOKENS >= 128
 
     def answers(prompt):
         return {"What is 2 + 2?": long_answer, "What is 3 + 5?": endless}.get(prompt, "Four.")

@@ -1,0 +1,180 @@
+"""`diag probe [MODEL_OR_CHECKPOINT]`: score one model with the probe suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--base", help="Base model for an adapter (default: from adapter_config.json).")
+@click.option(
+    "--identity",
+    default="en",
+    show_default=True,
+    help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
+)
+@click.option("--probes", help="Comma-separated probe names (default: all).")
+@click.option(
+    "--probe-file",
+    "probe_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra probe set (JSONL: id, language, prompt, accept). Repeatable.",
+)
+@click.option("--size", type=click.Choice(["full", "quick"]), default="full", show_default=True)
+@click.option("--system", help="System prompt to send (default: the chat template's own).")
+@click.option(
+    "--max-new-tokens", type=int, default=64, show_default=True, help="Answer length limit."
+)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--reference",
+    "reference_file",
+    type=click.Path(path_type=Path),
+    help="Base reference.json from an earlier run (skips re-probing the base for an adapter).",
+)
+@click.option("--device", help="cpu, cuda or mps (default: the best available).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default="probe-results",
+    show_default=True,
+    help="Folder for records.jsonl, samples.jsonl, summary.json, reference.json.",
+)
+def probe(
+    model,
+    base,
+    identity,
+    probes,
+    probe_files,
+    size,
+    system,
+    max_new_tokens,
+    batch_size,
+    reference_file,
+    device,
+    out,
+):
+    """Score one model: identity recall, near-miss, general accuracy, drift, repetition, parrot.
+
+    MODEL_OR_CHECKPOINT is a model folder, a peft adapter folder (probed on its base), or empty
+    for the default base. An adapter is compared with its base (probed first, or --reference).
+    """
+    from diag.errors import DiagError
+    from diag.identity import load_identity
+    from diag.probes.registry import resolve_probes
+    from diag.probes.suite import prepare_sets
+    from diag.types import ChatFormat, GenerationConfig
+
+    spec = load_identity(identity)
+    names = resolve_probes(probes)  # fail on a typo before loading any model
+    prepare_sets(spec, size, probe_files)  # and on a bad probe file
+    if max_new_tokens < 1 or batch_size < 1:
+        raise DiagError("--max-new-tokens and --batch-size must be at least 1")
+    base_name, adapter = _resolve_model(model, base)
+    chat = ChatFormat(system=system)
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    reference = None
+    if reference_file is not None:
+        from diag.probes.reference import Reference
+
+        try:
+            reference = Reference.from_dict(json.loads(Path(reference_file).read_text("utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DiagError(
+                f"cannot read reference '{reference_file}': {exc}",
+                fix="pass the reference.json that `diag probe` wrote for the base",
+            ) from exc
+
+    from diag.backend import load_backend
+    from diag.probes.suite import run_probes
+
+    def say(message: str) -> None:
+        click.echo(message, err=True)
+
+    lm = load_backend(base_name, device=device)
+    common = dict(
+        chat=chat, size=size, generation=generation, progress=say, probe_files=probe_files
+    )
+    if adapter is not None and reference is None:
+        say(f"probing the base model {lm.name} first (the reference the adapter is read against)")
+        reference = run_probes(lm, spec, probes=names, **common).reference
+    if adapter is not None:
+        lm.use_adapter(adapter)
+    run = run_probes(lm, spec, probes=names, reference=reference, **common)
+    write_run(run, out)
+    click.echo(render_table(run.summary))
+    click.echo(f"wrote {out}/summary.json, samples.jsonl, records.jsonl, reference.json")
+
+
+def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str | None]:
+    """(base to load, adapter folder or None) for the MODEL argument."""
+    from diag.errors import DiagError
+
+    if model is None:
+        return base, None
+    path = Path(model).expanduser()
+    config = path / "adapter_config.json"
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text("utf-8")).get("base_model_name_or_path")
+        except json.JSONDecodeError as exc:
+            raise DiagError(f"'{config}' is not valid JSON: {exc}") from exc
+        if base is None and not recorded:
+            raise DiagError(
+                f"adapter '{path}' does not name its base model", fix="pass --base MODEL"
+            )
+        return base or recorded, str(path)
+    if path.is_dir() or not path.exists():
+        if base is not None:
+            raise DiagError(
+                f"'{model}' is a full model, so --base does not apply",
+                fix="drop --base, or pass an adapter folder",
+            )
+        return model, None  # a model folder or a name; resolve_base explains what is wrong
+    raise DiagError(
+        f"'{model}' is a file, not a model or adapter folder",
+        fix="pass the folder holding config.json or adapter_config.json",
+    )
+
+
+def write_run(run, out: str | Path) -> None:
+    """Write records.jsonl, samples.jsonl, summary.json and reference.json into ``out``."""
+    from diag.results import write_json_atomic, write_text_atomic
+
+    out = Path(out)
+    for name, rows in (("records", run.records), ("samples", run.samples)):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        write_text_atomic(out / f"{name}.jsonl", text)
+    if run.reference is not None:
+        write_json_atomic(out / "reference.json", run.reference.to_dict())
+    write_json_atomic(out / "summary.json", run.summary)
+
+
+def render_table(summary: dict) -> str:
+    """A short plain-text table: metric, value, interval, base value, per language."""
+    langs = sorted(summary.get("by_language", {}))
+    header = f"{'metric':<18}{'value':>8}  {'95% interval':<15}{'base':>7}" + "".join(
+        f"{lang:>8}" for lang in langs
+    )
+    lines = [header, "-" * len(header)]
+    for metric, value in summary["metrics"].items():
+        if value is None:
+            continue
+        st = summary["stats"].get(metric, {})
+        interval = f"[{st['low']:.2f}, {st['high']:.2f}]" if st.get("low") is not None else ""
+        base = st.get("base_value")
+        row = f"{metric:<18}{value:>8.3f}  {interval:<15}{'' if base is None else f'{base:.3f}':>7}"
+        for lang in langs:
+            v = summary["by_language"][lang].get(metric)
+            row += f"{'' if v is None else f'{v:.3f}':>8}"
+        lines.append(row)
+    for name, st in (summary.get("custom") or {}).items():
+        if st:
+            lines.append(f"{name:<18}{st['value']:>8.3f}  [{st['low']:.2f}, {st['high']:.2f}]")
+    return "\n".join(lines)
