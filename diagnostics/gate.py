@@ -134,19 +134,18 @@ def gate(
         return result  # _choose set the verdict and said why
     result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
     result.checks = evaluate_checkpoint(chosen, find_base(records, chosen.get("run")), policy)
-    result.problems += _evidence_problems(chosen, data, results_file)
-    result.problems += [
-        f"{c.name}: {c.detail}" for c in result.checks if c.blocking and _no_evidence(c)
-    ]
+    stale = _evidence_problems(chosen, data, results_file)
+    missing = [f"{c.name}: {c.detail}" for c in result.checks if c.blocking and _no_evidence(c)]
+    result.problems += stale + missing
     stored = (data.get("recommendation") or {}).get("policy_hash")
     if stored and stored != policy.hash:
         result.notes.append(
             f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
         )
-    if result.failed:
-        result.verdict = (
-            "fail"  # a failure on evidence is decisive even if other evidence is missing
-        )
+    if stale:
+        result.verdict = "undecided"  # scores of other (or unknown) weights decide nothing
+    elif result.failed:
+        result.verdict = "fail"  # a failure on current evidence decides, whatever else is missing
     elif result.problems:
         result.verdict = "undecided"
     else:
@@ -202,7 +201,11 @@ def _choose(
         result.selected_by = f"--checkpoint {wanted}"
     else:
         target = _resolved(wanted)  # a path given here is relative to here
-        matches = [r for r in candidates if _record_path(r, data, result.results_dir) == target]
+        matches = [
+            r
+            for r in candidates
+            if r.get("path") == wanted or _record_path(r, data, result.results_dir) == target
+        ]
         result.selected_by = "--checkpoint PATH"
     if not matches:
         known = ", ".join(f"{r.get('run')}:{r['step']}" for r in candidates[:12]) or "none"
