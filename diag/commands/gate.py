@@ -50,13 +50,12 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
     """
     import json
 
-    from diag.commands.report import _parse
     from diag.diagnostics.gate import gate as run_gate
     from diag.diagnostics.gate_output import to_junit, to_markdown
     from diag.diagnostics.policy import load_policy
     from diag.results import write_text_atomic
 
-    policy = load_policy(policy_file, _parse(overrides))
+    policy = load_policy(policy_file, overrides)
     source = f"policy file '{policy_file}'" if policy_file else "defaults"
     result = run_gate(results_dir, policy=policy, checkpoint=checkpoint)
     result.policy_source = source + (f" + --set {' '.join(overrides)}" if overrides else "")

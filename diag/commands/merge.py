@@ -43,7 +43,6 @@ def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pi
     iter_N.pth). The output holds safetensors, tokenizer, chat template, generation config and
     diag-merge.json (source, fingerprint, gate verdict, diag version).
     """
-    from diag.commands.report import _parse
     from diag.diagnostics.merge import merge as run_merge
     from diag.diagnostics.policy import load_policy
 
@@ -51,7 +50,7 @@ def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pi
         source,
         out,
         checkpoint=checkpoint,
-        policy=load_policy(policy_file, _parse(overrides)),
+        policy=load_policy(policy_file, overrides),
         force=force,
         base=base,
         allow_pickle=allow_pickle,
