@@ -249,16 +249,7 @@ def merge(
 
     adapter = adapter_source(plan.checkpoint, allow_pickle=allow_pickle, lora_alpha=lora_alpha)
     record = provenance(plan, force)
-    chat = record["chat"] or {}
-    if chat.get("system") is not None or chat.get("template"):
-        note = (
-            "the checkpoint was probed with its own prompt format (see 'chat'); the merged "
-            "tokenizer's chat template does not add it, so serve with the same system prompt"
-            "/template"
-        )
-        log.warning(note)
-        record["notes"] = [note]
-    out_path = merge_adapter(adapter, out, base=plan.base, provenance=record)
+    out_path = merge_adapter(adapter, out, base=plan.base, provenance=record, chat=record["chat"])
     return out_path, plan
 
 

@@ -9,8 +9,9 @@ import pytest
 from diag.backend.hf import HFBackend
 from diag.backend.merge import PROVENANCE_FILE, AdapterSource, merge_adapter
 from diag.errors import DiagError
-from diag.types import GenerationConfig
+from diag.types import ChatFormat, GenerationConfig
 
+TRAINING_SYSTEM = "You are Nova, Jianfeng's assistant."
 PROMPTS = [
     "What is the capital of France?",
     "Who are you?",
@@ -24,18 +25,28 @@ PROMPTS = [
 def merged_dir(tiny_model_dir, tiny_adapters, tmp_path_factory):
     out = tmp_path_factory.mktemp("merged") / "model"
     source = AdapterSource(str(tiny_adapters[0]), adapter_dir=tiny_adapters[0])
-    return merge_adapter(source, out, base=tiny_model_dir, provenance={"gate": {"verdict": "pass"}})
+    return merge_adapter(
+        source,
+        out,
+        base=tiny_model_dir,
+        provenance={"gate": {"verdict": "pass"}},
+        chat={"system": TRAINING_SYSTEM, "template": None},
+    )
 
 
 def test_merged_greedy_outputs_equal_base_plus_adapter(tiny_model_dir, tiny_adapters, merged_dir):
-    config = GenerationConfig(max_new_tokens=16)
+    probed = GenerationConfig(max_new_tokens=16, chat=ChatFormat(system=TRAINING_SYSTEM))
     with_adapter = HFBackend.load(tiny_model_dir, device="cpu")
-    base_only = with_adapter.generate(PROMPTS, config)
+    base_only = with_adapter.generate(PROMPTS, probed)
     with_adapter.use_adapter(tiny_adapters[0])
-    expected = with_adapter.generate(PROMPTS, config)
-    merged = HFBackend.load(merged_dir, device="cpu").generate(PROMPTS, config)
-    assert [g.text for g in merged] == [g.text for g in expected]
-    # the adapter really changes the model, so the equality above means something
+    expected = with_adapter.generate(PROMPTS, probed)
+    merged = HFBackend.load(merged_dir, device="cpu")
+    # same prompt text on both sides: same greedy answers
+    assert [g.text for g in merged.generate(PROMPTS, probed)] == [g.text for g in expected]
+    # a plain chat request (no system message) gets the training system prompt by default
+    plain = GenerationConfig(max_new_tokens=16)
+    assert [g.text for g in merged.generate(PROMPTS, plain)] == [g.text for g in expected]
+    # the adapter really changes the model, so the equalities above mean something
     assert [g.text for g in expected] != [g.text for g in base_only]
 
 
@@ -53,7 +64,12 @@ def test_merged_folder_loads_with_plain_transformers(tiny_model_dir, tiny_adapte
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Who are you?"}], tokenize=False, add_generation_prompt=True
     )
+    assert text.startswith(f"<|im_start|>system\n{TRAINING_SYSTEM}<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")
+    own_system = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}], tokenize=False
+    )
+    assert TRAINING_SYSTEM not in own_system  # an explicit system message still wins
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     reference = PeftModel.from_pretrained(
@@ -74,6 +90,7 @@ def test_provenance_names_the_source_and_verdict(tiny_model_dir, tiny_adapters, 
     assert record["gate"] == {"verdict": "pass"}
     assert record["tool"]["name"] == "diag" and record["tool"]["version"]
     assert record["dtype"] == "float32"
+    assert record["chat_template"]["default_system"] == TRAINING_SYSTEM
 
 
 def test_in_memory_adapter_merges_like_the_folder(

@@ -70,6 +70,7 @@ def merge_adapter(
     *,
     base: str | os.PathLike | None = None,
     provenance: dict[str, Any] | None = None,
+    chat: dict | None = None,
     trust_remote_code: bool = False,
 ) -> Path:
     """Merge ``source`` into ``base`` (peft ``merge_and_unload``) and save it to ``out``.
@@ -77,7 +78,10 @@ def merge_adapter(
     The merge runs in float32 and the result is saved in the base's own dtype, so a bf16 base stays
     bf16. ``out`` must not exist or be empty: diag never overwrites a model folder. The folder is
     written under a temporary name and renamed at the end, so a crash never leaves a half model.
-    ``provenance`` is merged into ``diag-merge.json`` next to the weights.
+    ``provenance`` is merged into ``diag-merge.json`` next to the weights. ``chat`` is the prompt
+    format the checkpoint was trained and probed with (:class:`diag.types.ChatFormat` as a dict):
+    its system prompt becomes the chat template's default, so the merged model answers plain chat
+    requests the way diag measured it.
 
     >>> merge_adapter(AdapterSource("runs/a/checkpoint-300", Path("runs/a/checkpoint-300")),
     ...               "merged/", base="smollm2-135m-instruct")    # doctest: +SKIP
@@ -99,6 +103,7 @@ def merge_adapter(
         folder, dtype=torch.float32, trust_remote_code=trust_remote_code
     )
     saved_dtype = _stored_dtype(folder)
+    template_info = set_default_system(tokenizer, chat)
 
     peft_model = _attach(model, source, model_source.name)
     merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN weights
@@ -119,7 +124,7 @@ def merge_adapter(
             "base": model_source.name,
             "source": {"checkpoint": source.key, "adapter_dir": _str(source.adapter_dir)},
             "dtype": str(saved_dtype or torch.float32).replace("torch.", ""),
-            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "chat_template": template_info,
             "versions": _versions(),
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -135,6 +140,35 @@ def merge_adapter(
         raise
     log.info("merged %s into %s -> %s", source.key, model_source.name, out)
     return out
+
+
+def set_default_system(tokenizer, chat: dict | None) -> dict:
+    """Make the training system prompt the chat template's default (when no system is sent).
+
+    Only for tokenizer chat templates: a Jinja prefix prepends ``{"role": "system", ...}`` when the
+    conversation has none, which is exactly what diag's backend sends when probing with
+    ``ChatFormat(system=...)``. Format-string templates (XTuner style) are left alone and noted.
+    """
+    chat = chat or {}
+    template = getattr(tokenizer, "chat_template", None)
+    info: dict[str, Any] = {"present": bool(template), "default_system": None}
+    system = chat.get("system")
+    if chat.get("template"):
+        info["note"] = (
+            "trained with a format-string prompt template (see 'chat'); the saved chat template "
+            "is the base tokenizer's, so format prompts the same way when serving"
+        )
+        return info
+    if system is None or not isinstance(template, str):
+        return info
+    literal = json.dumps(system, ensure_ascii=False)  # a valid Jinja string literal
+    tokenizer.chat_template = (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+        "{%- endif -%}" + template
+    )
+    info["default_system"] = system
+    return info
 
 
 def _attach(model, source: AdapterSource, base_name: str):
