@@ -134,9 +134,20 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
         "check_names": check_names,
         "check_rows": check_rows,
         "metric_tables": _metric_tables(records, judged),
-        "answers": answers_table(samples, results.get("identity")),
+        "answers": answers_table(_known(samples, records), results.get("identity")),
         "errors": [r for r in records if r.get("status", "ok") != "ok"],
     }
+
+
+def _known(samples: list[dict], records: list[dict]) -> list[dict]:
+    """Only the samples of checkpoints in the results (samples.jsonl may hold stale ones)."""
+    known = {(str(r.get("run")), r.get("step")) for r in records}
+    has_base = any(r.get("step") == 0 for r in records)
+    return [
+        s
+        for s in samples
+        if (str(s.get("run")), s.get("step")) in known or (s.get("step") == 0 and has_base)
+    ]
 
 
 def _headline(rec: dict, results: dict, results_dir) -> dict:

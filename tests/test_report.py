@@ -50,6 +50,14 @@ def test_answers_table_puts_the_parrot_moment_on_screen_and_highlights_identity(
     assert [r["probe"] for r in table["rows"]].count("general_accuracy") == 4
 
 
+def test_answers_only_show_checkpoints_in_the_results():
+    results = _results()
+    rows = samples(results)
+    stale = [dict(r, step=700) for r in rows if r["step"] == 600]
+    columns = build_context(results, rows + stale)["answers"]["columns"]
+    assert [c["step"] for c in columns] == [0, 100, 200, 300, 400, 500, 600]
+
+
 def test_identity_highlight_found_from_a_builtin_hash_only():
     from diag.identity import load_identity
 
