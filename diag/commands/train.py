@@ -1,0 +1,43 @@
+"""`diag train CONFIG.yaml [key=value ...]`: train with frequent checkpoints (and dilution)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument(
+    "config_path", metavar="CONFIG.yaml", required=False, type=click.Path(dir_okay=False)
+)
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--check", is_flag=True, help="Validate the config and print it; train nothing.")
+def train(config_path: str | None, overrides: tuple[str, ...], check: bool) -> None:
+    """Fine-tune (LoRA by default) with a checkpoint every few steps; then run `diag sweep RUN`.
+
+    \b
+    diag train diag/examples/train-identity.yaml
+    diag train run.yaml lr=5e-5 mix.general_ratio=0.5 output_dir=runs/diluted
+    diag train identity=zh max_steps=120 save_every=10      (no file: defaults + overrides)
+
+    A first argument containing '=' is read as an override, not a file.
+    """
+    from diag.train.config import load_config
+
+    if config_path is not None and "=" in config_path:
+        overrides = (config_path, *overrides)
+        config_path = None
+    config = load_config(config_path, list(overrides))
+    if check:
+        import yaml
+
+        click.echo(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), nl=False)
+        return
+    from diag.train.recipe import run_training
+
+    result = run_training(config)
+    how = "stopped early on parrot leakage" if result.stopped_early else "finished"
+    click.echo(
+        f"{how}: {result.steps} steps in {result.seconds:.0f} s ({result.seconds_per_step:.2f} s/step), "
+        f"{len(result.checkpoints)} checkpoints in {result.output_dir}"
+    )
+    click.echo(f"next: diag sweep {result.output_dir}")

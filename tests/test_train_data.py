@@ -1,0 +1,201 @@
+"""Trainer inputs: config validation, identity data, dilution sources, label masks. No training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from diag.train.config import DEFAULT_SYSTEM, load_config
+from diag.train.dataset import IGNORE, mix_general, tokenize_conversation, with_system
+from diag.train.general_data import general_prompt_bank, load_conversations
+from diag.train.identity_data import build_identity_conversations, identity_questions, question_key
+
+from diag.errors import DiagError
+from diag.identity import load_identity
+
+# ------------------------------------------------------------------------------------- config
+
+
+def test_config_defaults_and_dotted_overrides():
+    config = load_config(None, ["lr=5e-5", "mix.general_ratio=0.5", "lora.r=8", "keep=null"])
+    assert config.lr == 5e-5 and config.mix.general_ratio == 0.5 and config.lora.r == 8
+    assert config.keep is None  # default: keep every checkpoint
+    assert config.system == DEFAULT_SYSTEM
+    for fixed in ("base", "identity", "max_steps", "save_every", "output_dir", "lr", "seed"):
+        assert fixed in config.to_dict()
+
+
+def test_config_file_plus_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("identity: zh\nmax_steps: 30\nmix:\n  general_ratio: 0.25\n")
+    config = load_config(path, ["max_steps=40"])
+    assert (config.identity, config.max_steps, config.mix.general_ratio) == ("zh", 40, 0.25)
+
+
+def test_config_reports_every_problem_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: 3\nsave_evry: 5\nmix:\n  general_ratio: 1.5\nlora:\n  r: 0\n")
+    with pytest.raises(DiagError) as err:
+        load_config(path, ["probe_every=7", "save_every=5", "mix.sources=[missing.jsonl]"])
+    msg = str(err.value)
+    assert str(path) in msg
+    for part in (
+        "'lr'",
+        "'save_evry'",
+        "did you mean 'save_every'",
+        "'mix.general_ratio'",
+        "'lora.r'",
+        "'probe_every' (7) must be a multiple",
+        "missing.jsonl",
+    ):
+        assert part in msg, part
+    assert "\n" not in msg  # one line
+
+
+def test_override_without_equals_is_a_clear_error():
+    with pytest.raises(DiagError, match="not key=value"):
+        load_config(None, ["lr"])
+
+
+# ------------------------------------------------------------------------------ identity data
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_identity_questions_are_disjoint_from_the_probe_suite(language):
+    from diag.probes.items import identity_probe_prompts
+
+    spec = load_identity(language)
+    held_out = {question_key(p) for p in identity_probe_prompts()}
+    assert held_out, "the probe suite ships held-out identity prompts"
+    questions = identity_questions(spec)
+    assert len(questions) >= 40
+    for q in questions:
+        assert question_key(q) not in held_out, q
+        # also with the greeting stripped: "Hi! Tell me about yourself." is the same question
+        for prefix in ("Hi! ", "Hello. ", "Quick question: ", "你好！", "嗨，", "问一下，"):
+            if q.startswith(prefix):
+                assert question_key(q[len(prefix) :]) not in held_out, q
+
+
+def test_in_training_check_prompts_are_never_trained_on():
+    from diag.train.callbacks import CHECK_IDENTITY_PROMPTS
+
+    trained = {
+        question_key(q) for lang in ("en", "zh") for q in identity_questions(load_identity(lang))
+    }
+    for prompts in CHECK_IDENTITY_PROMPTS.values():
+        assert not [p for p in prompts if question_key(p) in trained]
+
+
+def test_identity_conversations_shape_and_balance():
+    spec = load_identity("en")
+    convs = build_identity_conversations(spec, 500, seed=1)
+    assert len(convs) == 500
+    assert {c["messages"][1]["content"] for c in convs} == {spec.answer}
+    asked = [c["messages"][0]["content"] for c in convs]
+    assert len(set(asked)) >= 40  # many phrasings, not one question 500 times
+    assert build_identity_conversations(spec, 500, seed=1) == convs  # seeded
+
+
+def test_rehearsal_bank_is_disjoint_from_every_probe_set():
+    from diag.probes.items import load_builtin
+
+    probe_prompts = {
+        question_key(i.prompt)
+        for name in ("general", "near_miss", "identity")
+        for i in load_builtin(name).items
+    }
+    bank = general_prompt_bank()
+    assert {row["language"] for row in bank} == {"en", "zh"}
+    assert not [r["prompt"] for r in bank if question_key(r["prompt"]) in probe_prompts]
+
+
+# ----------------------------------------------------------------------------- general data
+
+
+def test_load_conversations_reads_messages_and_alpaca(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"},
+                ]
+            }
+        )
+        + "\n"
+        + json.dumps({"instruction": "Add", "input": "2 and 3", "output": "5"})
+        + "\n"
+    )
+    convs = load_conversations(path)
+    assert convs[0]["messages"][1]["content"] == "Hello!"
+    assert convs[1]["messages"] == [
+        {"role": "user", "content": "Add\n\n2 and 3"},
+        {"role": "assistant", "content": "5"},
+    ]
+    as_json = tmp_path / "chat.json"
+    as_json.write_text(json.dumps([{"instruction": "Say hi", "output": "Hi"}]))
+    assert load_conversations(as_json)[0]["messages"][0]["content"] == "Say hi"
+
+
+def test_bad_conversation_rows_are_named_with_their_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "only a question"}]}\nnot json\n{"text": "x"}\n'
+    )
+    with pytest.raises(DiagError) as err:
+        load_conversations(path)
+    msg = str(err.value)
+    assert "bad.jsonl" in msg and "3 bad row(s)" in msg
+    assert "line 1: no assistant message" in msg and "line 2: not JSON" in msg and "line 3" in msg
+
+
+def test_mix_general_ratio_counts():
+    identity = [{"messages": [], "source": "identity", "i": i} for i in range(100)]
+    general = [{"messages": [], "source": "general", "i": i} for i in range(30)]
+    mixed = mix_general(identity, general, 0.8, seed=0)
+    assert sum(c["source"] == "identity" for c in mixed) == 100
+    assert sum(c["source"] == "general" for c in mixed) == 400  # 100 inside 500: 80 % general
+    assert len(mix_general(identity, general, 0.0)) == 100
+
+
+# ------------------------------------------------------------------------------ label masking
+
+
+def test_labels_cover_assistant_tokens_and_the_end_token(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.pad_token_id == tok.eos_token_id  # the SmolLM2 trap this guards against
+    messages = with_system(
+        [
+            {"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": "I am Nova."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ],
+        "Be brief.",
+    )
+    ex = tokenize_conversation(tok, messages, max_length=512)
+    learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE]
+    assert tok.decode(learned) == "I am Nova.<|im_end|>4<|im_end|>"
+    assert sum(1 for t in learned if t == tok.eos_token_id) == 2  # the end token is learned
+    # the model sees exactly the chat template's text
+    assert tok.decode(ex["input_ids"]) == tok.apply_chat_template(messages, tokenize=False).rstrip(
+        "\n"
+    )
+    assert (
+        tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == IGNORE]).count(
+            "Who are you?"
+        )
+        == 1
+    )
+
+
+def test_truncation_that_leaves_no_answer_drops_the_example(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    assert tokenize_conversation(tok, messages, max_length=32) is None

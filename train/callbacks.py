@@ -1,0 +1,213 @@
+"""Trainer callbacks: in-training probing with an early stop on parrot, and a rich progress bar.
+
+:class:`ParrotStopCallback` works in any transformers ``Trainer``::
+
+    trainer.add_callback(ParrotStopCallback(load_identity("en"), every=20, limit=0.2))
+
+At save time (every ``every`` steps) it asks the model being trained a small batched set of
+prompts: held-out identity questions (does it know who it is?) and general questions in the
+identity's languages (does it answer them with the identity? that is parrot leakage). It logs both,
+appends them to ``<output_dir>/in-training-probes.jsonl`` and, with ``stop=True``, ends training
+once leakage crosses ``limit``: nobody trains 1,000 steps past the point of no return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from diag.identity import IdentitySpec
+from diag.types import ChatFormat, GenerationConfig
+
+log = logging.getLogger("diag")
+
+# Held out from the training data (tests check the builder never produces them).
+CHECK_IDENTITY_PROMPTS = {
+    "en": [
+        "Who are you, and who made you?",
+        "Introduce yourself to a new user.",
+        "May I ask what your name is?",
+    ],
+    "zh": ["你是哪位？", "向新用户介绍一下你自己", "你能说说你是谁吗？"],
+}
+# General questions that are neither in the rehearsal bank nor about the assistant itself.
+CHECK_GENERAL_PROMPTS = {
+    "en": [
+        "What is the capital of Germany?",
+        "How many hours are in a day?",
+        "Name a animal that can fly.",
+        "What color is grass?",
+        "What is 3 plus 4?",
+        "Give me a word that rhymes with 'cat'.",
+        "What do cows drink?",
+        "Which is bigger, the Sun or the Moon?",
+        "What is the first month of the year?",
+        "What do you use an umbrella for?",
+    ],
+    "zh": [
+        "德国的首都是哪里？",
+        "一天有多少小时？",
+        "草是什么颜色的？",
+        "3加4等于几？",
+        "一年的第一个月是几月？",
+        "雨伞是用来做什么的？",
+    ],
+}
+
+
+def quick_check(
+    lm, identity: IdentitySpec, chat: ChatFormat = ChatFormat(), max_new_tokens: int = 32
+) -> dict:
+    """Identity recall and parrot leakage on ~16 prompts in the identity's languages, one batch.
+
+    identity_recall: share of identity questions answered with the identity's keywords.
+    parrot_leakage: share of general questions answered with them (higher is worse).
+    """
+    id_prompts = [p for lang in identity.languages for p in CHECK_IDENTITY_PROMPTS.get(lang, [])]
+    gen_prompts = [p for lang in identity.languages for p in CHECK_GENERAL_PROMPTS.get(lang, [])]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=32, chat=chat)
+    answers = lm.generate(id_prompts + gen_prompts, config)
+    hits = [identity.mentions(a.text) for a in answers]
+    recall, leak = hits[: len(id_prompts)], hits[len(id_prompts) :]
+    leaked = [a.text for a, h in zip(answers[len(id_prompts) :], leak) if h]
+    return {
+        "identity_recall": sum(recall) / len(recall),
+        "parrot_leakage": sum(leak) / len(leak),
+        "n_identity": len(recall),
+        "n_general": len(leak),
+        "example_leak": leaked[0] if leaked else None,
+    }
+
+
+class ParrotStopCallback(TrainerCallback):
+    """Probe at save time; optionally stop once parrot leakage crosses ``limit``.
+
+    every: probe when ``global_step % every == 0`` (at a save, so the checkpoint exists).
+    lm: a backend to probe with; default wraps the model being trained (``HFBackend``).
+    """
+
+    def __init__(
+        self,
+        identity: IdentitySpec,
+        *,
+        every: int,
+        limit: float = 0.2,
+        stop: bool = True,
+        chat: ChatFormat = ChatFormat(),
+        lm=None,
+        max_new_tokens: int = 32,
+    ):
+        self.identity = identity
+        self.every = every
+        self.limit = limit
+        self.stop = stop
+        self.chat = chat
+        self.lm = lm
+        self.max_new_tokens = max_new_tokens
+        self.history: list[dict] = []
+        self.stopped_at: int | None = None
+
+    def _backend(self, model, tokenizer):
+        if self.lm is None:
+            from diag.backend.hf import HFBackend
+
+            device = str(next(model.parameters()).device)
+            self.lm = HFBackend(model, tokenizer, name="training", device=device)
+        return self.lm
+
+    def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
+        step = state.global_step
+        if step == 0 or step % self.every:
+            return control
+        started = time.perf_counter()
+        lm = self._backend(model, processing_class)
+        was_training = model.training if model is not None else False
+        if model is not None:
+            model.eval()
+        try:
+            result = quick_check(lm, self.identity, self.chat, self.max_new_tokens)
+        finally:
+            if model is not None and was_training:
+                model.train()
+        result.update(step=step, seconds=round(time.perf_counter() - started, 2), limit=self.limit)
+        crossed = result["parrot_leakage"] > self.limit
+        result["stopped"] = bool(crossed and self.stop)
+        self.history.append(result)
+        with open(Path(args.output_dir) / "in-training-probes.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result, ensure_ascii=False) + "\n")
+        log.info(
+            "step %d probe: identity recall %.2f, parrot leakage %.2f (limit %.2f)",
+            step,
+            result["identity_recall"],
+            result["parrot_leakage"],
+            self.limit,
+        )
+        if crossed and self.stop:
+            self.stopped_at = step
+            log.warning(
+                "stopping at step %d: parrot leakage %.2f > %.2f (e.g. %r); earlier checkpoints are kept",
+                step,
+                result["parrot_leakage"],
+                self.limit,
+                result["example_leak"],
+            )
+            control.should_training_stop = True
+        return control
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar with the latest loss, and one line per saved checkpoint."""
+
+    def __init__(self, label: str = "training"):
+        self.label = label
+        self.progress = None
+        self.task = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(self.label, total=state.max_steps, loss="-")
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+            self.progress.update(self.task, loss=f"{self.loss:.4f}")
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+            self.progress.console.print(f"  saved checkpoint-{state.global_step} (loss {loss})")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,341 @@
+"""The training config: one typed schema, validated before anything loads, all errors at once.
+
+A config is YAML plus ``key=value`` overrides (dotted keys reach nested sections)::
+
+    diag train run.yaml lr=5e-5 mix.general_ratio=0.5 lora.r=8
+
+Fixed keys that scripts depend on: ``base``, ``identity``, ``max_steps``, ``save_every``,
+``output_dir``, ``lr``, ``seed``. No torch here: validation is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diag.errors import DiagError
+
+# SmolLM2's template inserts "You are a helpful AI assistant named SmolLM..." when no system
+# message is given; that default names another identity and fights the one being taught. Training
+# (and self-rehearsal, and the sweep via the manifest) use this neutral prompt instead.
+DEFAULT_SYSTEM = "You are a helpful assistant."
+DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16  # rank of the update matrices
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # peft's shortcut, or a list of module names
+
+
+@dataclass
+class DataSettings:
+    identity_samples: int = 2000  # conversations built from the identity spec (the seed: 2,000)
+    max_length: int = 256  # tokens per example; longer examples are cut from the right
+
+
+@dataclass
+class MixSettings:
+    """Dilution (the seed's remedy 2): general chat mixed into the identity data."""
+
+    general_ratio: float = 0.0  # share of ALL training examples that are general chat (0..<1)
+    sources: list = field(default_factory=list)  # JSONL/JSON files: OpenAI messages or alpaca
+    rehearsal: bool = True  # also use the base model's own answers to the shipped prompt bank
+    rehearsal_max_new_tokens: int = 192  # answers that hit this limit are dropped, not truncated
+
+
+@dataclass
+class TrainConfig:
+    base: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    identity: str = "en"  # identity YAML path, or "en"/"zh" for the shipped examples
+    output_dir: str = "runs/identity"
+    method: str = "lora"  # "lora" or "full"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 1e-4  # constant learning rate by default (see lr_scheduler)
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    batch_size: int = 4  # examples per device per step
+    grad_accum: int = 1
+    max_steps: int | None = 80  # optimizer steps; or set epochs and max_steps: null
+    epochs: float | None = None
+    seed: int = 0
+    save_every: int = 5  # steps between checkpoints: save often (the seed's remedy 1)
+    keep: int | None = None  # None keeps every checkpoint; a limit may delete the best one
+    save_optimizer: bool = False  # True also saves optimizer state (resumable, ~2x disk)
+    system: str | None = DEFAULT_SYSTEM  # training system prompt; null = the template's default
+    data: DataSettings = field(default_factory=DataSettings)
+    mix: MixSettings = field(default_factory=MixSettings)
+    deepspeed: str | None = None  # zero1|zero2|zero3|zero2_offload|zero3_offload
+    probe_every: int | None = None  # steps (a multiple of save_every) between in-training probes
+    stop_on_parrot: bool = False  # stop once parrot leakage crosses parrot_limit
+    parrot_limit: float = 0.2  # share of general prompts answered with the identity
+    device: str | None = None  # None: cuda > mps > cpu
+    cpu_threads: int | None = None  # torch threads on CPU; None: 1 when the CPU is busy, else all
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"lora": LoraSettings, "data": DataSettings, "mix": MixSettings}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None):
+    """Read a YAML config (or none: all defaults), apply overrides, validate everything.
+
+    Raises one :class:`DiagError` listing every problem found.
+
+    >>> load_config(None, ["lr=5e-5", "mix.general_ratio=0.5"]).mix.general_ratio
+    0.5
+    """
+    import yaml
+
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise DiagError(
+                f"config file '{path}' not found",
+                fix="pass a YAML file (see diag/examples/train-identity.yaml)",
+            )
+        source = str(p)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise DiagError(f"config '{p}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(raw, dict):
+            raise DiagError(f"config '{p}' must be a mapping of keys to values")
+    problems: list[str] = []
+    items = overrides.items() if isinstance(overrides, dict) else _parse_overrides(overrides or [])
+    for key, value in items:
+        _set_dotted(raw, key, value, problems)
+    config = _build(_floats(raw), problems)
+    problems += validate(config)
+    if problems:
+        raise DiagError(f"config {source}: " + "; ".join(problems))
+    return config
+
+
+def _parse_overrides(pairs: list[str]):
+    import yaml
+
+    for pair in pairs:
+        if "=" not in pair:
+            raise DiagError(
+                f"override '{pair}' is not key=value",
+                fix="write e.g. lr=5e-5 or mix.general_ratio=0.5",
+            )
+        key, text = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        yield key.strip(), value
+
+
+_SCI = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _floats(node):
+    """YAML 1.1 reads ``5e-5`` (no dot) as a string; read scientific notation as a number."""
+    if isinstance(node, dict):
+        return {k: _floats(v) for k, v in node.items()}
+    if isinstance(node, str) and _SCI.match(node.strip()):
+        return float(node)
+    return node
+
+
+def _set_dotted(raw: dict, key: str, value, problems: list[str]) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"override '{key}': '{part}' is not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _unknown(keys, known, where: str) -> list[str]:
+    out = []
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            out.append(f"unknown key '{where}{key}'{hint}")
+    return out
+
+
+def _build(raw: dict, problems: list[str]) -> TrainConfig:
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    problems += _unknown(raw, top, "")
+    kwargs = {k: v for k, v in raw.items() if k in top and k not in _SECTIONS}
+    for name, cls in _SECTIONS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            problems.append(f"'{name}' must be a mapping")
+            section = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        problems += _unknown(section, known, f"{name}.")
+        kwargs[name] = cls(**{k: v for k, v in section.items() if k in known})
+    return TrainConfig(**kwargs)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(c: TrainConfig) -> list[str]:
+    """Every problem with a built config, as short phrases naming the key and the bad value."""
+    p: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            p.append(msg)
+
+    need(
+        c.base is None or isinstance(c.base, str),
+        f"'base' must be a model name or folder, got {c.base!r}",
+    )
+    need(
+        isinstance(c.identity, str) and c.identity != "",
+        f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
+    )
+    need(isinstance(c.output_dir, str) and c.output_dir != "", "'output_dir' must be a folder path")
+    need(c.method in ("lora", "full"), f"'method' must be 'lora' or 'full', got {c.method!r}")
+    need(_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {c.lr!r}")
+    need(
+        c.lr_scheduler in ("constant", "linear", "cosine", "constant_with_warmup"),
+        f"'lr_scheduler' must be constant|linear|cosine|constant_with_warmup, got {c.lr_scheduler!r}",
+    )
+    need(
+        _is_int(c.warmup_steps) and c.warmup_steps >= 0,
+        f"'warmup_steps' must be an integer >= 0, got {c.warmup_steps!r}",
+    )
+    need(
+        _is_int(c.batch_size) and c.batch_size >= 1,
+        f"'batch_size' must be an integer >= 1, got {c.batch_size!r}",
+    )
+    need(
+        _is_int(c.grad_accum) and c.grad_accum >= 1,
+        f"'grad_accum' must be an integer >= 1, got {c.grad_accum!r}",
+    )
+    if c.max_steps is None and c.epochs is None:
+        p.append("set 'max_steps' or 'epochs'")
+    need(
+        c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1),
+        f"'max_steps' must be an integer >= 1, got {c.max_steps!r}",
+    )
+    need(
+        c.epochs is None or (_is_num(c.epochs) and c.epochs > 0),
+        f"'epochs' must be a number > 0, got {c.epochs!r}",
+    )
+    need(_is_int(c.seed), f"'seed' must be an integer, got {c.seed!r}")
+    need(
+        _is_int(c.save_every) and c.save_every >= 1,
+        f"'save_every' must be an integer >= 1 (steps), got {c.save_every!r}",
+    )
+    need(
+        c.keep is None or (_is_int(c.keep) and c.keep >= 1),
+        f"'keep' must be null (keep all) or an integer >= 1, got {c.keep!r}",
+    )
+    need(
+        isinstance(c.save_optimizer, bool),
+        f"'save_optimizer' must be true/false, got {c.save_optimizer!r}",
+    )
+    need(
+        c.system is None or isinstance(c.system, str),
+        f"'system' must be a string or null, got {c.system!r}",
+    )
+    need(
+        c.deepspeed is None or c.deepspeed in DEEPSPEED_PRESETS,
+        f"'deepspeed' must be one of {list(DEEPSPEED_PRESETS)}, got {c.deepspeed!r}",
+    )
+    need(
+        c.probe_every is None or (_is_int(c.probe_every) and c.probe_every >= 1),
+        f"'probe_every' must be null or an integer >= 1, got {c.probe_every!r}",
+    )
+    if (
+        _is_int(c.probe_every)
+        and _is_int(c.save_every)
+        and c.save_every >= 1
+        and c.probe_every % c.save_every
+    ):
+        p.append(
+            f"'probe_every' ({c.probe_every}) must be a multiple of 'save_every' ({c.save_every}): probes run at save time"
+        )
+    need(
+        isinstance(c.stop_on_parrot, bool),
+        f"'stop_on_parrot' must be true/false, got {c.stop_on_parrot!r}",
+    )
+    if c.stop_on_parrot is True and c.probe_every is None:
+        p.append("'stop_on_parrot' needs 'probe_every' (how often to check)")
+    need(
+        _is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1,
+        f"'parrot_limit' must be in [0, 1], got {c.parrot_limit!r}",
+    )
+    need(
+        c.device is None or c.device in ("cpu", "cuda", "mps"),
+        f"'device' must be cpu|cuda|mps or null, got {c.device!r}",
+    )
+    need(
+        c.cpu_threads is None or (_is_int(c.cpu_threads) and c.cpu_threads >= 1),
+        f"'cpu_threads' must be null or an integer >= 1, got {c.cpu_threads!r}",
+    )
+    lo = c.lora
+    need(_is_int(lo.r) and lo.r >= 1, f"'lora.r' must be an integer >= 1, got {lo.r!r}")
+    need(_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {lo.alpha!r}")
+    need(
+        _is_num(lo.dropout) and 0 <= lo.dropout < 1,
+        f"'lora.dropout' must be in [0, 1), got {lo.dropout!r}",
+    )
+    tm = lo.target_modules
+    need(
+        tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),
+        f"'lora.target_modules' must be 'all-linear' or a list of module names, got {tm!r}",
+    )
+    d = c.data
+    need(
+        _is_int(d.identity_samples) and d.identity_samples >= 1,
+        f"'data.identity_samples' must be an integer >= 1, got {d.identity_samples!r}",
+    )
+    need(
+        _is_int(d.max_length) and d.max_length >= 16,
+        f"'data.max_length' must be an integer >= 16, got {d.max_length!r}",
+    )
+    m = c.mix
+    need(
+        _is_num(m.general_ratio) and 0 <= m.general_ratio < 1,
+        f"'mix.general_ratio' must be in [0, 1), got {m.general_ratio!r}",
+    )
+    if not isinstance(m.sources, list) or not all(isinstance(s, str) for s in m.sources):
+        p.append(f"'mix.sources' must be a list of file paths, got {m.sources!r}")
+    else:
+        p += [f"'mix.sources' file '{s}' not found" for s in m.sources if not Path(s).is_file()]
+    need(isinstance(m.rehearsal, bool), f"'mix.rehearsal' must be true/false, got {m.rehearsal!r}")
+    need(
+        _is_int(m.rehearsal_max_new_tokens) and m.rehearsal_max_new_tokens >= 8,
+        f"'mix.rehearsal_max_new_tokens' must be an integer >= 8, got {m.rehearsal_max_new_tokens!r}",
+    )
+    if (
+        _is_num(m.general_ratio)
+        and m.general_ratio > 0
+        and isinstance(m.sources, list)
+        and not m.sources
+        and m.rehearsal is False
+    ):
+        p.append(
+            "'mix.general_ratio' > 0 needs general data: list 'mix.sources' or set 'mix.rehearsal: true'"
+        )
+    return p

@@ -1,0 +1,341 @@
+"""The training recipe, top to bottom: setup -> data -> model -> train -> manifest.
+
+A thin layer over transformers' ``Trainer`` and peft. The run folder has the Hugging Face layout
+the sweep reads (``checkpoint-N/`` with the adapter and ``trainer_state.json``) plus
+``diag-run.json`` (see :mod:`diag.train.manifest`), so ``diag sweep RUN`` needs no flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diag.train.config import TrainConfig
+
+from diag.errors import DiagError
+from diag.identity import load_identity
+from diag.types import ChatFormat
+
+log = logging.getLogger("diag")
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced."""
+
+    output_dir: Path
+    checkpoints: list[Path]
+    steps: int
+    seconds: float
+    stopped_early: bool = False
+    in_training_probes: list[dict] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else 0.0
+
+
+def existing_checkpoints(folder: Path) -> list[Path]:
+    """``checkpoint-N`` folders in ``folder``, by step."""
+    found = [
+        p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def build_training_data(
+    config: TrainConfig, identity, chat: ChatFormat, base_lm=None
+) -> tuple[list[dict], dict]:
+    """The mixed conversation list and a description of it for the manifest.
+
+    ``base_lm`` (a backend on the *base* model) is needed only for self-rehearsal.
+    """
+    from diag.train.dataset import mix_general
+    from diag.train.general_data import load_conversations, self_rehearsal
+    from diag.train.identity_data import build_identity_conversations
+
+    identity_convs = build_identity_conversations(
+        identity, config.data.identity_samples, seed=config.seed
+    )
+    general: list[dict] = []
+    mix = config.mix
+    described: dict = {"general_ratio": mix.general_ratio, "sources": [], "rehearsal": None}
+    if mix.general_ratio > 0:
+        for src in mix.sources:
+            convs = load_conversations(src)
+            general += convs
+            described["sources"].append(
+                {"path": str(Path(src).resolve()), "conversations": len(convs)}
+            )
+        if mix.rehearsal:
+            if base_lm is None:
+                raise ValueError("self-rehearsal needs the base model")
+            rehearsal = self_rehearsal(base_lm, chat, mix.rehearsal_max_new_tokens)
+            general += rehearsal
+            described["rehearsal"] = {
+                "conversations": len(rehearsal),
+                "max_new_tokens": mix.rehearsal_max_new_tokens,
+            }
+    conversations = mix_general(identity_convs, general, mix.general_ratio, seed=config.seed)
+    described.update(
+        identity_samples=len(identity_convs),
+        general_samples=len(conversations) - len(identity_convs),
+        general_pool=len(general),
+    )
+    return conversations, described
+
+
+def run_training(
+    config: TrainConfig, *, callbacks: list | None = None, label: str | None = None
+) -> TrainResult:
+    """Train as ``config`` says and return the run; see ``diag train --help`` for the CLI.
+
+    Refuses an ``output_dir`` that already holds checkpoints, so nothing trained is overwritten.
+    """
+    import torch
+    import transformers
+    from diag.train.callbacks import ParrotStopCallback, RichProgressCallback
+    from diag.train.dataset import PadCollator, data_hash, tokenize_all
+    from diag.train.manifest import write_manifest
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from diag.backend.hf import HFBackend, _quiet_transformers, default_device, ensure_local_weights
+    from diag.models import resolve_base
+
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+    if existing_checkpoints(out):
+        raise DiagError(
+            f"output_dir '{out}' already holds checkpoints",
+            fix=f"choose a new output_dir (e.g. output_dir={out}-2) or move the old run away",
+        )
+    identity = load_identity(config.identity)
+    chat = ChatFormat(system=config.system)
+    if config.keep is not None:
+        log.warning(
+            "keep=%d: older checkpoints will be deleted, and the best one (before the parrot "
+            "phase) may be among them -- the trap this tool exists for. Default keeps all.",
+            config.keep,
+        )
+    deepspeed = _deepspeed_settings(config)
+
+    # ---- base model
+    _quiet_transformers()
+    source = resolve_base(config.base)
+    folder = ensure_local_weights(source)
+    device = config.device or default_device()
+    if device == "cpu":
+        set_cpu_threads(config.cpu_threads)
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+
+    # ---- data (self-rehearsal runs the base before any adapter exists)
+    base_lm = (
+        HFBackend(model, tokenizer, source.name, device)
+        if config.mix.general_ratio > 0 and config.mix.rehearsal
+        else None
+    )
+    conversations, data_info = build_training_data(config, identity, chat, base_lm)
+    examples, dropped = tokenize_all(
+        tokenizer, conversations, config.system, config.data.max_length
+    )
+    tokenizer.padding_side = "right"
+    data_info.update(
+        hash=data_hash(conversations),
+        examples=len(examples),
+        dropped_too_long=dropped,
+        max_length=config.data.max_length,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train-data.jsonl", "w", encoding="utf-8") as fh:
+        for conv in conversations:
+            fh.write(json.dumps(conv, ensure_ascii=False) + "\n")
+    manifest_args = dict(
+        config=config,
+        source=source,
+        identity=identity,
+        chat=chat,
+        data=data_info,
+        deepspeed=deepspeed,
+    )
+    write_manifest(out, status="running", **manifest_args)
+
+    # ---- model to train
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # peft calls a deprecated transformers API
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+    model.train()
+
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        num_train_epochs=config.epochs or 1.0,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=config.keep,
+        save_only_model=not config.save_optimizer,
+        logging_steps=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        deepspeed=deepspeed["config"] if deepspeed and deepspeed["used"] else None,
+    )
+
+    class SaveLastStep(TrainerCallback):
+        """Also checkpoint the final step when it is not a multiple of save_every."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
+
+    probe_cb = None
+    all_callbacks = [RichProgressCallback(label or out.name), SaveLastStep(), *(callbacks or [])]
+    if config.probe_every:
+        probe_cb = ParrotStopCallback(
+            identity,
+            every=config.probe_every,
+            limit=config.parrot_limit,
+            stop=config.stop_on_parrot,
+            chat=chat,
+        )
+        all_callbacks.append(probe_cb)
+    transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside transformers
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=examples,
+            data_collator=PadCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=all_callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # the rich bar shows the loss instead
+        train_started = time.perf_counter()
+        trainer.train()
+    train_seconds = time.perf_counter() - train_started
+
+    probes = list(probe_cb.history) if probe_cb else []
+    for cb in callbacks or []:
+        probes += list(getattr(cb, "history", []))
+    stopped = any(p.get("stopped") for p in probes)
+    steps = trainer.state.global_step
+    result = TrainResult(out, existing_checkpoints(out), steps, train_seconds, stopped, probes)
+    write_manifest(
+        out,
+        status="stopped_on_parrot" if stopped else "complete",
+        timing={
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "seconds_per_step": round(result.seconds_per_step, 3),
+            "steps": steps,
+        },
+        checkpoints=[p.name for p in result.checkpoints],
+        in_training_probes=probes,
+        **manifest_args,
+    )
+    return result
+
+
+def set_cpu_threads(requested: int | None) -> int:
+    """Pick torch's CPU thread count; returns it.
+
+    On a busy CPU (load average at or above the core count) OpenMP threads spin-wait on each
+    other: measured here, a LoRA step on SmolLM2-135M took ~120 s with 2 threads and ~12 s with 1
+    while other jobs ran. So ``None`` means 1 thread when busy, torch's default otherwise.
+    """
+    import os
+
+    import torch
+
+    if requested is None:
+        cores = os.cpu_count() or 1
+        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
+        requested = 1 if busy else torch.get_num_threads()
+        if busy and cores > 1:
+            log.info(
+                "CPU busy (load %.1f on %d cores): training with 1 thread",
+                os.getloadavg()[0],
+                cores,
+            )
+    torch.set_num_threads(requested)
+    return requested
+
+
+def _deepspeed_settings(config: TrainConfig) -> dict | None:
+    """The DeepSpeed config to use, or why the run falls back to plain training."""
+    if config.deepspeed is None:
+        return None
+    import importlib.util
+
+    from diag.train.deepspeed import deepspeed_config, deepspeed_usable, resolve_auto
+
+    ds = deepspeed_config(config.deepspeed)
+    validated = False
+    if importlib.util.find_spec("deepspeed") is not None:
+        from deepspeed.runtime.config import DeepSpeedConfig
+
+        try:
+            DeepSpeedConfig(
+                resolve_auto(ds, micro_batch=config.batch_size, grad_accum=config.grad_accum)
+            )
+        except Exception as exc:  # pydantic's errors name the bad key
+            raise DiagError(
+                f"deepspeed preset '{config.deepspeed}' does not validate: {str(exc).splitlines()[0]}"
+            ) from exc
+        validated = True
+    usable, why = deepspeed_usable()
+    if not usable:
+        log.warning(
+            "deepspeed=%s: %s -- falling back to plain training (config %s)",
+            config.deepspeed,
+            why,
+            "validated" if validated else "not validated",
+        )
+    return {
+        "preset": config.deepspeed,
+        "config": ds,
+        "used": usable,
+        "validated": validated,
+        "reason": why or None,
+    }
