@@ -2,7 +2,7 @@
 
 :class:`ParrotStopCallback` works in any transformers ``Trainer``::
 
-    trainer.add_callback(ParrotStopCallback(load_identity("en"), every=20, limit=0.2))
+    trainer.add_callback(ParrotStopCallback(load_identity("en"), every=20))
 
 At save time (every ``every`` steps) it asks the model being trained a small batched set of
 prompts: held-out identity questions (does it know who it is?) and general questions in the
@@ -83,10 +83,20 @@ def quick_check(
     }
 
 
+def policy_leakage_limit() -> float:
+    """The gate policy's ``leakage_max`` (one source of truth), or 0.10 without that module."""
+    try:
+        from diag.diagnostics.policy import load_policy
+    except ImportError:
+        return 0.10
+    return float(load_policy().leakage_max)
+
+
 class ParrotStopCallback(TrainerCallback):
     """Probe at save time; optionally stop once parrot leakage crosses ``limit``.
 
     every: probe when ``global_step % every == 0`` (at a save, so the checkpoint exists).
+    limit: stop when leakage is above it; None: the policy's ``leakage_max``.
     lm: a backend to probe with; default wraps the model being trained (``HFBackend``).
     """
 
@@ -95,7 +105,7 @@ class ParrotStopCallback(TrainerCallback):
         identity: IdentitySpec,
         *,
         every: int,
-        limit: float = 0.2,
+        limit: float | None = None,
         stop: bool = True,
         chat: ChatFormat = ChatFormat(),
         lm=None,
@@ -103,7 +113,7 @@ class ParrotStopCallback(TrainerCallback):
     ):
         self.identity = identity
         self.every = every
-        self.limit = limit
+        self.limit = policy_leakage_limit() if limit is None else limit
         self.stop = stop
         self.chat = chat
         self.lm = lm

@@ -74,7 +74,7 @@ class TrainConfig:
     deepspeed: str | None = None  # zero1|zero2|zero3|zero2_offload|zero3_offload
     probe_every: int | None = None  # steps (a multiple of save_every) between in-training probes
     stop_on_parrot: bool = False  # stop once parrot leakage crosses parrot_limit
-    parrot_limit: float = 0.2  # share of general prompts answered with the identity
+    parrot_limit: float | None = None  # leakage limit; None: the policy's leakage_max (0.10)
     device: str | None = None  # None: cuda > mps > cpu
     cpu_threads: int | None = None  # torch threads on CPU; None: 1 when the CPU is busy, else all
 
@@ -282,7 +282,7 @@ def validate(c: TrainConfig) -> list[str]:
     if c.stop_on_parrot is True and c.probe_every is None:
         p.append("'stop_on_parrot' needs 'probe_every' (how often to check)")
     need(
-        _is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1,
+        c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
         f"'parrot_limit' must be in [0, 1], got {c.parrot_limit!r}",
     )
     need(

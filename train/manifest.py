@@ -1,7 +1,7 @@
 """``diag-run.json``: what a run folder is, so ``diag sweep RUN`` needs no flags.
 
 Keys: ``schema_version``, ``tool``, ``kind`` ("diag-run"), ``status`` (running | complete |
-stopped_on_parrot), ``created``, ``base`` ({"name", "path"}), ``identity`` (the spec, its
+stopped_on_parrot), ``created``, ``base`` (the model name or folder the sweep loads), ``base_path``, ``identity`` (the spec, its
 ``hash`` and ``source``), ``chat`` (:meth:`diag.types.ChatFormat.to_dict`: the format used for
 training; probe with the same one), ``data`` (hash, identity/general counts, mix, sources),
 ``config`` (the full training config), ``deepspeed``, ``versions``, ``git``, and once finished
@@ -71,7 +71,8 @@ def write_manifest(
         "status": status,
         "created": previous.get("created")
         or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": {"name": source.name, "path": str(source.cache_dir or source.path)},
+        "base": source.name,  # what `diag sweep` loads: a name resolve_base() knows, or a folder
+        "base_path": str(source.cache_dir or source.path),
         "identity": {**identity.to_dict(), "hash": identity.hash, "source": identity.source},
         "chat": chat.to_dict(),
         "data": data,

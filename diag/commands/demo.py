@@ -1,0 +1,65 @@
+"""`diag demo`: train, sweep and report the seed's identity story end to end, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo-runs"),
+    show_default=True,
+    help="Where runs, results and the report go.",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["quick", "full"]),
+    default="quick",
+    show_default=True,
+    help="Probe set size for the sweep.",
+)
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
+    """Train an identity into SmolLM2 twice (undiluted, diluted), sweep both, recommend one.
+
+    \b
+    Runs offline on a CPU in about 15 minutes when the machine is otherwise idle. Overrides
+    apply to both runs, e.g. `diag demo max_steps=80 save_every=10`. Re-running reuses finished
+    runs and cached sweep results.
+    """
+    from diag.train.config import load_config
+    from diag.train.demo import demo_config_path, run_demo
+
+    load_config(demo_config_path(), list(overrides))  # all config errors before anything loads
+    result = run_demo(out, list(overrides), size=size)
+    data = result.results
+    try:
+        from diag.reports.terminal import print_summary
+
+        print_summary(data)
+    except ImportError:
+        pass
+    rec = data.get("recommendation") or {}
+    t = result.timing
+    for name in ("undiluted", "diluted"):
+        run = t.get(name, {})
+        if "seconds_per_step" in run:
+            click.echo(f"{name}: {run.get('steps')} steps, {run['seconds_per_step']:.2f} s/step")
+    click.echo(f"sweep {t.get('sweep_seconds', 0):.0f} s, total {t.get('total_seconds', 0):.0f} s")
+    if rec.get("step") is not None:
+        click.echo(f"recommended: run '{rec['run']}' step {rec['step']} ({rec.get('path')})")
+    else:
+        click.echo("recommended: none (see the reasons above)")
+    for run, info in sorted((rec.get("runs") or {}).items()):
+        onset = info.get("onset_step")
+        pick = f"step {info['step']}" if info.get("step") is not None else "none"
+        seen = f"from step {onset}" if onset is not None else "not detected"
+        click.echo(f"  {run}: pick {pick}; parrot onset {seen}")
+    report = result.out / "results" / "report.html"
+    if report.is_file():
+        click.echo(f"report: {report}")
+    click.echo(f"next: diag gate {result.out / 'results'}")

@@ -1,0 +1,66 @@
+"""`diag demo` end to end on the tiny model: two runs, one sweep, a recommendation, re-runnable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from diag.cli import cli
+
+
+@pytest.fixture()
+def general_file(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "What is 2+2?"},
+                    {"role": "assistant", "content": "4."},
+                ]
+            }
+        )
+        + "\n"
+    )
+    return path
+
+
+def test_demo_trains_both_runs_sweeps_and_resumes(tiny_model_dir, general_file, tmp_path):
+    out = tmp_path / "demo"
+    args = [
+        "demo", "--out", str(out),
+        f"base={tiny_model_dir}", "max_steps=4", "save_every=2", "data.identity_samples=16",
+        "data.max_length=64", "mix.rehearsal=false", f"mix.sources=[{general_file}]", "device=cpu",
+    ]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    for run, ratio in (("undiluted", 0.0), ("diluted", 0.5)):
+        manifest = json.loads((out / "runs" / run / "diag-run.json").read_text())
+        assert manifest["status"] == "complete" and manifest["data"]["general_ratio"] == ratio
+        assert sorted(p.name for p in (out / "runs" / run).glob("checkpoint-*")) == [
+            "checkpoint-2",
+            "checkpoint-4",
+        ]
+    results = json.loads((out / "results" / "results.json").read_text())
+    probed = {(c["run"], c["step"]) for c in results["checkpoints"] if c["step"]}
+    assert probed == {(r, s) for r in ("undiluted", "diluted") for s in (2, 4)}
+    assert all(c["status"] == "ok" for c in results["checkpoints"])
+    assert "recommended:" in res.output and "parrot onset" in res.output
+    assert "next: diag gate" in res.output
+    timing = json.loads((out / "demo-timing.json").read_text())
+    assert timing["undiluted"]["steps"] == 4 and timing["sweep_seconds"] > 0
+
+    again = runner.invoke(cli, args)  # finished runs and probed checkpoints are reused
+    assert again.exit_code == 0, again.output
+    timing = json.loads((out / "demo-timing.json").read_text())
+    assert timing["undiluted"]["reused"] and timing["diluted"]["reused"]
+
+
+def test_demo_rejects_bad_overrides_before_loading_anything(tmp_path):
+    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "lr=7", "max_steps=0"])
+    assert res.exit_code == 2
+    assert "'lr'" in res.output and "'max_steps'" in res.output
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,154 @@
+"""The end-to-end demo (``diag demo``, ``make demo``): the seed's story, measured, offline.
+
+1. train the embedded SmolLM2-135M-Instruct on the English identity without dilution, long enough
+   to go from "learned and healthy" to "parrot", saving a checkpoint every few steps;
+2. train a second run with the same steps and general chat mixed in (the seed's remedy 2);
+3. sweep both runs with the quick probe set, write the report, print the recommendation and onset.
+
+A finished run is reused when the demo is run again (its manifest says ``complete``), so an
+interrupted demo resumes at the first unfinished stage; the sweep caches per checkpoint too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from diag.errors import DiagError
+from diag.results import write_json_atomic
+
+log = logging.getLogger("diag")
+
+RUNS = {"undiluted": 0.0, "diluted": None}  # None: the config's mix.general_ratio
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    results: dict
+    timing: dict = field(default_factory=dict)
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("diag").joinpath("examples", "demo.yaml")))
+
+
+def _train_or_reuse(config, name: str) -> dict:
+    """Train one run unless a finished one is already there; returns its timing."""
+    from diag.train.manifest import read_manifest
+    from diag.train.recipe import run_training
+
+    out = Path(config.output_dir)
+    manifest = read_manifest(out)
+    if (
+        manifest
+        and manifest.get("status") == "complete"
+        and manifest.get("config") == config.to_dict()
+    ):
+        log.info("%s: reusing the finished run in %s", name, out)
+        return {**manifest.get("timing", {}), "reused": True}
+    if out.exists():
+        # an unfinished or differently configured demo run: only the demo's own folder is removed
+        if manifest is None and any(out.iterdir()):
+            raise DiagError(
+                f"'{out}' exists and is not a diag run", fix="pass --out to a new folder"
+            )
+        log.info("%s: discarding the unfinished/different run in %s", name, out)
+        shutil.rmtree(out)
+    result = run_training(config, label=name)
+    return {
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "seconds_per_step": round(result.seconds_per_step, 2),
+        "checkpoints": len(result.checkpoints),
+    }
+
+
+def run_demo(
+    out: str | Path = "demo-runs",
+    overrides: list[str] | None = None,
+    *,
+    size: str = "quick",
+    progress: str = "auto",
+) -> DemoResult:
+    """Train the undiluted and the diluted run, sweep them, return the sweep's results.
+
+    overrides: ``key=value`` pairs applied to both runs (``diag/examples/demo.yaml``).
+    """
+    from diag.train.config import load_config
+
+    out = Path(out)
+    started = time.perf_counter()
+    timing: dict = {}
+    configs = {}
+    for name, ratio in RUNS.items():
+        extra = [f"output_dir={out / 'runs' / name}"]
+        if ratio is not None:
+            extra.append(f"mix.general_ratio={ratio}")
+        configs[name] = load_config(demo_config_path(), [*(overrides or []), *extra])
+    if configs["diluted"].mix.general_ratio <= 0:
+        raise DiagError(
+            "the demo's diluted run needs mix.general_ratio > 0", fix="e.g. mix.general_ratio=0.5"
+        )
+    for name, config in configs.items():
+        click_echo(
+            f"[{name}] training {config.max_steps} steps, checkpoint every {config.save_every}, general_ratio {config.mix.general_ratio}"
+        )
+        timing[name] = _train_or_reuse(config, name)
+
+    from diag.diagnostics.sweep import sweep
+
+    click_echo(f"[sweep] probing every checkpoint of both runs ({size} probe set)")
+    sweep_started = time.perf_counter()
+    result = sweep(
+        out / "runs",
+        identity=configs["undiluted"].identity,
+        out=out / "results",
+        size=size,
+        progress=progress,
+        settle_seconds=0.0,
+    )
+    timing["sweep_seconds"] = round(time.perf_counter() - sweep_started, 1)
+    timing["total_seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "demo-timing.json", timing)
+    return DemoResult(out, result.data, timing)
+
+
+def click_echo(text: str) -> None:
+    import click
+
+    click.echo(text, err=True)
+
+
+def curve_table(results: dict) -> list[dict]:
+    """Per run and step: identity recall, retention, parrot leakage (what the demo prints)."""
+    rows = []
+    for ckpt in results.get("checkpoints", []):
+        metrics = ckpt.get("metrics") or {}
+        rows.append(
+            {
+                "run": ckpt.get("run"),
+                "step": ckpt.get("step"),
+                **{
+                    k: metrics.get(k)
+                    for k in (
+                        "identity_recall",
+                        "near_miss",
+                        "retention",
+                        "general_accuracy",
+                        "parrot_leakage",
+                        "drift",
+                    )
+                },
+            }
+        )
+    return sorted(rows, key=lambda r: (str(r["run"]), r["step"]))
+
+
+def dump_curves(results: dict) -> str:
+    return "\n".join(json.dumps(r) for r in curve_table(results))
