@@ -40,6 +40,7 @@ def sweep(
     identity=None,
     out=None,
     probes=None,
+    probe_files=(),
     size: str = "full",
     generation: GenerationConfig | None = None,
     system: str | None = None,
@@ -55,7 +56,7 @@ def sweep(
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
-    base: ``--base`` (overrides what checkpoints name). identity: an IdentitySpec, a YAML path,
+    base: ``--base`` (overrides what checkpoints name). probes/probe_files/size: as ``diag probe``. identity: an IdentitySpec, a YAML path,
     "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
@@ -78,14 +79,14 @@ def sweep(
     override = _override_chat(system, template)
     cache = ResultCache(out / "cache")
     fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-    settings = generation_settings(spec, probes, size, generation)
+    settings = generation_settings(spec, probes, size, generation, probe_files)
     state = _State(root, out, found, spec, settings)
     plan = _plan(found, base, override)
     with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
         for base_name, items in plan.by_base().items():
             runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
             for chat in plan.chats_for(base_name):
-                runner.probe_base(chat)
+                runner.probe_base(chat, plan.base_rows(base_name, chat))
             for ckpt, chat in items:
                 runner.probe_checkpoint(
                     ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
@@ -154,6 +155,24 @@ class _Plan:
     def chats_for(self, base_name: str) -> list[ChatFormat]:
         return [chat for name, chat in self.bases_chats if name == base_name]
 
+    def base_rows(self, base_name: str, chat: ChatFormat) -> list[str]:
+        """Run names for the base's step-0 rows under ``chat``.
+
+        The prompt format most checkpoints use gives the shared row ``"base"``; a run probed with
+        another format (e.g. an XTuner template) gets its own step-0 row, so every checkpoint is
+        compared with the base asked the same way.
+        """
+        counts: dict[tuple, int] = {}
+        for _, name, c in self.checkpoints:
+            counts[(name, c)] = counts.get((name, c), 0) + 1
+        primary = max(
+            self.bases_chats, key=lambda bc: (counts.get(bc, 0), -self.bases_chats.index(bc))
+        )
+        if (base_name, chat) == primary:
+            return ["base"]
+        runs = {ck.run for ck, name, c in self.checkpoints if (name, c) == (base_name, chat)}
+        return sorted(runs)
+
 
 def _plan(found: Discovery, flag, override: dict) -> _Plan:
     plan = _Plan()
@@ -167,7 +186,7 @@ def _plan(found: Discovery, flag, override: dict) -> _Plan:
     return plan
 
 
-def generation_settings(identity, probes, size: str, generation) -> dict:
+def generation_settings(identity, probes, size: str, generation, probe_files=()) -> dict:
     """Everything that decides what the model is asked and how it answers: the cache key.
 
     Scores are not part of it: cached entries hold the raw generations and are re-scored with
@@ -185,7 +204,7 @@ def generation_settings(identity, probes, size: str, generation) -> dict:
         + hashlib.sha256(
             json.dumps([i.to_dict() for i in probe_set.items], sort_keys=True).encode()
         ).hexdigest()[:16]
-        for name, probe_set in prepare_sets(identity, size).items()
+        for name, probe_set in prepare_sets(identity, size, probe_files).items()
     }
     return {
         "probes": names,
@@ -194,6 +213,7 @@ def generation_settings(identity, probes, size: str, generation) -> dict:
         "generation": (generation or DEFAULT_GENERATION).to_dict(),
         "drift_max_new_tokens": DRIFT_MAX_NEW_TOKENS,
         "identity": identity.hash,
+        "probe_files": [str(Path(p).resolve()) for p in probe_files],
     }
 
 
@@ -237,7 +257,7 @@ class _BaseRunner:
             **self.state.settings,
         )
 
-    def probe_base(self, chat: ChatFormat) -> None:
+    def probe_base(self, chat: ChatFormat, rows: list[str]) -> None:
         from diag.probes.suite import rescore
 
         key = self._key("base", chat)
@@ -254,16 +274,17 @@ class _BaseRunner:
         else:
             run = rescore(entry["records"], self.state.identity, None)
         self.references[chat] = run.reference
-        record = {
-            "run": "base",
-            "step": 0,
-            "path": self.name,
-            "format": "base",
-            "fingerprint": self.base_fp,
-            "base": self.name,
-            "chat": chat.to_dict(),
-        }
-        self.state.add(record, run, cached=cached, cache_key=key)
+        for row in rows:
+            record = {
+                "run": row,
+                "step": 0,
+                "path": self.name,
+                "format": "base",
+                "fingerprint": self.base_fp,
+                "base": self.name,
+                "chat": chat.to_dict(),
+            }
+            self.state.add(record, run, cached=cached, cache_key=key)
         self.bar.done(label, cached)
 
     def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, **options) -> None:
@@ -326,6 +347,7 @@ class _BaseRunner:
             size=settings["size"],
             reference=reference,
             generation=_generation(settings),
+            probe_files=settings["probe_files"],
             progress=self.bar.probe_callback(label),
         )
 

@@ -1,0 +1,163 @@
+"""`diag sweep RUNS_DIR`: probe every checkpoint under a folder, recommend one, write the report."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("runs_dir", type=click.Path(path_type=Path))
+@click.option("--base", help="Base model for every checkpoint (default: what each one names).")
+@click.option(
+    "--identity",
+    default="en",
+    show_default=True,
+    help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Result folder (default: RUNS_DIR/diag): results.json, scores.csv, samples.jsonl, report.",
+)
+@click.option("--probes", help="Comma-separated probe names (default: all).")
+@click.option(
+    "--probe-file",
+    "probe_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra probe set (JSONL: id, language, prompt, accept). Repeatable.",
+)
+@click.option("--size", type=click.Choice(["full", "quick"]), default="full", show_default=True)
+@click.option("--system", help="System prompt for every checkpoint (default: as trained).")
+@click.option(
+    "--template",
+    help="Prompt template for every checkpoint: a format string with {input}, or an XTuner "
+    "template name such as internlm2_chat (default: as trained).",
+)
+@click.option("--max-new-tokens", type=int, help="Answer length limit (default: the suite's).")
+@click.option("--batch-size", type=int, help="Prompts per generation batch (default: 16).")
+@click.option("--lora-alpha", type=float, help="LoRA alpha for XTuner/DeepSpeed weights.")
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow full unpickling of .bin/.pt files that need it (runs code from the file).",
+)
+@click.option(
+    "--settle-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Skip checkpoints modified more recently than this (still being written).",
+)
+@click.option("--device", help="cpu, cuda or mps (default: the best available).")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="Policy YAML.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one policy value."
+)
+@click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "rich", "plain"]),
+    default="auto",
+    show_default=True,
+    help="Progress as a rich display or one plain line per checkpoint (CI logs).",
+)
+def sweep(
+    runs_dir,
+    base,
+    identity,
+    out,
+    probes,
+    probe_files,
+    size,
+    system,
+    template,
+    max_new_tokens,
+    batch_size,
+    lora_alpha,
+    allow_pickle,
+    settle_seconds,
+    device,
+    policy_file,
+    overrides,
+    no_report,
+    quiet,
+    log_format,
+):
+    """Probe every checkpoint under RUNS_DIR against its base model; cached and resumable.
+
+    Finds HF Trainer/TRL checkpoint-N folders (LoRA or full), plain adapter folders, XTuner
+    iter_N.pth files and DeepSpeed folders, and DeepSpeed ZeRO global_stepN. Re-running only
+    probes new or changed checkpoints; an interrupted sweep resumes where it stopped.
+    """
+    from diag.diagnostics.sweep import sweep as run_sweep
+    from diag.errors import DiagError
+    from diag.types import GenerationConfig
+
+    if (max_new_tokens is not None and max_new_tokens < 1) or (
+        batch_size is not None and batch_size < 1
+    ):
+        raise DiagError("--max-new-tokens and --batch-size must be at least 1")
+    generation = None
+    if max_new_tokens is not None or batch_size is not None:
+        from diag.probes.suite import DEFAULT_GENERATION
+
+        generation = GenerationConfig(
+            max_new_tokens=max_new_tokens or DEFAULT_GENERATION.max_new_tokens,
+            batch_size=batch_size or DEFAULT_GENERATION.batch_size,
+        )
+    policy = _policy(policy_file, overrides)
+    result = run_sweep(
+        runs_dir,
+        base=base,
+        identity=identity,
+        out=out,
+        probes=probes,
+        probe_files=probe_files,
+        size=size,
+        generation=generation,
+        system=system,
+        template=template,
+        lora_alpha=lora_alpha,
+        allow_pickle=allow_pickle,
+        settle_seconds=settle_seconds,
+        device=device,
+        policy=policy,
+        report=not no_report,
+        progress="quiet" if quiet else log_format,
+    )
+    data = result.data
+    if not quiet and importlib.util.find_spec("diag.reports.terminal") is not None:
+        from diag.reports.terminal import print_summary
+
+        print_summary(data)
+    for skipped in data.get("skipped", []):
+        click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
+    errors = [c for c in data["checkpoints"] if c["status"] == "error"]
+    for c in errors:
+        click.echo(f"error {c['run']} step {c['step']}: {c['error']}", err=True)
+    timing = data["timing"]
+    click.echo(
+        f"{len(data['checkpoints'])} checkpoints ({timing['probed']} probed, {timing['cached']} "
+        f"from cache, {len(errors)} failed) in {timing['seconds']:.1f} s -> {result.out}"
+    )
+
+
+def _policy(policy_file, overrides):
+    """A Policy from --policy/--set, or None for the default (loaded by the sweep)."""
+    if policy_file is None and not overrides:
+        return None
+    from diag.diagnostics.policy import load_policy
+    from diag.errors import DiagError
+
+    parsed = {}
+    for pair in overrides:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
+        parsed[key.strip()] = value.strip()
+    return load_policy(policy_file, parsed or None)
