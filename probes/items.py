@@ -16,8 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.identity import LANGUAGES, IdentitySpec
-from diag.identity import normalize as _normalize_prompt
+from diag.identity import LANGUAGES, IdentitySpec, normalize
 
 BUILTIN_SETS = {
     "identity": "identity.jsonl",
@@ -186,6 +185,11 @@ def select(probe_set: ProbeSet, size: str, per_language: int | None = None) -> P
     return ProbeSet(probe_set.name, items, probe_set.hash, probe_set.source)
 
 
+def prompt_key(text: str) -> str:
+    """A prompt compared ignoring case, width, spaces and punctuation ("Who are you?" = "who are you")."""
+    return re.sub(r"[\W_]+", "", normalize(text))
+
+
 def identity_probe_prompts(identity: IdentitySpec | None = None) -> list[str]:
     """The held-out identity paraphrases the suite asks (both languages).
 
@@ -195,5 +199,5 @@ def identity_probe_prompts(identity: IdentitySpec | None = None) -> list[str]:
     prompts = [i.prompt for i in load_builtin("identity").items]
     if identity is None:
         return prompts
-    trained = {_normalize_prompt(q) for q in identity.questions}
-    return [p for p in prompts if _normalize_prompt(p) not in trained]
+    trained = {prompt_key(q) for q in identity.questions}
+    return [p for p in prompts if prompt_key(p) not in trained]

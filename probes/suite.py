@@ -27,9 +27,13 @@ from diag.identity import IdentitySpec, load_identity
 from diag.results import SCHEMA_VERSION, tool_block
 from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
 
-DEFAULT_GENERATION = GenerationConfig(max_new_tokens=64, batch_size=16)
-# Drift needs the base's *complete* answers: ones cut by the limit are generated once more with
-# twice the limit (at most this many tokens) while building the reference, and dropped if still cut.
+# 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
+# most of the suite's cost on a CPU.
+DEFAULT_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=16)
+# Drift needs the base's *complete* answers. Cut ones are dropped; only when fewer than
+# MIN_DRIFT_ANSWERS (or half the general items, for a small size) finished are the cut ones
+# generated once more with twice the limit (at most DRIFT_MAX_NEW_TOKENS), then dropped if still cut.
+MIN_DRIFT_ANSWERS = 100
 DRIFT_MAX_NEW_TOKENS = 160
 
 __all__ = ["ProbeRun", "Reference", "rescore", "run_probes", "identity_probe_prompts"]
@@ -55,14 +59,12 @@ def prepare_sets(
     identity: IdentitySpec, size: str, probe_files: Sequence[str | Path] = ()
 ) -> dict[str, probe_items.ProbeSet]:
     """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``."""
-    trained = {probe_items._normalize_prompt(q) for q in identity.questions}
+    trained = {probe_items.prompt_key(q) for q in identity.questions}
     sets = {}
     for name in probe_items.BUILTIN_SETS:
         loaded = probe_items.fill_identity(probe_items.load_builtin(name), identity)
         if name == "identity":  # never ask the spec's own training questions
-            kept = tuple(
-                i for i in loaded.items if probe_items._normalize_prompt(i.prompt) not in trained
-            )
+            kept = tuple(i for i in loaded.items if probe_items.prompt_key(i.prompt) not in trained)
             loaded = replace(loaded, items=kept)
         sets[name] = probe_items.select(loaded, size)
     for path in probe_files:
@@ -173,8 +175,9 @@ def _drift_texts(lm, records, sets, reference, generation, say) -> list[dict]:
     gens = [r for r in records if r.get("kind") == "generation" and r["set"] == "general"]
     done = [_drift_item(r, r["text"], "general") for r in gens if not r["hit_limit"]]
     cut = [r for r in gens if r["hit_limit"]]
+    enough = min(MIN_DRIFT_ANSWERS, (len(gens) + 1) // 2)
     limit = min(DRIFT_MAX_NEW_TOKENS, 2 * generation.max_new_tokens)
-    if cut and limit > generation.max_new_tokens:
+    if cut and len(done) < enough and limit > generation.max_new_tokens:
         say(f"finishing {len(cut)} cut base answers for drift (limit {limit} tokens)")
         longer = replace(generation, max_new_tokens=limit)
         for r, g in zip(cut, lm.generate([r["prompt"] for r in cut], longer)):

@@ -162,7 +162,7 @@ def test_identity_prompts_are_held_out_from_training_questions():
     assert len(prompts) >= 30
     assert sum(any("\u4e00" <= c <= "\u9fff" for c in p) for p in prompts) >= 15
     spec = identity_from_dict(
-        {"answer": "I am Nova.", "keywords": ["Nova"], "questions": ["What's your name?"]}
+        {"answer": "I am Nova.", "keywords": ["Nova"], "questions": ["what's your name"]}
     )
     held_out = identity_probe_prompts(spec)
     assert "What's your name?" in prompts and "What's your name?" not in held_out
@@ -182,15 +182,25 @@ def test_drift_finishes_cut_base_answers_and_drops_endless_ones():
     endless = " ".join(["word"] * 130)  # still cut at 128: dropped
     assert DRIFT_MAX_NEW_TOKENS >= 128
 
-    def answers(prompt):
-        return {"What is 2 + 2?": long_answer, "What is 3 + 5?": endless}.get(prompt, "Four.")
+    finished = {"What is 9 + 10?", "What is 12 + 8?"}  # the rest talk past the limit
 
-    run = run_probes(ScriptedBackend(answers), EN, probes="drift")
+    def answers(prompt):
+        if prompt in finished:
+            return "Nineteen or twenty."
+        return endless if prompt == "What is 3 + 5?" else long_answer
+
+    generation = GenerationConfig(max_new_tokens=64)
+    run = run_probes(ScriptedBackend(answers), EN, probes="drift", generation=generation)
     drift = {d["id"]: d for d in run.reference.drift}
     assert drift["gen-en-arith-1"]["source"] == "regenerated"
     assert drift["gen-en-arith-1"]["answer"] == long_answer
+    assert drift["gen-en-arith-5"]["source"] == "general"
     assert "gen-en-arith-2" not in drift
     assert len(drift) == len(load_builtin("general").items) - 1
+    # when enough answers finished the first time, the cut ones are just dropped
+    run = run_probes(ScriptedBackend(lambda p: "Four."), EN, probes="drift")
+    assert len(run.reference.drift) == len(load_builtin("general").items)
+    assert all(d["source"] == "general" for d in run.reference.drift)
 
 
 def test_reference_from_another_chat_format_is_refused(base_run):

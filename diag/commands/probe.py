@@ -28,7 +28,7 @@ import click
 @click.option("--size", type=click.Choice(["full", "quick"]), default="full", show_default=True)
 @click.option("--system", help="System prompt to send (default: the chat template's own).")
 @click.option(
-    "--max-new-tokens", type=int, default=64, show_default=True, help="Answer length limit."
+    "--max-new-tokens", type=int, default=48, show_default=True, help="Answer length limit."
 )
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option(
