@@ -196,6 +196,30 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# (key, smallest value, None allowed): every integer setting in one place
+_INTS = [
+    ("warmup_steps", 0, False), ("batch_size", 1, False), ("grad_accum", 1, False),
+    ("max_steps", 1, True), ("save_every", 1, False), ("keep", 1, True),
+    ("probe_every", 1, True), ("cpu_threads", 1, True), ("lora.r", 1, False),
+    ("data.identity_samples", 1, False), ("data.max_length", 16, False),
+    ("mix.rehearsal_max_new_tokens", 8, False),
+]  # fmt: skip
+_BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal"]
+_CHOICES = {
+    "method": ("lora", "full"),
+    "lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),
+    "deepspeed": (None, *DEEPSPEED_PRESETS),
+    "device": (None, "cpu", "cuda", "mps"),
+}
+
+
+def _get(c: TrainConfig, key: str):
+    node = c
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate(c: TrainConfig) -> list[str]:
     """Every problem with a built config, as short phrases naming the key and the bad value."""
     p: list[str] = []
@@ -204,6 +228,17 @@ def validate(c: TrainConfig) -> list[str]:
         if not ok:
             p.append(msg)
 
+    for key, low, nullable in _INTS:
+        v = _get(c, key)
+        if not ((nullable and v is None) or (_is_int(v) and v >= low)):
+            p.append(
+                f"'{key}' must be {'null or ' if nullable else ''}an integer >= {low}, got {v!r}"
+            )
+    for key in _BOOLS:
+        need(isinstance(_get(c, key), bool), f"'{key}' must be true/false, got {_get(c, key)!r}")
+    for key, allowed in _CHOICES.items():
+        v = _get(c, key)
+        need(v in allowed, f"'{key}' must be one of {list(allowed)}, got {v!r}")
     need(
         c.base is None or isinstance(c.base, str),
         f"'base' must be a model name or folder, got {c.base!r}",
@@ -213,59 +248,22 @@ def validate(c: TrainConfig) -> list[str]:
         f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
     )
     need(isinstance(c.output_dir, str) and c.output_dir != "", "'output_dir' must be a folder path")
-    need(c.method in ("lora", "full"), f"'method' must be 'lora' or 'full', got {c.method!r}")
+    need(
+        c.system is None or isinstance(c.system, str),
+        f"'system' must be a string or null, got {c.system!r}",
+    )
     need(_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {c.lr!r}")
-    need(
-        c.lr_scheduler in ("constant", "linear", "cosine", "constant_with_warmup"),
-        f"'lr_scheduler' must be constant|linear|cosine|constant_with_warmup, got {c.lr_scheduler!r}",
-    )
-    need(
-        _is_int(c.warmup_steps) and c.warmup_steps >= 0,
-        f"'warmup_steps' must be an integer >= 0, got {c.warmup_steps!r}",
-    )
-    need(
-        _is_int(c.batch_size) and c.batch_size >= 1,
-        f"'batch_size' must be an integer >= 1, got {c.batch_size!r}",
-    )
-    need(
-        _is_int(c.grad_accum) and c.grad_accum >= 1,
-        f"'grad_accum' must be an integer >= 1, got {c.grad_accum!r}",
-    )
-    if c.max_steps is None and c.epochs is None:
-        p.append("set 'max_steps' or 'epochs'")
-    need(
-        c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1),
-        f"'max_steps' must be an integer >= 1, got {c.max_steps!r}",
-    )
     need(
         c.epochs is None or (_is_num(c.epochs) and c.epochs > 0),
         f"'epochs' must be a number > 0, got {c.epochs!r}",
     )
     need(_is_int(c.seed), f"'seed' must be an integer, got {c.seed!r}")
     need(
-        _is_int(c.save_every) and c.save_every >= 1,
-        f"'save_every' must be an integer >= 1 (steps), got {c.save_every!r}",
+        c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
+        f"'parrot_limit' must be null or in [0, 1], got {c.parrot_limit!r}",
     )
-    need(
-        c.keep is None or (_is_int(c.keep) and c.keep >= 1),
-        f"'keep' must be null (keep all) or an integer >= 1, got {c.keep!r}",
-    )
-    need(
-        isinstance(c.save_optimizer, bool),
-        f"'save_optimizer' must be true/false, got {c.save_optimizer!r}",
-    )
-    need(
-        c.system is None or isinstance(c.system, str),
-        f"'system' must be a string or null, got {c.system!r}",
-    )
-    need(
-        c.deepspeed is None or c.deepspeed in DEEPSPEED_PRESETS,
-        f"'deepspeed' must be one of {list(DEEPSPEED_PRESETS)}, got {c.deepspeed!r}",
-    )
-    need(
-        c.probe_every is None or (_is_int(c.probe_every) and c.probe_every >= 1),
-        f"'probe_every' must be null or an integer >= 1, got {c.probe_every!r}",
-    )
+    if c.max_steps is None and c.epochs is None:
+        p.append("set 'max_steps' or 'epochs'")
     if (
         _is_int(c.probe_every)
         and _is_int(c.save_every)
@@ -275,26 +273,9 @@ def validate(c: TrainConfig) -> list[str]:
         p.append(
             f"'probe_every' ({c.probe_every}) must be a multiple of 'save_every' ({c.save_every}): probes run at save time"
         )
-    need(
-        isinstance(c.stop_on_parrot, bool),
-        f"'stop_on_parrot' must be true/false, got {c.stop_on_parrot!r}",
-    )
     if c.stop_on_parrot is True and c.probe_every is None:
         p.append("'stop_on_parrot' needs 'probe_every' (how often to check)")
-    need(
-        c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
-        f"'parrot_limit' must be in [0, 1], got {c.parrot_limit!r}",
-    )
-    need(
-        c.device is None or c.device in ("cpu", "cuda", "mps"),
-        f"'device' must be cpu|cuda|mps or null, got {c.device!r}",
-    )
-    need(
-        c.cpu_threads is None or (_is_int(c.cpu_threads) and c.cpu_threads >= 1),
-        f"'cpu_threads' must be null or an integer >= 1, got {c.cpu_threads!r}",
-    )
-    lo = c.lora
-    need(_is_int(lo.r) and lo.r >= 1, f"'lora.r' must be an integer >= 1, got {lo.r!r}")
+    lo, m = c.lora, c.mix
     need(_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {lo.alpha!r}")
     need(
         _is_num(lo.dropout) and 0 <= lo.dropout < 1,
@@ -305,16 +286,6 @@ def validate(c: TrainConfig) -> list[str]:
         tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),
         f"'lora.target_modules' must be 'all-linear' or a list of module names, got {tm!r}",
     )
-    d = c.data
-    need(
-        _is_int(d.identity_samples) and d.identity_samples >= 1,
-        f"'data.identity_samples' must be an integer >= 1, got {d.identity_samples!r}",
-    )
-    need(
-        _is_int(d.max_length) and d.max_length >= 16,
-        f"'data.max_length' must be an integer >= 16, got {d.max_length!r}",
-    )
-    m = c.mix
     need(
         _is_num(m.general_ratio) and 0 <= m.general_ratio < 1,
         f"'mix.general_ratio' must be in [0, 1), got {m.general_ratio!r}",
@@ -323,16 +294,10 @@ def validate(c: TrainConfig) -> list[str]:
         p.append(f"'mix.sources' must be a list of file paths, got {m.sources!r}")
     else:
         p += [f"'mix.sources' file '{s}' not found" for s in m.sources if not Path(s).is_file()]
-    need(isinstance(m.rehearsal, bool), f"'mix.rehearsal' must be true/false, got {m.rehearsal!r}")
-    need(
-        _is_int(m.rehearsal_max_new_tokens) and m.rehearsal_max_new_tokens >= 8,
-        f"'mix.rehearsal_max_new_tokens' must be an integer >= 8, got {m.rehearsal_max_new_tokens!r}",
-    )
     if (
         _is_num(m.general_ratio)
         and m.general_ratio > 0
-        and isinstance(m.sources, list)
-        and not m.sources
+        and m.sources == []
         and m.rehearsal is False
     ):
         p.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -97,6 +98,9 @@ def run_training(
     Refuses an ``output_dir`` that already holds checkpoints, so nothing trained is overwritten.
     """
     import torch
+
+    if not torch.cuda.is_available():  # deepspeed (if installed) warns on import that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import transformers
     from diag.train.callbacks import ParrotStopCallback, RichProgressCallback
     from diag.train.dataset import PadCollator, data_hash, tokenize_all
@@ -284,8 +288,6 @@ def set_cpu_threads(requested: int | None) -> int:
     other: measured here, a LoRA step on SmolLM2-135M took ~120 s with 2 threads and ~12 s with 1
     while other jobs ran. So ``None`` means 1 thread when busy, torch's default otherwise.
     """
-    import os
-
     import torch
 
     if requested is None:
