@@ -228,3 +228,17 @@ def test_cli_check_prints_the_validated_config(tmp_path):
     assert "lr: 5.0e-05" in res.output and "general_ratio: 0.5" in res.output
     bad = runner.invoke(cli, ["train", "lr=2", "batch_size=0"])
     assert bad.exit_code == 2 and "'lr'" in bad.output and "'batch_size'" in bad.output
+
+
+def test_full_fine_tune_saves_whole_models(tiny_model_dir, tmp_path):
+    out = tmp_path / "full"
+    config = load_config(None, [
+        f"base={tiny_model_dir}", f"output_dir={out}", "method=full", "max_steps=2",
+        "save_every=2", "data.identity_samples=8", "data.max_length=64", "device=cpu",
+    ])  # fmt: skip
+    result = run_training(config)
+    ckpt = result.checkpoints[-1]
+    assert ckpt.name == "checkpoint-2"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
+    assert not (ckpt / "adapter_config.json").exists()
+    assert json.loads((out / "diag-run.json").read_text())["method"] == "full"
