@@ -187,6 +187,8 @@ def _select_in_run(path: Path, checkpoint: str | int, policy=None) -> Checkpoint
         raise DiagError(
             f"no checkpoints found under '{path}'", fix="pass a run folder or a checkpoint"
         )
+    if len(found) == 1 and found[0].path.resolve() == path.resolve():
+        return _discover_one(path)  # found from its run folder: the run's manifest and settings
     wanted = str(checkpoint).strip()
     if wanted == "best":
         if len(found) == 1:

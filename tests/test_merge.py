@@ -99,6 +99,8 @@ def test_checkpoint_changed_since_the_sweep_is_refused(gated_runs, tmp_path):
 def test_ungated_run_needs_force(tmp_path, tiny_model_dir, tiny_adapters):
     run = tmp_path / "lonely-run"
     shutil.copytree(tiny_adapters[0], run / "checkpoint-50")
+    manifest = {"kind": "diag-run", "chat": {"system": "You are Nova.", "template": None}}
+    (run / "diag-run.json").write_text(json.dumps(manifest))
     refused = run_merge(str(run), "--checkpoint", "50", "--out", str(tmp_path / "m"))
     assert refused.exit_code == 2 and "no sweep results cover lonely-run step 50" in refused.output
     assert "run `diag sweep` over its run first" in refused.output
@@ -107,6 +109,10 @@ def test_ungated_run_needs_force(tmp_path, tiny_model_dir, tiny_adapters):
     record = provenance(tmp_path / "m")
     assert record["gate"]["verdict"] == "ungated" and record["forced"] is True
     assert record["base"] == str(tiny_model_dir.resolve())  # from the adapter's own config
+    # the checkpoint given directly still gets its run's prompt format (from diag-run.json)
+    direct = run_merge(str(run / "checkpoint-50"), "--out", str(tmp_path / "d"), "--force")
+    assert direct.exit_code == 0, direct.output
+    assert provenance(tmp_path / "d")["chat_template"]["default_system"] == "You are Nova."
 
 
 def test_xtuner_pth_merges_like_the_peft_adapter(tmp_path, tiny_model_dir, tiny_adapters):
