@@ -129,13 +129,14 @@ def _results_dir_of(path: Path) -> Path | None:
 
 
 def _results_covering(ckpt_path: Path, levels: int = 4) -> Path | None:
-    """The nearest sweep results (``<dir>/diag/results.json``, the sweep's default ``--out``, or
-    ``<dir>/results.json``) in a folder above the checkpoint that list this checkpoint."""
+    """The nearest sweep results in a folder above the checkpoint that list this checkpoint:
+    ``<dir>/diag/`` (the sweep's default ``--out``), ``<dir>/results/`` (``diag demo``) or
+    ``<dir>/`` itself."""
     target = str(ckpt_path.resolve())
     folder = ckpt_path.resolve()
     for _ in range(levels):
         folder = folder.parent
-        for candidate in (folder / "diag", folder):
+        for candidate in (folder / "diag", folder / "results", folder):  # sweep, demo layouts
             if not (candidate / RESULTS_FILE).is_file():
                 continue
             data, _, problem = load_results(candidate)

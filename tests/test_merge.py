@@ -157,3 +157,11 @@ def test_bad_sources(tmp_path):
     empty.mkdir()
     nothing = run_merge(str(empty), "--out", str(tmp_path / "m"))
     assert nothing.exit_code == 2 and "no checkpoints found" in nothing.output
+
+
+def test_run_folder_finds_the_demo_layout_results(gated_runs, tmp_path):
+    (gated_runs / "diag").rename(gated_runs / "results")  # where `diag demo` writes them
+    refused = run_merge(
+        str(gated_runs / "run-a"), "--checkpoint", "200", "--out", str(tmp_path / "a")
+    )
+    assert refused.exit_code == 2 and "the gate fails run-a step 200" in refused.output
