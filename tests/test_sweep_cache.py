@@ -1,0 +1,147 @@
+"""Re-sweeps: cache hits need no model, new or changed checkpoints are probed, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from diag.diagnostics import sweep as sweep_module
+from diag.diagnostics.sweep import sweep
+from tiny import build_lora_adapter
+
+from diag.cli import cli
+from diag.types import GenerationConfig
+
+GEN = GenerationConfig(max_new_tokens=8, batch_size=32)
+FAST = dict(size="quick", probes="identity_recall,general_accuracy", generation=GEN)
+
+
+def _settle(root: Path) -> None:
+    when = time.time() - 600
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            os.utime(Path(dirpath) / name, (when, when))
+
+
+def _run_dir(tmp_path: Path, adapters: list[Path], steps=(10, 20)) -> Path:
+    root = tmp_path / "runs"
+    for adapter, step in zip(adapters, steps):
+        shutil.copytree(adapter, root / "lora" / f"checkpoint-{step}")
+    _settle(root)
+    return root
+
+
+def _probed(result) -> list[tuple[str, int]]:
+    return [(c["run"], c["step"]) for c in result.checkpoints if not c.get("cached")]
+
+
+def _no_model(name):
+    raise AssertionError("a warm sweep must not load the model")
+
+
+def test_warm_sweep_reads_cache_without_a_model(tiny_model_dir, tiny_adapters, tmp_path):
+    root = _run_dir(tmp_path, tiny_adapters)
+    cold = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(cold) == [("base", 0), ("lora", 10), ("lora", 20)]
+    warm = sweep(
+        root, base=tiny_model_dir, progress="quiet", report=False, load_model=_no_model, **FAST
+    )
+    assert _probed(warm) == []
+    assert warm.data["timing"]["cached"] == 3
+    for a, b in zip(cold.checkpoints, warm.checkpoints):
+        assert a["metrics"] == b["metrics"] and a["fingerprint"] == b["fingerprint"]
+
+    # a copy of a probed checkpoint is the same content: read from the cache
+    shutil.copytree(tiny_adapters[0], root / "lora" / "checkpoint-30")
+    _settle(root)
+    copied = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(copied) == []
+    assert copied.checkpoint("lora", 30)["metrics"] == copied.checkpoint("lora", 10)["metrics"]
+
+    # a new checkpoint appears: only it is probed
+    build_lora_adapter(tiny_model_dir, root / "lora" / "checkpoint-40", seed=7)
+    _settle(root)
+    more = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(more) == [("lora", 40)]
+
+    # a checkpoint's weights change in place: it is probed again
+    shutil.rmtree(root / "lora" / "checkpoint-20")
+    build_lora_adapter(tiny_model_dir, root / "lora" / "checkpoint-20", seed=8)
+    _settle(root)
+    changed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(changed) == [("lora", 20)]
+
+
+def test_interrupted_sweep_resumes(tiny_model_dir, tiny_adapters, tmp_path, monkeypatch):
+    from diag.probes import suite
+
+    root = _run_dir(tmp_path, tiny_adapters)
+    real = suite.run_probes
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # base, checkpoint-10, then Ctrl-C during checkpoint-20
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_probes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    partial = json.loads((root / "diag" / "results.json").read_text())
+    assert partial["complete"] is False
+    assert [(c["run"], c["step"]) for c in partial["checkpoints"]] == [("base", 0), ("lora", 10)]
+
+    monkeypatch.setattr(suite, "run_probes", real)
+    resumed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(resumed) == [("lora", 20)]
+    assert resumed.data["complete"] is True
+
+
+def test_recommendation_and_report_seams(tiny_model_dir, tiny_adapters, tmp_path, monkeypatch):
+    root = _run_dir(tmp_path, tiny_adapters[:1], steps=(10,))
+    result = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    rec = result.recommendation
+    assert set(rec) >= {"run", "step", "path", "reasons", "onset_step"}
+    assert "verdict" in rec  # written by diag.diagnostics.recommend
+    assert (root / "diag" / "report.html").is_file()
+
+    real_find_spec = sweep_module.importlib.util.find_spec
+    monkeypatch.setattr(
+        sweep_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("diag.") else real_find_spec(name, *a),
+    )
+    (root / "diag" / "report.html").unlink()
+    bare = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    assert bare.recommendation["run"] is None and bare.recommendation["step"] is None
+    assert "not installed" in bare.recommendation["reasons"][0]
+    assert not (root / "diag" / "report.html").exists()
+
+
+def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
+    root = _run_dir(tmp_path, tiny_adapters[:1], steps=(10,))
+    args = ["--base", str(tiny_model_dir), "--size", "quick", "--probes", "identity_recall"]
+    args += ["--max-new-tokens", "8", "--no-report", "--log-format", "plain"]
+    runner = CliRunner()
+    first = runner.invoke(cli, ["sweep", str(root), *args])
+    assert first.exit_code == 0, first.output
+    assert "2 checkpoints (2 probed, 0 from cache, 0 failed)" in first.output
+    again = runner.invoke(cli, ["sweep", str(root), "--quiet", *args])
+    assert again.exit_code == 0 and "(0 probed, 2 from cache" in again.output
+    for name in ("results.json", "scores.csv", "samples.jsonl"):
+        assert (root / "diag" / name).is_file()
+
+    missing = runner.invoke(cli, ["sweep", str(tmp_path / "nope"), *args])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(cli, ["sweep", str(empty), *args])
+    assert nothing.exit_code == 2 and "no checkpoints found" in nothing.output
+    bad = runner.invoke(cli, ["sweep", str(root), *args, "--template", "{question}"])
+    assert bad.exit_code == 2 and "--template" in bad.output
