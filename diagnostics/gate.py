@@ -204,7 +204,7 @@ def _choose(
         matches = [
             r
             for r in candidates
-            if r.get("path") == wanted or _record_path(r, data, result.results_dir) == target
+            if r.get("path") == wanted or record_path(r, data, result.results_dir) == target
         ]
         result.selected_by = "--checkpoint PATH"
     if not matches:
@@ -221,7 +221,7 @@ def _resolved(path: str | os.PathLike) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _record_path(record: dict, data: dict, results_dir: str) -> str | None:
+def record_path(record: dict, data: dict, results_dir: str) -> str | None:
     """Where a record's checkpoint lives on this machine.
 
     The sweep stores paths as it found them: absolute, or relative to where it ran. A relative
@@ -251,7 +251,7 @@ def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str
     problems = []
     if data.get("complete") is False:
         problems.append(f"the sweep in '{results_file.parent}' did not finish (complete: false)")
-    where = _record_path(record, data, str(results_file.parent))
+    where = record_path(record, data, str(results_file.parent))
     if where is None or not Path(where).exists():
         return problems + [
             f"checkpoint files '{record.get('path')}' not found, so the results cannot be "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diag.diagnostics.discover import Checkpoint, discover
-from diag.diagnostics.gate import GateResult, _record_path, current_fingerprint, gate, load_results
+from diag.diagnostics.gate import GateResult, current_fingerprint, gate, load_results, record_path
 
 from diag.errors import DiagError
 
@@ -80,7 +80,7 @@ def plan_merge(
                 fix="pass --checkpoint STEP to choose one (and --force if the gate fails it)",
             )
         data = load_results(results_dir)[0]
-        where = _record_path(record, data, str(results_dir))
+        where = record_path(record, data, str(results_dir))
         ckpt = _discover_one(Path(where or record["path"]))
         return _plan(ckpt, verdict, results_dir, record, base)
     ckpt = _select_in_run(path, checkpoint, policy)
@@ -143,7 +143,7 @@ def _results_covering(ckpt_path: Path, levels: int = 4) -> Path | None:
             if problem:
                 continue
             for record in data["checkpoints"]:
-                if record.get("step") and _record_path(record, data, str(candidate)) == target:
+                if record.get("step") and record_path(record, data, str(candidate)) == target:
                     return candidate
     return None
 
