@@ -23,7 +23,6 @@ from diag.errors import DiagError
 log = logging.getLogger("diag")
 
 RESULTS_FILE = "results.json"
-LORA_FORMATS = ("xtuner-pth", "xtuner-deepspeed", "deepspeed-zero")
 
 
 @dataclass
@@ -259,40 +258,46 @@ def merge(
 def adapter_source(
     ckpt: Checkpoint, *, allow_pickle: bool = False, lora_alpha: float | None = None
 ):
-    """The LoRA adapter of ``ckpt``: its folder, or XTuner/DeepSpeed weights converted in memory."""
-    from diag.diagnostics import xtuner
+    """The LoRA adapter of ``ckpt``: its folder, or XTuner/DeepSpeed weights converted in memory.
 
-    from diag.backend import checkpoints as reader
-    from diag.backend.merge import AdapterSource
+    The sweep's own :func:`~diag.backend.checkpoints.apply_checkpoint` does the reading (pickle
+    refusal, key renaming, LoRA alpha), handing the adapter to a :class:`_AdapterSink` instead of a
+    model, so merge converts checkpoints exactly as the sweep probed them.
+    """
+    from diag.backend.checkpoints import apply_checkpoint
 
-    if ckpt.format == "peft-adapter":
-        if ckpt.files[-1].suffix in (".bin", ".pt"):
-            reader.safe_load(ckpt.files[-1], allow_pickle=allow_pickle)  # refuse pickles first
-        return AdapterSource(str(ckpt.path), adapter_dir=ckpt.path)
-    if ckpt.format not in LORA_FORMATS:
+    if ckpt.format == "full-model":
         raise DiagError(
-            f"'{ckpt.path}' is a full model ({ckpt.format}), not a LoRA adapter: nothing to merge",
+            f"'{ckpt.path}' is a full model, not a LoRA adapter: nothing to merge",
             fix="load that folder directly with transformers",
         )
-    state = reader.read_state_dict(ckpt.path, ckpt.format, allow_pickle=allow_pickle)
-    lora = reader.split_lora(state)
-    if lora is None:
+    sink = _AdapterSink(ckpt)
+    apply_checkpoint(sink, ckpt, allow_pickle=allow_pickle, lora_alpha=lora_alpha)
+    return sink.source
+
+
+class _AdapterSink:
+    """Stands where apply_checkpoint expects a backend and keeps the adapter it is given."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt, self.source, self.name = ckpt, None, "merge"
+
+    def use_adapter(self, adapter_dir) -> None:
+        from diag.backend.merge import AdapterSource
+
+        self.source = AdapterSource(str(self.ckpt.path), adapter_dir=Path(adapter_dir))
+
+    def use_adapter_weights(self, key: str, lora_config: dict, state_dict: dict) -> None:
+        from diag.backend.merge import AdapterSource
+
+        self.source = AdapterSource(key, lora_config=lora_config, state_dict=state_dict)
+
+    @property
+    def model(self):  # only asked for when the checkpoint holds full weights
         raise DiagError(
-            f"'{ckpt.path}' holds full weights, not LoRA weights: nothing to merge",
+            f"'{self.ckpt.path}' holds full weights, not LoRA weights: nothing to merge",
             fix="convert it with your trainer's own tool (e.g. xtuner convert pth_to_hf)",
         )
-    settings = dict(ckpt.lora)
-    if lora_alpha is not None:
-        settings["lora_alpha"] = lora_alpha
-    try:
-        config = xtuner.lora_settings({k: tuple(v.shape) for k, v in lora.items()}, settings)
-    except KeyError:
-        raise DiagError(
-            f"LoRA alpha of '{ckpt.path}' is unknown (no XTuner config with lora=dict(...) in "
-            f"'{ckpt.run_dir}')",
-            fix="pass --lora-alpha N (the lora_alpha used in training)",
-        ) from None
-    return AdapterSource(str(ckpt.path), lora_config=config, state_dict=lora)
 
 
 def provenance(plan: MergePlan, forced: bool) -> dict:

@@ -165,3 +165,18 @@ def test_run_folder_finds_the_demo_layout_results(gated_runs, tmp_path):
         str(gated_runs / "run-a"), "--checkpoint", "200", "--out", str(tmp_path / "a")
     )
     assert refused.exit_code == 2 and "the gate fails run-a step 200" in refused.output
+
+
+def test_full_weights_are_not_merged(tmp_path, tiny_model_dir):
+    import torch
+
+    work_dir = tmp_path / "work_dirs" / "full"
+    work_dir.mkdir(parents=True)
+    torch.save({"state_dict": {"llm.lm_head.weight": torch.zeros(2, 2)}}, work_dir / "iter_10.pth")
+    xtuner_full = run_merge(str(work_dir), "--out", str(tmp_path / "x"), "--force")
+    assert xtuner_full.exit_code == 2, xtuner_full.output
+    assert "holds full weights, not LoRA weights: nothing to merge" in xtuner_full.output
+
+    hf_full = run_merge(str(tiny_model_dir), "--out", str(tmp_path / "y"), "--force")
+    assert hf_full.exit_code == 2 and "is a full model, not a LoRA adapter" in hf_full.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
