@@ -92,6 +92,7 @@ def sweep(
                     ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
                 )
                 state.write_partial()
+                fingerprints.save()
             runner.close()
     fingerprints.save()
     return state.finish(policy, report, time.perf_counter() - started)
