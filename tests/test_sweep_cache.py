@@ -145,3 +145,41 @@ def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
     assert nothing.exit_code == 2 and "no checkpoints found" in nothing.output
     bad = runner.invoke(cli, ["sweep", str(root), *args, "--template", "{question}"])
     assert bad.exit_code == 2 and "--template" in bad.output
+
+
+KILLABLE = """
+import sys, time
+from diag.probes import suite
+from diag.diagnostics.sweep import sweep
+from diag.types import GenerationConfig
+real, calls = suite.run_probes, []
+def slow(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:  # base and checkpoint-10 are done: hang in checkpoint-20 until killed
+        time.sleep(600)
+    return real(*a, **k)
+suite.run_probes = slow
+sweep(sys.argv[1], base=sys.argv[2], size="quick", probes="identity_recall,general_accuracy",
+      generation=GenerationConfig(max_new_tokens=8, batch_size=32), progress="quiet", report=False)
+"""
+
+
+def test_kill_9_mid_sweep_then_resume(tiny_model_dir, tiny_adapters, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = _run_dir(tmp_path, tiny_adapters)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(root), str(tiny_model_dir)])
+    results = root / "diag" / "results.json"
+    deadline = time.time() + 300
+    try:
+        while not results.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = json.loads(results.read_text())  # never half-written
+    assert [(c["run"], c["step"]) for c in partial["checkpoints"]] == [("base", 0), ("lora", 10)]
+    resumed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert _probed(resumed) == [("lora", 20)]
