@@ -130,8 +130,11 @@ def gate(
         return result
     records = [c for c in data.get("checkpoints") or [] if isinstance(c, dict)]
     chosen = _choose(data, records, checkpoint, policy, result)
-    if chosen is None:
-        return result  # _choose set the verdict and said why
+    if chosen is None:  # _choose set the verdict (nothing eligible) and said why ...
+        if data.get("complete") is False:  # ... but so far is not evidence of nothing
+            result.verdict = "undecided"
+            result.problems.insert(0, _unfinished(results_file))
+        return result
     result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
     result.checks = evaluate_checkpoint(chosen, find_base(records, chosen.get("run")), policy)
     stale = _evidence_problems(chosen, data, results_file)
@@ -250,7 +253,7 @@ def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str
     """Reasons the stored scores may not describe the checkpoint's current files."""
     problems = []
     if data.get("complete") is False:
-        problems.append(f"the sweep in '{results_file.parent}' did not finish (complete: false)")
+        problems.append(_unfinished(results_file))
     where = record_path(record, data, str(results_file.parent))
     if where is None or not Path(where).exists():
         return problems + [
@@ -276,6 +279,10 @@ def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str
             "written (re-run `diag sweep`)"
         )
     return problems
+
+
+def _unfinished(results_file: Path) -> str:
+    return f"the sweep in '{results_file.parent}' did not finish (complete: false)"
 
 
 FINGERPRINT_PREFIX = "blake2b:"  # diag.diagnostics.cache.Fingerprinter's content hashes

@@ -170,6 +170,10 @@ def test_unfinished_sweep_is_undecided(parrot_sweep):
     (parrot_sweep / "results.json").write_text(json.dumps(data))
     result = run_gate(str(parrot_sweep))
     assert result.exit_code == 2 and "did not finish" in result.output
+    # nothing eligible *so far* is not a fail either: the rest may not be probed yet
+    nothing_yet = run_gate(str(parrot_sweep), "--set", "identity_min_low=0.95")
+    assert nothing_yet.exit_code == 2, nothing_yet.output
+    assert "UNDECIDED: no checkpoint: the sweep" in nothing_yet.output
 
 
 def test_relative_checkpoint_paths_are_found_from_elsewhere(tmp_path, monkeypatch):
