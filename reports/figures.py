@@ -114,12 +114,14 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
                 "layer": "below",
             }
         )
+    # fractions live in [0, 1], but retention (× base) can exceed 1: keep every point on screen
+    top = max([1.05] + [y + 0.05 for t in traces if "yaxis" not in t for y in t["y"]])
     return {
         "data": traces,
         "layout": {
             "title": {"text": f"{run}: metrics by step"},
             "xaxis": {"title": {"text": "step (0 = base model)"}},
-            "yaxis": {"title": {"text": "fraction"}, "range": [-0.02, 1.05]},
+            "yaxis": {"title": {"text": "fraction"}, "range": [-0.02, top]},
             "yaxis2": {
                 "title": {"text": "nats/token (loss, drift)"},
                 "overlaying": "y",

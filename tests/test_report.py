@@ -112,3 +112,11 @@ def test_merge_command_names_the_path_when_runs_share_the_step():
     assert (
         head["merge_command"] == "diag merge runs/diag --checkpoint 300 --out merged-run-a-step300"
     )
+
+
+def test_curves_keep_a_retention_above_one_on_screen():
+    from diag.reports.figures import run_curves
+
+    records = [ckpt(0, gained=20), ckpt(100, gained=20)]
+    spec = run_curves("run-a", records, {}, {})
+    assert spec["layout"]["yaxis"]["range"][1] >= records[1]["metrics"]["retention"] > 1.1
