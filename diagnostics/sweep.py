@@ -418,7 +418,7 @@ class _State:
             "complete": complete,
             "root": str(self.root.resolve()),
             "base": next((r["path"] for r in self.records if r["step"] == 0), None),
-            "identity": {"name": self.identity.name, "hash": self.identity.hash},
+            "identity": {**self.identity.to_dict(), "hash": self.identity.hash},
             "settings": self.settings,
             "runs": {name: run.to_dict() for name, run in sorted(self.found.runs.items())},
             "checkpoints": sorted(self.records, key=_order),
