@@ -64,7 +64,8 @@ class Policy:
     # the base's own share + modal_margin when the base is already above the limit.
     modal_share_max: float = 0.25
     modal_margin: float = 0.05
-    # loop_rate: share of answers ending in a repeated loop, at most base + loop_margin.
+    # loop_rate: share of answers ending in a repeated loop, at most base + loop_margin, unless
+    # the excess is not significant (95 % Wilson lower bound still at or below that limit).
     loop_margin: float = 0.05
     # choice rule: checkpoints whose identity recall is within this of the best eligible one are
     # "on the identity plateau"; the earliest of them is recommended.
@@ -372,7 +373,28 @@ def _judge_loop(ckpt, base, policy):
     if value is None:
         return _not_measured("loop rate", limit)
     detail = f"loop rate {pct(value)} (base {pct(base_value)} + {pct(policy.loop_margin)})"
-    return value <= limit + 1e-12, value, limit, detail
+    if value <= limit + 1e-12:
+        return True, value, limit, detail
+    # Fail only when the excess is clear: the 95 % Wilson lower bound is beyond base + margin.
+    # A few more looping answers on a quick probe set (3/60 -> 8/60) are noise, not a collapse.
+    st = _stats(ckpt, "loop_rate")
+    if st.get("n"):
+        n = int(st["n"])
+        low, _ = wilson_interval(int(st.get("successes", round(value * n))), n)
+        if low <= limit:
+            return (
+                True,
+                value,
+                limit,
+                f"{detail}; not significantly above the limit (lower bound {pct(low)})",
+            )
+        return (
+            False,
+            value,
+            limit,
+            f"{detail}; significantly above the limit (lower bound {pct(low)})",
+        )
+    return False, value, limit, detail
 
 
 _JUDGES = {

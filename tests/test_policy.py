@@ -106,3 +106,18 @@ def test_near_miss_is_read_relative_to_the_base_or_an_absolute_floor():
     assert not checks["near_miss"].passed and "collapsed" in checks["near_miss"].detail
     checks = _by_name(evaluate_checkpoint(ckpt(100, near_miss=0.25), None, Policy()))
     assert not checks["near_miss"].passed and checks["near_miss"].threshold == 0.3
+
+
+def test_loop_rate_needs_a_significant_excess_over_the_base():
+    base_record = base()
+    base_record["metrics"]["loop_rate"] = 3 / 60
+
+    def looping(k: int) -> dict:
+        record = ckpt(100, loop=k / 60)
+        record["stats"]["loop_rate"] = {"value": k / 60, "successes": k, "n": 60}
+        return record
+
+    few = _by_name(evaluate_checkpoint(looping(8), base_record, Policy()))["loop_rate"]
+    assert few.passed and "not significantly above the limit" in few.detail  # 13% vs 5%+5%: noise
+    many = _by_name(evaluate_checkpoint(looping(30), base_record, Policy()))["loop_rate"]
+    assert not many.passed and "significantly above the limit" in many.detail
