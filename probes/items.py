@@ -24,7 +24,9 @@ BUILTIN_SETS = {
     "general": "general.jsonl",
 }
 # size="quick": per language, how many items of each set (chosen by a stable hash of the id).
-QUICK = {"identity": 8, "near_miss": 6, "general": 16}
+# 16 identity prompts: 16/16 right gives a Wilson lower bound of 0.81, enough for the policy's
+# 0.70 (8/8 gives only 0.68, so a quick sweep could never recommend anything).
+QUICK = {"identity": 16, "near_miss": 6, "general": 16}
 _PLACEHOLDER = re.compile(r"\{kw(\d+)\}")
 
 
