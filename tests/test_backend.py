@@ -132,3 +132,17 @@ def test_gguf_conversion_keeps_logits_exactly(smollm_backend):
         expected = gguf_model(ids).logits
         got = smollm_backend.model(ids).logits
     assert torch.equal(expected, got)
+
+
+def test_remote_code_model_is_refused_without_the_flag(tmp_path):
+    import json
+
+    from tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "custom")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "mycustom"
+    cfg["auto_map"] = {"AutoConfig": "conf.MyConfig", "AutoModelForCausalLM": "modeling.MyModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DiagError, match="--trust-remote-code"):
+        HFBackend.load(folder, device="cpu")

@@ -51,3 +51,15 @@ def test_unknown_command_suggests_the_close_one():
     result = CliRunner().invoke(cli, ["sweeep"])
     assert result.exit_code == 2
     assert "Did you mean 'sweep'" in result.output
+
+
+def test_install_claims_no_generic_top_level_names(tmp_path):
+    """The repository's probes/, train/, ... install only as diag.probes, diag.train, ..."""
+    code = (
+        "import importlib.util\n"
+        "print([n for n in ('probes', 'train', 'reports', 'diagnostics') if importlib.util.find_spec(n)])\n"
+        "import diag.probes, diag.train, diag.reports, diag.diagnostics\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -39,6 +39,9 @@ import click
 )
 @click.option("--device", help="cpu, cuda or mps (default: the best available).")
 @click.option(
+    "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default="probe-results",
@@ -57,6 +60,7 @@ def probe(
     batch_size,
     reference_file,
     device,
+    trust_remote_code,
     out,
 ):
     """Score one model: identity recall, near-miss, general accuracy, drift, repetition, parrot.
@@ -97,7 +101,7 @@ def probe(
     def say(message: str) -> None:
         click.echo(message, err=True)
 
-    lm = load_backend(base_name, device=device)
+    lm = load_backend(base_name, device=device, trust_remote_code=trust_remote_code)
     common = dict(
         chat=chat, size=size, generation=generation, progress=say, probe_files=probe_files
     )

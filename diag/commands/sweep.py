@@ -53,6 +53,9 @@ import click
     help="Skip checkpoints modified more recently than this (still being written).",
 )
 @click.option("--device", help="cpu, cuda or mps (default: the best available).")
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
+)
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="Policy YAML.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one policy value."
@@ -82,6 +85,7 @@ def sweep(
     allow_pickle,
     settle_seconds,
     device,
+    trust_remote_code,
     policy_file,
     overrides,
     no_report,
@@ -126,6 +130,7 @@ def sweep(
         allow_pickle=allow_pickle,
         settle_seconds=settle_seconds,
         device=device,
+        load_model=_remote_code_loader(device) if trust_remote_code else None,
         policy=policy,
         report=not no_report,
         progress="quiet" if quiet else log_format,
@@ -161,3 +166,10 @@ def _policy(policy_file, overrides):
             raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
         parsed[key.strip()] = value.strip()
     return load_policy(policy_file, parsed or None)
+
+
+def _remote_code_loader(device):
+    """Base loader for --trust-remote-code (off by default: model repos can ship code)."""
+    from diag.backend import load_backend
+
+    return lambda name: load_backend(name, device=device, trust_remote_code=True)
