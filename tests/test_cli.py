@@ -60,6 +60,8 @@ def test_install_claims_no_generic_top_level_names(tmp_path):
         "print([n for n in ('probes', 'train', 'reports', 'diagnostics') if importlib.util.find_spec(n)])\n"
         "import diag.probes, diag.train, diag.reports, diag.diagnostics\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

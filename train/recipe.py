@@ -99,7 +99,9 @@ def run_training(
     """
     import torch
 
-    if not torch.cuda.is_available():  # deepspeed (if installed) warns on import that it found no GPU
+    if (
+        not torch.cuda.is_available()
+    ):  # deepspeed (if installed) warns on import that it found no GPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import transformers
     from diag.train.callbacks import ParrotStopCallback, RichProgressCallback
