@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,3 +38,20 @@ def smollm_backend():
     from diag.backend.hf import HFBackend
 
     return HFBackend.load(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def general_file(tmp_path_factory) -> Path:
+    """A small general-chat file in both supported shapes (OpenAI messages, alpaca fields)."""
+    path = tmp_path_factory.mktemp("general") / "chat.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "What is 2+2?"},
+                {"role": "assistant", "content": "4."},
+            ]
+        },
+        {"instruction": "Say hello", "output": "Hello!"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -4,27 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from diag.cli import cli
-
-
-@pytest.fixture()
-def general_file(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    path.write_text(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": "What is 2+2?"},
-                    {"role": "assistant", "content": "4."},
-                ]
-            }
-        )
-        + "\n"
-    )
-    return path
 
 
 def test_demo_trains_both_runs_sweeps_and_resumes(tiny_model_dir, general_file, tmp_path):

@@ -17,22 +17,6 @@ from diag.identity import load_identity
 
 
 @pytest.fixture(scope="module")
-def general_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("general") / "chat.jsonl"
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": "What is 2+2?"},
-                {"role": "assistant", "content": "4."},
-            ]
-        },
-        {"instruction": "Say hello", "output": "Hello!"},
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, general_file, tmp_path_factory):
     """7 steps, a checkpoint every 3, diluted half and half, deepspeed asked for on a CPU."""
     out = tmp_path_factory.mktemp("runs") / "tiny-run"
