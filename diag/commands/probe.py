@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from diag.commands import probe_set_options
+
 
 @click.command()
 @click.argument("model", required=False)
@@ -17,15 +19,7 @@ import click
     show_default=True,
     help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
 )
-@click.option("--probes", help="Comma-separated probe names (default: all).")
-@click.option(
-    "--probe-file",
-    "probe_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Extra probe set (JSONL: id, language, prompt, accept). Repeatable.",
-)
-@click.option("--size", type=click.Choice(["full", "quick"]), default="full", show_default=True)
+@probe_set_options
 @click.option("--system", help="System prompt to send (default: the chat template's own).")
 @click.option(
     "--max-new-tokens", type=int, default=48, show_default=True, help="Answer length limit."

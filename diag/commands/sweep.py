@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from diag.commands import probe_set_options
+
 
 @click.command()
 @click.argument("runs_dir", type=click.Path(path_type=Path))
@@ -22,15 +24,7 @@ import click
     type=click.Path(path_type=Path),
     help="Result folder (default: RUNS_DIR/diag): results.json, scores.csv, samples.jsonl, report.",
 )
-@click.option("--probes", help="Comma-separated probe names (default: all).")
-@click.option(
-    "--probe-file",
-    "probe_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Extra probe set (JSONL: id, language, prompt, accept). Repeatable.",
-)
-@click.option("--size", type=click.Choice(["full", "quick"]), default="full", show_default=True)
+@probe_set_options
 @click.option("--system", help="System prompt for every checkpoint (default: as trained).")
 @click.option(
     "--template",
