@@ -1,8 +1,16 @@
 """Onset of overfitting: the step where a run stops being a chat model and starts to parrot.
 
-Each checkpoint (base at step 0 included) gets a *collapse score* in [0, 1], the mean of the
-"badness" of the curves that break when a model overfits a narrow identity, read relative to the
-base:
+The onset is read from the policy's own collapse checks, so it never contradicts the verdict
+shown next to it: ``collapsing from step Y`` is the first checkpoint from which *every* later
+checkpoint fails at least one blocking collapse check (near-miss, retention, drift, parrot
+leakage, modal share, loop rate; identity recall is not a collapse check), and ``healthy up to
+step X`` is the checkpoint just before it, which passed them all. "Every later one" keeps a single
+noisy failure that recovers from being called a collapse; such an early failure is still reported
+as ``first_failure``.
+
+When no check fails persistently, a softer signal is looked for: each checkpoint (base at step 0
+included) gets a *collapse score* in [0, 1], the mean "badness" of the curves that break when a
+model overfits a narrow identity, read relative to the base:
 
     parrot_leakage   value - base                      (0 = no more leakage than the base)
     modal_share      value - base
@@ -10,20 +18,22 @@ base:
     near_miss        1 - value / base
     drift            drift / (2 * drift_max)           (0.5 = at the policy's drift limit)
 
-each clipped to [0, 1]. The onset is the least-squares single change point in the mean of that
-score (a two-segment fit, exact, O(n^2) for n checkpoints): the last step of the first segment is
-"healthy up to", the first step of the second "collapsing from". It counts only when the second
-segment is worse by at least ``policy.onset_min_jump``. With tens of checkpoints an exact search is
-instant and easier to explain than ``ruptures``/``kneed``, so neither is a dependency.
+each clipped to [0, 1]; the least-squares single change point in the mean of that score (an
+exact two-segment fit, O(n^2) for n checkpoints) is the onset when the second segment is worse by
+at least ``policy.onset_min_jump`` (``method="change_point"``). With tens of checkpoints an exact
+search is instant and easier to explain than ``ruptures``/``kneed``, so neither is a dependency.
+The score's jump across the onset is reported for both methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from diag.diagnostics.policy import Policy, pct
+from diag.diagnostics.policy import Policy, evaluate_checkpoint, pct
 
 CURVES = ("parrot_leakage", "modal_share", "retention", "near_miss", "drift")
+# The policy checks whose failure means the model is losing its general behaviour.
+COLLAPSE_CHECKS = ("near_miss", "retention", "drift", "parrot_leakage", "modal_share", "loop_rate")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class Onset:
     collapsing_from: int
     jump: float
     changes: dict[str, tuple[float, float]]
+    method: str = "policy"  # "policy" (persistent failed checks) or "change_point"
+    failed: tuple[str, ...] = ()  # the collapse checks failed at ``collapsing_from``
+    first_failure: int | None = None  # an earlier step that failed a check, then recovered
 
     def sentence(self) -> str:
         """'healthy up to step 300, collapsing from step 400 (leakage 0% -> 83%, ...)'."""
@@ -48,11 +61,15 @@ class Onset:
                 parts.append(f"{label.replace('_', '-')} {pct(before)} → {pct(after)}")
         where = "the base (step 0)" if self.healthy_until == 0 else f"step {self.healthy_until}"
         detail = f" ({', '.join(parts)})" if parts else ""
-        return f"healthy up to {where}, collapsing from step {self.collapsing_from}{detail}"
+        text = f"healthy up to {where}, collapsing from step {self.collapsing_from}{detail}"
+        if self.first_failure is not None:
+            text += f"; step {self.first_failure} already failed a check once, then recovered"
+        return text
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["changes"] = {k: list(v) for k, v in self.changes.items()}
+        data["failed"] = list(self.failed)
         data["sentence"] = self.sentence()
         return data
 
@@ -99,9 +116,18 @@ def best_split(scores: list[float]) -> tuple[int, float]:
     return best_k, round(jump, 4)
 
 
+def collapse_failures(record: dict, base: dict | None, policy: Policy) -> tuple[str, ...]:
+    """The blocking collapse checks ``record`` fails against ``base`` (empty: it is healthy)."""
+    return tuple(
+        c.name
+        for c in evaluate_checkpoint(record, base, policy)
+        if c.name in COLLAPSE_CHECKS and c.blocking and not c.passed and c.value is not None
+    )  # a metric that was not measured is no evidence of a collapse
+
+
 def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onset | None:
     """The onset for one run: ``records`` are its checkpoints (any order; the base may be among
-    them as step 0). None when fewer than two points or no material break."""
+    them as step 0). None when fewer than two points, or nothing fails and nothing breaks."""
     points = []
     if base is not None:
         points.append(base)
@@ -113,20 +139,35 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
         and not (base is not None and r["step"] == 0)
     ]
     points.sort(key=lambda r: r["step"])
-    scored = [(r, collapse_score(r, base, policy)) for r in points]
-    scored = [(r, s) for r, s in scored if s is not None]
-    if len(scored) < 2:
+    if len(points) < 2:
         return None
-    k, jump = best_split([s for _, s in scored])
-    if jump < policy.onset_min_jump:
-        return None
-    before, after = scored[k - 1][0], scored[k][0]
+    failures = [() if r is base else collapse_failures(r, base, policy) for r in points]
+    k = len(points)
+    while k > 1 and failures[k - 1]:  # walk back over the run's failing tail
+        k -= 1
+    scores = [collapse_score(r, base, policy) for r in points]
+    if k < len(points):
+        method = "policy"
+        earlier = [points[i]["step"] for i in range(1, k) if failures[i]]
+        first_failure = earlier[0] if earlier else None
+    else:
+        scored = [(i, s) for i, s in enumerate(scores) if s is not None]
+        if len(scored) < 2:
+            return None
+        split, jump = best_split([s for _, s in scored])
+        if jump < policy.onset_min_jump:
+            return None
+        k, method, first_failure = scored[split][0], "change_point", None
+    before, after = points[k - 1], points[k]
+    left = [s for s in scores[:k] if s is not None]
+    right = [s for s in scores[k:] if s is not None]
+    jump = round(_mean(right) - _mean(left), 4) if left and right else 0.0
     changes = {}
     for name in CURVES:
         a, b = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
         if a is not None and b is not None and abs(b - a) >= 0.05:
             changes[name] = (float(a), float(b))
-    return Onset(before["step"], after["step"], jump, changes)
+    return Onset(before["step"], after["step"], jump, changes, method, failures[k], first_failure)
 
 
 def _mean(xs: list[float]) -> float:

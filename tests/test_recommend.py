@@ -123,3 +123,47 @@ def test_onset_needs_a_material_jump():
     onset = locate_onset(results["checkpoints"], base, Policy())
     assert (onset.healthy_until, onset.collapsing_from) == (300, 400)
     assert onset.changes["parrot_leakage"] == (0.0, 0.83)
+
+
+def test_onset_is_the_first_persistent_policy_failure_not_the_biggest_jump():
+    # The real undiluted demo run: near-miss collapses at 35 and leakage is 19 % at 40, while
+    # the big jump in the curves comes only at 50. "healthy up to 40" would contradict the
+    # checks shown next to it, so the onset is where the run starts failing and never recovers.
+    records = [
+        ckpt(20, identity=(0, 30), near_miss=0.8),
+        ckpt(30, identity=(10, 30), near_miss=0.75),
+        ckpt(35, identity=(30, 30), near_miss=0.25, leakage=0.03),
+        ckpt(40, identity=(30, 30), near_miss=0.25, leakage=0.19),
+        ckpt(45, identity=(30, 30), near_miss=0.0, leakage=0.25, lost=20, gained=0),
+        ckpt(50, identity=(30, 30), near_miss=0.0, leakage=0.44, lost=50, gained=0, modal=0.5),
+        ckpt(60, identity=(30, 30), near_miss=0.0, leakage=0.66, lost=70, gained=0, modal=0.7),
+    ]
+    results = sweep(*records)
+    onset = locate_onset(results["checkpoints"], results["checkpoints"][0], Policy())
+    assert (onset.healthy_until, onset.collapsing_from) == (30, 35)
+    assert onset.method == "policy" and onset.failed == ("near_miss",)
+    assert onset.sentence().startswith("healthy up to step 30, collapsing from step 35")
+    rec = recommend(results)
+    assert rec["step"] is None  # nothing healthy has learned the identity yet
+    # near-miss as a warning only: the onset moves to where leakage crosses its limit
+    lenient = load_policy(overrides={"checks.near_miss": "warning"})
+    onset = locate_onset(results["checkpoints"], results["checkpoints"][0], lenient)
+    assert (onset.collapsing_from, onset.failed) == (40, ("parrot_leakage",))
+    assert recommend(results, lenient)["step"] == 35
+
+
+def test_a_failure_that_recovers_is_not_the_onset_but_is_reported():
+    records = learned_then_parrot()
+    records[1] = ckpt(200, identity=(21, 30), leakage=0.2)  # one noisy failure, then healthy
+    results = sweep(*records)
+    onset = locate_onset(results["checkpoints"], results["checkpoints"][0], Policy())
+    assert (onset.healthy_until, onset.collapsing_from, onset.first_failure) == (300, 400, 200)
+    assert "step 200 already failed a check once, then recovered" in onset.sentence()
+
+
+def test_unmeasured_metrics_do_not_make_an_onset():
+    records = [ckpt(s) for s in (100, 200, 300)]
+    for r in records:
+        del r["metrics"]["drift"]
+    results = sweep(*records)
+    assert locate_onset(results["checkpoints"], results["checkpoints"][0], Policy()) is None
