@@ -196,8 +196,9 @@ def generation_settings(identity, probes, size: str, generation, probe_files=())
     import hashlib
     import json
 
+    from diag.probes.reference import REFERENCE_VERSION
     from diag.probes.registry import resolve_probes
-    from diag.probes.suite import DEFAULT_GENERATION, DRIFT_MAX_NEW_TOKENS, prepare_sets
+    from diag.probes.suite import DEFAULT_GENERATION, prepare_sets
 
     names = resolve_probes(probes)
     prompts = {
@@ -212,7 +213,7 @@ def generation_settings(identity, probes, size: str, generation, probe_files=())
         "size": size,
         "probe_sets": prompts,
         "generation": (generation or DEFAULT_GENERATION).to_dict(),
-        "drift_max_new_tokens": DRIFT_MAX_NEW_TOKENS,
+        "reference_version": REFERENCE_VERSION,
         "identity": identity.hash,
         "probe_files": [str(Path(p).resolve()) for p in probe_files],
     }

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from diag.errors import DiagError
 
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # 2: drift texts include answers cut at the token limit
 
 
 @dataclass

@@ -65,7 +65,7 @@ PROBES: dict[str, Probe] = {
         Probe(
             "drift",
             "lower",
-            1,
+            2,
             (),
             ("drift",),
             scoring.score_drift,

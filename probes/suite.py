@@ -28,13 +28,10 @@ from diag.results import SCHEMA_VERSION, tool_block
 from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
 
 # 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
-# most of the suite's cost on a CPU.
-DEFAULT_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=16)
-# Drift needs the base's *complete* answers. Cut ones are dropped; only when fewer than
-# MIN_DRIFT_ANSWERS (or half the general items, for a small size) finished are the cut ones
-# generated once more with twice the limit (at most DRIFT_MAX_NEW_TOKENS), then dropped if still cut.
-MIN_DRIFT_ANSWERS = 100
-DRIFT_MAX_NEW_TOKENS = 160
+# most of the suite's cost on a CPU. Batches of 64: a CPU's matrix kernels are about twice as
+# fast per token at 64 rows as at 16 (benchmarks/bench_probes.py), and finished rows leave the
+# batch, so a large batch costs no padding.
+DEFAULT_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=64)
 
 __all__ = ["ProbeRun", "Reference", "rescore", "run_probes", "identity_probe_prompts"]
 identity_probe_prompts = probe_items.identity_probe_prompts
@@ -144,7 +141,7 @@ def run_probes(
                 ("identity_answer", {**item.to_dict(), "continuation": identity.answer})
             )
     if "drift" in names:
-        for d in _drift_texts(lm, records, sets, reference, generation, say):
+        for d in _drift_texts(records, sets, reference):
             requests.append(("drift", d))
     if requests:
         say(f"scoring {len(requests)} log-likelihoods")
@@ -166,33 +163,29 @@ def run_probes(
     return rescore(records, identity, reference)
 
 
-def _drift_texts(lm, records, sets, reference, generation, say) -> list[dict]:
-    """(prompt, base answer) pairs to score: from the reference, or made now on the base."""
+def _drift_texts(records, sets, reference) -> list[dict]:
+    """(prompt, base answer) pairs to score: from the reference, or the base's answers just made.
+
+    An answer cut at the token limit is kept: drift compares per-token log-likelihoods of the
+    tokens the base produced, which is as valid for a prefix as for a whole answer, and costs no
+    second generation.
+    """
     general_ids = {i.id for i in sets["general"].items}
     if reference is not None:
         chosen = [d for d in reference.drift if d["id"] in general_ids] or reference.drift
-        return [_drift_item(d, d["answer"], d.get("source", "general")) for d in chosen]
+        return [_drift_item(d, d["answer"], d.get("cut", False)) for d in chosen]
     gens = [r for r in records if r.get("kind") == "generation" and r["set"] == "general"]
-    done = [_drift_item(r, r["text"], "general") for r in gens if not r["hit_limit"]]
-    cut = [r for r in gens if r["hit_limit"]]
-    enough = min(MIN_DRIFT_ANSWERS, (len(gens) + 1) // 2)
-    limit = min(DRIFT_MAX_NEW_TOKENS, 2 * generation.max_new_tokens)
-    if cut and len(done) < enough and limit > generation.max_new_tokens:
-        say(f"finishing {len(cut)} cut base answers for drift (limit {limit} tokens)")
-        longer = replace(generation, max_new_tokens=limit)
-        for r, g in zip(cut, lm.generate([r["prompt"] for r in cut], longer)):
-            if not g.hit_limit:
-                done.append(_drift_item(r, g.text, "regenerated"))
-    return [d for d in done if d["continuation"].strip()]
+    texts = [_drift_item(r, r["text"].rstrip("\ufffd"), r["hit_limit"]) for r in gens]
+    return [d for d in texts if d["continuation"].strip()]
 
 
-def _drift_item(row: dict, answer: str, source: str) -> dict:
+def _drift_item(row: dict, answer: str, cut: bool) -> dict:
     return {
         "id": row["id"],
         "language": row["language"],
         "prompt": row["prompt"],
         "continuation": answer,
-        "source": source,
+        "cut": bool(cut),  # the base's answer went on past the token limit; this is its prefix
     }
 
 
@@ -248,7 +241,7 @@ def _reference_from(recs: Records, identity: IdentitySpec) -> Reference:
         identity_hash=identity.hash,
         probe_sets=meta["probe_sets"],
         drift=[
-            {k: r[k] for k in ("id", "language", "prompt", "logprob", "tokens", "source") if k in r}
+            {k: r[k] for k in ("id", "language", "prompt", "logprob", "tokens", "cut") if k in r}
             | {"answer": r["continuation"]}
             for r in recs.loglikelihoods.get("drift", [])
         ],

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
+
 import pytest
+import torch
 
 from diag.backend.hf import HFBackend
 from diag.errors import DiagError
@@ -24,6 +28,23 @@ def test_batched_generation_equals_one_by_one(tiny_backend):
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.prompt for g in batched] == PROMPTS  # order preserved despite length sorting
     assert all(g.new_tokens <= 12 for g in batched)
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_answers(tiny_backend):
+    config = GenerationConfig(max_new_tokens=12, batch_size=8)
+    # make a token the model often says mid-answer a stop token: rows now end at different steps
+    said = []
+    for ids in tiny_backend._encode_prompts(PROMPTS, config.chat):
+        row = torch.tensor([ids])
+        said.append(tiny_backend._decode(row, torch.ones_like(row), config)[0])
+    token = Counter(t for row in said for t in row[2:8]).most_common(1)[0][0]
+    lm = copy.copy(tiny_backend)
+    lm.stop_ids = sorted({*tiny_backend.stop_ids, token})
+    batched = lm.generate(PROMPTS, config)
+    single = [lm.generate([p], config)[0] for p in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    lengths = [g.new_tokens for g in batched]
+    assert min(lengths) < 12 and len(set(lengths)) > 1  # some rows left the batch early
 
 
 def test_hit_limit_reported(tiny_backend):

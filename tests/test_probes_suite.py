@@ -7,7 +7,7 @@ import json
 import pytest
 from diag.probes.items import identity_probe_prompts, load_builtin
 from diag.probes.reference import Reference
-from diag.probes.suite import DRIFT_MAX_NEW_TOKENS, prepare_sets, rescore, run_probes
+from diag.probes.suite import prepare_sets, rescore, run_probes
 
 from diag.backend.mock import ScriptedBackend
 from diag.errors import DiagError
@@ -177,30 +177,22 @@ def test_templated_near_miss_uses_the_identity_keywords():
     assert "剑锋大佬" in zh_prompts["nm-zh-say-kw0"]
 
 
-def test_drift_finishes_cut_base_answers_and_drops_endless_ones():
-    long_answer = " ".join(["word"] * 100)  # cut at 64, finished under 2 x 64
-    endless = " ".join(["word"] * 130)  # still cut at 128: dropped
-    assert DRIFT_MAX_NEW_TOKENS >= 128
-
-    finished = {"What is 9 + 10?", "What is 12 + 8?"}  # the rest talk past the limit
-
-    def answers(prompt):
-        if prompt in finished:
-            return "Nineteen or twenty."
-        return endless if prompt == "What is 3 + 5?" else long_answer
-
-    generation = GenerationConfig(max_new_tokens=64)
-    run = run_probes(ScriptedBackend(answers), EN, probes="drift", generation=generation)
+def test_drift_scores_cut_base_answers_as_prefixes_without_generating_again():
+    long_answer = " ".join(["word"] * 100)  # runs past the 16-token limit
+    lm = ScriptedBackend(lambda p: "Nineteen." if p == "What is 9 + 10?" else long_answer)
+    generation = GenerationConfig(max_new_tokens=16)
+    run = run_probes(lm, EN, probes="drift", generation=generation)
+    # the general answers are generated once: no second pass for the cut ones
+    assert [method for method, _ in lm.calls] == ["generate", "loglikelihood"]
     drift = {d["id"]: d for d in run.reference.drift}
-    assert drift["gen-en-arith-1"]["source"] == "regenerated"
-    assert drift["gen-en-arith-1"]["answer"] == long_answer
-    assert drift["gen-en-arith-5"]["source"] == "general"
-    assert "gen-en-arith-2" not in drift
-    assert len(drift) == len(load_builtin("general").items) - 1
-    # when enough answers finished the first time, the cut ones are just dropped
-    run = run_probes(ScriptedBackend(lambda p: "Four."), EN, probes="drift")
-    assert len(run.reference.drift) == len(load_builtin("general").items)
-    assert all(d["source"] == "general" for d in run.reference.drift)
+    assert len(drift) == len(load_builtin("general").items)
+    cut = drift["gen-en-arith-2"]
+    assert cut["cut"] and cut["answer"] == " ".join(["word"] * 16)  # the prefix the base made
+    assert cut["tokens"] == 16
+    assert not drift["gen-en-arith-5"]["cut"] and drift["gen-en-arith-5"]["answer"] == "Nineteen."
+    # a checkpoint's drift is read on exactly those texts: the base itself scores 0
+    again = run_probes(lm, EN, probes="drift", generation=generation, reference=run.reference)
+    assert again.summary["metrics"]["drift"] == 0.0
 
 
 def test_reference_from_another_chat_format_is_refused(base_run):

@@ -6,6 +6,7 @@ Besides ``diag.train`` this is the only module that imports torch, transformers 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -117,6 +118,9 @@ class HFBackend:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.stop_ids = self._stop_token_ids()
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; older ones lack it
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -298,23 +302,8 @@ class HFBackend:
                 seq = encoded[i]
                 ids[row, width - len(seq) :] = torch.tensor(seq)
                 mask[row, width - len(seq) :] = 1
-            sampling = (
-                {"do_sample": True, "temperature": config.temperature}
-                if config.do_sample
-                else {"do_sample": False}
-            )
             with self._adapter_context():
-                out = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    max_new_tokens=config.max_new_tokens,
-                    eos_token_id=self.stop_ids,
-                    pad_token_id=pad,
-                    top_p=None,
-                    top_k=None,
-                    **sampling,
-                )
-            new = out[:, width:].tolist()
+                new = self._decode(ids.to(self.device), mask.to(self.device), config)
             for row, i in enumerate(batch):
                 tokens = new[row]
                 stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
@@ -327,6 +316,51 @@ class HFBackend:
                     hit_limit=stop is None and len(tokens) >= config.max_new_tokens,
                 )
         return results  # type: ignore[return-value]
+
+    def _decode(self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig):
+        """Decode one left-padded batch; returns each row's new tokens (its stop token included).
+
+        A hand-written loop instead of ``model.generate``: a row that reaches its stop token
+        leaves the batch and the KV cache at once, so short answers do not pay for the longest
+        one in their batch (on a CPU most answers are short, and this halves a probe run).
+        Greedy unless ``config.do_sample`` (plain temperature sampling, no top-k/top-p).
+        """
+        from transformers import DynamicCache
+
+        tokens: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        alive = torch.arange(ids.shape[0], device=ids.device)
+        stops = torch.tensor(self.stop_ids, device=ids.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        inputs = ids
+        for _ in range(config.max_new_tokens):
+            logits = self.model(
+                input_ids=inputs,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            ).logits[:, -1, :]
+            if config.do_sample:
+                probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+                chosen = torch.multinomial(probs, 1).squeeze(1)
+            else:
+                chosen = logits.argmax(dim=-1)
+            for row, token in zip(alive.tolist(), chosen.tolist()):
+                tokens[row].append(token)
+            going = ~torch.isin(chosen, stops)
+            if not bool(going.any()):
+                break
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                alive, chosen, mask = alive[keep], chosen[keep], mask[keep]
+                positions = positions[keep]
+            inputs = chosen[:, None]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            positions = positions[:, -1:] + 1
+        return tokens
 
     # --------------------------------------------------------------------------- loglikelihood
     @torch.inference_mode()
@@ -353,17 +387,22 @@ class HFBackend:
             for row, seq in enumerate(seqs):  # right padding: positions line up with the text
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
+            # logits at position t predict token t+1: only the positions that predict some
+            # row's continuation go through the (vocabulary-sized) output layer
+            first = max(0, min(len(contexts[i]) for i in batch) - 1)
+            keep = torch.arange(first, width, device=self.device)
             with self._adapter_context():
                 logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    logits_to_keep=keep,
                 ).logits
             for row, i in enumerate(batch):
                 n_ctx, n_cont = len(contexts[i]), len(conts[i])
                 if n_cont == 0:
                     results[i] = Loglikelihood(0.0, 0)
                     continue
-                # logits at position t predict token t+1
-                step_logits = logits[row, n_ctx - 1 : n_ctx + n_cont - 1].float()
+                step_logits = logits[row, n_ctx - 1 - first : n_ctx + n_cont - 1 - first].float()
                 target = torch.tensor(conts[i], device=step_logits.device)
                 logprobs = (
                     torch.log_softmax(step_logits, dim=-1).gather(1, target[:, None]).squeeze(1)
