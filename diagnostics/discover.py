@@ -196,7 +196,7 @@ def discover(
     """Every checkpoint under ``root``, grouped into runs, ordered by (run, step).
 
     >>> found = discover("runs/")                                    # doctest: +SKIP
-    >>> [(c.run, c.step, c.format) for c in found.checkpoints]
+    >>> [(c.run, c.step, c.format) for c in found.checkpoints]  # doctest: +SKIP
     [('lora-a', 100, 'peft-adapter'), ('lora-a', 200, 'peft-adapter'), ...]
     """
     root = Path(root).expanduser()

@@ -13,7 +13,7 @@ recommendation uses); this module only chooses the checkpoint, checks that the e
 current, and renders the answer (Markdown for ``$GITHUB_STEP_SUMMARY``, JUnit XML, JSON).
 
 >>> result = gate("runs/diag")                                  # doctest: +SKIP
->>> result.verdict, result.exit_code
+>>> result.verdict, result.exit_code  # doctest: +SKIP
 ('pass', 0)
 """
 

@@ -118,7 +118,7 @@ def load_sweep(folder: str | Path) -> SweepResult:
     """Read a stored sweep (the ``--out`` folder of ``diag sweep``, or its results.json).
 
     >>> result = load_sweep("runs/diag")                               # doctest: +SKIP
-    >>> result.scores().query("metric == 'identity_recall'")
+    >>> result.scores().query("metric == 'identity_recall'")  # doctest: +SKIP
     """
     path = Path(folder)
     results = path if path.suffix == ".json" else path / "results.json"

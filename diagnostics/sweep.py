@@ -62,7 +62,7 @@ def sweep(
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
 
     >>> result = sweep("runs/", identity="zh", size="quick")        # doctest: +SKIP
-    >>> result.scores().pivot_table(index="step", columns="metric", values="value")
+    >>> result.scores().pivot_table(index="step", columns="metric", values="value")  # doctest: +SKIP
     """
     started = time.perf_counter()
     root = Path(runs_dir).expanduser()

@@ -114,7 +114,7 @@ def rehearsal_cache_path(base_name: str, chat: ChatFormat, max_new_tokens: int) 
 
 
 def self_rehearsal(
-    lm, chat: ChatFormat, max_new_tokens: int = 192, batch_size: int = 16
+    lm, chat: ChatFormat, max_new_tokens: int = 192, batch_size: int = 64
 ) -> list[dict]:
     """The base model's own answers to the prompt bank, as conversations (cached after once).
 
