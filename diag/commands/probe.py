@@ -24,7 +24,9 @@ from diag.commands import probe_set_options
 @click.option(
     "--max-new-tokens", type=int, default=48, show_default=True, help="Answer length limit."
 )
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=64, show_default=True, help="Prompts per generation batch."
+)
 @click.option(
     "--reference",
     "reference_file",

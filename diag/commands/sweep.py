@@ -32,7 +32,7 @@ from diag.commands import probe_set_options
     "template name such as internlm2_chat (default: as trained).",
 )
 @click.option("--max-new-tokens", type=int, help="Answer length limit (default: the suite's).")
-@click.option("--batch-size", type=int, help="Prompts per generation batch (default: 16).")
+@click.option("--batch-size", type=int, help="Prompts per generation batch (default: 64).")
 @click.option("--lora-alpha", type=float, help="LoRA alpha for XTuner/DeepSpeed weights.")
 @click.option(
     "--allow-pickle",
