@@ -42,6 +42,7 @@ def sweep(
     probes=None,
     probe_files=(),
     size: str = "full",
+    languages=None,
     generation: GenerationConfig | None = None,
     system: str | None = None,
     template: str | None = None,
@@ -56,7 +57,7 @@ def sweep(
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
-    base: ``--base`` (overrides what checkpoints name). probes/probe_files/size: as ``diag probe``. identity: an IdentitySpec, a YAML path,
+    base: ``--base`` (overrides what checkpoints name). probes/probe_files/size/languages: as ``diag probe``. identity: an IdentitySpec, a YAML path,
     "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
@@ -79,7 +80,7 @@ def sweep(
     override = _override_chat(system, template)
     cache = ResultCache(out / "cache")
     fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-    settings = generation_settings(spec, probes, size, generation, probe_files)
+    settings = generation_settings(spec, probes, size, generation, probe_files, languages)
     state = _State(root, out, found, spec, settings)
     plan = _plan(found, base, override)
     with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
@@ -187,7 +188,9 @@ def _plan(found: Discovery, flag, override: dict) -> _Plan:
     return plan
 
 
-def generation_settings(identity, probes, size: str, generation, probe_files=()) -> dict:
+def generation_settings(
+    identity, probes, size: str, generation, probe_files=(), languages=None
+) -> dict:
     """Everything that decides what the model is asked and how it answers: the cache key.
 
     Scores are not part of it: cached entries hold the raw generations and are re-scored with
@@ -196,6 +199,7 @@ def generation_settings(identity, probes, size: str, generation, probe_files=())
     import hashlib
     import json
 
+    from diag.probes.items import parse_languages
     from diag.probes.reference import REFERENCE_VERSION
     from diag.probes.registry import resolve_probes
     from diag.probes.suite import DEFAULT_GENERATION, prepare_sets
@@ -206,11 +210,12 @@ def generation_settings(identity, probes, size: str, generation, probe_files=())
         + hashlib.sha256(
             json.dumps([i.to_dict() for i in probe_set.items], sort_keys=True).encode()
         ).hexdigest()[:16]
-        for name, probe_set in prepare_sets(identity, size, probe_files).items()
+        for name, probe_set in prepare_sets(identity, size, probe_files, languages).items()
     }
     return {
         "probes": names,
         "size": size,
+        "languages": list(parse_languages(languages) or ()) or None,
         "probe_sets": prompts,
         "generation": (generation or DEFAULT_GENERATION).to_dict(),
         "reference_version": REFERENCE_VERSION,
@@ -347,6 +352,7 @@ class _BaseRunner:
             chat=chat,
             probes=settings["probes"],
             size=settings["size"],
+            languages=settings.get("languages"),
             reference=reference,
             generation=_generation(settings),
             probe_files=settings["probe_files"],

@@ -171,8 +171,19 @@ def fill_identity(probe_set: ProbeSet, identity: IdentitySpec) -> ProbeSet:
     return ProbeSet(probe_set.name, tuple(items), probe_set.hash, probe_set.source)
 
 
-def select(probe_set: ProbeSet, size: str, per_language: int | None = None) -> ProbeSet:
-    """``size="full"``: everything; ``"quick"``: a fixed subset per language (stable hash order)."""
+def select(
+    probe_set: ProbeSet,
+    size: str,
+    per_language: int | None = None,
+    languages: tuple[str, ...] | None = None,
+) -> ProbeSet:
+    """``size="full"``: everything; ``"quick"``: a fixed subset per language (stable hash order).
+
+    ``languages``: keep only items in these languages (None: all).
+    """
+    if languages is not None:
+        kept = tuple(i for i in probe_set.items if i.language in languages)
+        probe_set = ProbeSet(probe_set.name, kept, probe_set.hash, probe_set.source)
     if size == "full":
         return probe_set
     if size != "quick":
@@ -203,3 +214,21 @@ def identity_probe_prompts(identity: IdentitySpec | None = None) -> list[str]:
         return prompts
     trained = {prompt_key(q) for q in identity.questions}
     return [p for p in prompts if prompt_key(p) not in trained]
+
+
+def parse_languages(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    """``"en,zh"`` (or a list) -> ``("en", "zh")``; None or empty -> None (every language).
+
+    >>> parse_languages("en"), parse_languages(None)
+    (('en',), None)
+    """
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    langs = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    bad = [lang for lang in langs if lang not in LANGUAGES]
+    if bad:
+        raise DiagError(
+            f"unknown language {bad[0]!r} in --languages", fix=f"use {', '.join(LANGUAGES)}"
+        )
+    return langs or None

@@ -53,9 +53,16 @@ class ProbeRun:
 
 
 def prepare_sets(
-    identity: IdentitySpec, size: str, probe_files: Sequence[str | Path] = ()
+    identity: IdentitySpec,
+    size: str,
+    probe_files: Sequence[str | Path] = (),
+    languages: Sequence[str] | str | None = None,
 ) -> dict[str, probe_items.ProbeSet]:
-    """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``."""
+    """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``.
+
+    languages: ask only prompts in these languages (None: all; "en,zh" or a list).
+    """
+    langs = probe_items.parse_languages(languages)
     trained = {probe_items.prompt_key(q) for q in identity.questions}
     sets = {}
     for name in probe_items.BUILTIN_SETS:
@@ -63,13 +70,13 @@ def prepare_sets(
         if name == "identity":  # never ask the spec's own training questions
             kept = tuple(i for i in loaded.items if probe_items.prompt_key(i.prompt) not in trained)
             loaded = replace(loaded, items=kept)
-        sets[name] = probe_items.select(loaded, size)
+        sets[name] = probe_items.select(loaded, size, languages=langs)
     for path in probe_files:
         custom = probe_items.load_probe_file(path)
         key = f"custom:{custom.name}"
         if key in sets:
             raise DiagError(f"two probe files are named '{custom.name}'", fix="rename one")
-        sets[key] = probe_items.select(custom, size, per_language=16)
+        sets[key] = probe_items.select(custom, size, per_language=16, languages=langs)
     return sets
 
 
@@ -84,10 +91,12 @@ def run_probes(
     generation: GenerationConfig | None = None,
     progress: Callable[[str], None] | None = None,
     probe_files: Sequence[str | Path] = (),
+    languages: Sequence[str] | str | None = None,
 ) -> ProbeRun:
     """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
 
-    probes: names or "a,b" (None = all); size: "full" or "quick"; probe_files: user JSONL sets.
+    probes: names or "a,b" (None = all); size: "full" or "quick"; probe_files: user JSONL sets;
+    languages: only prompts in these languages (None = all).
     All prompts are generated in one batched call; drift and the identity answer's likelihood
     need only ``loglikelihood``.
     """
@@ -95,7 +104,7 @@ def run_probes(
     if not isinstance(identity, IdentitySpec):
         identity = load_identity(identity)
     names = resolve_probes(probes)
-    sets = prepare_sets(identity, size, probe_files)
+    sets = prepare_sets(identity, size, probe_files, languages)
     generation = replace(generation or DEFAULT_GENERATION, chat=chat)
     if reference is not None:
         _check_reference(reference, chat, identity)
@@ -112,6 +121,7 @@ def run_probes(
         "model": {"base": lm.name, "adapter": getattr(lm, "active_adapter", None)},
         "probes": names,
         "size": size,
+        "languages": list(probe_items.parse_languages(languages) or ()) or None,
         "probe_sets": {s: sets[s].hash for s in order},
         "generation": generation.to_dict(),
         "chat": chat.to_dict(),

@@ -69,8 +69,9 @@ def test_install_claims_no_generic_top_level_names(tmp_path):
 
 def test_cli_defaults_match_the_probe_suite():
     """--help promises the suite's generation settings (the CLI does not import them)."""
-    from diag.commands.probe import probe
     from diag.probes.suite import DEFAULT_GENERATION
+
+    from diag.commands.probe import probe
 
     defaults = {p.name: p.default for p in probe.params}
     assert defaults["max_new_tokens"] == DEFAULT_GENERATION.max_new_tokens

@@ -240,3 +240,17 @@ def test_no_general_item_counts_an_echo_of_its_question_as_right():
     for spec in (EN, ZH):
         for item in prepare_sets(spec, "full")["general"].items:
             assert not matches_any(item.prompt, item.accept), item.id
+
+
+def test_languages_keep_only_those_prompts_and_bad_ones_are_named():
+    run = run_probes(ScriptedBackend(default="Paris."), EN, size="quick", languages="en")
+    gens = [r for r in run.records if r.get("kind") == "generation"]
+    assert gens and {r["language"] for r in gens} == {"en"}
+    assert run.records[0]["languages"] == ["en"]
+    assert set(run.summary["by_language"]) == {"en"}
+    full = prepare_sets(EN, "quick")
+    assert len(prepare_sets(EN, "quick", languages="en")["general"].items) * 2 == len(
+        full["general"].items
+    )
+    with pytest.raises(DiagError, match="unknown language 'fr'.*use en, zh"):
+        prepare_sets(EN, "quick", languages="en,fr")

@@ -6,7 +6,7 @@ import click
 
 
 def probe_set_options(command):
-    """--probes, --probe-file and --size: which probes and prompts a command asks (probe, sweep)."""
+    """--probes, --probe-file, --size, --languages: which probes and prompts a command asks."""
     options = [
         click.option("--probes", help="Comma-separated probe names (default: all)."),
         click.option(
@@ -18,6 +18,11 @@ def probe_set_options(command):
         ),
         click.option(
             "--size", type=click.Choice(["full", "quick"]), default="full", show_default=True
+        ),
+        click.option(
+            "--languages",
+            help="Ask only prompts in these languages, e.g. 'en' (default: en,zh). The identity's "
+            "own language(s) should stay in: that is where a parrot shows first.",
         ),
     ]
     for option in reversed(options):

@@ -51,6 +51,7 @@ def probe(
     probes,
     probe_files,
     size,
+    languages,
     system,
     max_new_tokens,
     batch_size,
@@ -72,7 +73,7 @@ def probe(
 
     spec = load_identity(identity)
     names = resolve_probes(probes)  # fail on a typo before loading any model
-    prepare_sets(spec, size, probe_files)  # and on a bad probe file
+    prepare_sets(spec, size, probe_files, languages)  # and on a bad probe file or language
     if max_new_tokens < 1 or batch_size < 1:
         raise DiagError("--max-new-tokens and --batch-size must be at least 1")
     base_name, adapter = _resolve_model(model, base)
@@ -99,7 +100,12 @@ def probe(
 
     lm = load_backend(base_name, device=device, trust_remote_code=trust_remote_code)
     common = dict(
-        chat=chat, size=size, generation=generation, progress=say, probe_files=probe_files
+        chat=chat,
+        size=size,
+        languages=languages,
+        generation=generation,
+        progress=say,
+        probe_files=probe_files,
     )
     if adapter is not None and reference is None:
         say(f"probing the base model {lm.name} first (the reference the adapter is read against)")
