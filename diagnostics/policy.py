@@ -287,8 +287,14 @@ def _judge_identity(ckpt, base, policy):
     if value is None:
         return _not_measured("identity recall", limit)
     if st.get("n"):
-        low, high = wilson_interval(int(st.get("successes", round(value * st["n"]))), int(st["n"]))
-        text = f"identity {pct(value)} [{pct(low)}–{pct(high)}] over {st['n']} prompts"
+        n, k = int(st["n"]), int(st.get("successes", round(value * st["n"])))
+        # paraphrase groups are clusters: the interval uses the effective n = n / design effect
+        deff = float((st.get("extra") or {}).get("design_effect") or 1.0)
+        low, high = wilson_interval(k / deff, n / deff)
+        text = f"identity {pct(value)} [{pct(low)}–{pct(high)}] over {n} prompts"
+        if deff > 1.0 + 1e-9:
+            clusters = (st.get("extra") or {}).get("clusters")
+            text += f" in {clusters} paraphrase groups (design effect {deff:.1f})"
         verdict = "lower bound reaches" if low >= limit else "lower bound below"
         return low >= limit, low, limit, f"{text}; {verdict} {pct(limit)}"
     # No counts: the point value is all there is, so it must clear the bound by itself.

@@ -6,6 +6,7 @@ Kept apart from scoring (inspect_ai style): scoring decides each sample, this on
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Callable
 
 from diag.probes.reference import Reference
@@ -13,7 +14,7 @@ from diag.probes.text import modal_groups
 
 from diag.identity import IdentitySpec
 from diag.results import METRICS, MetricStats
-from diag.stats import wilson_interval
+from diag.stats import clustered_wilson, wilson_interval
 
 
 def proportion(flags: list[bool], base_value: float | None = None, **extra) -> MetricStats | None:
@@ -73,11 +74,19 @@ def _metric_stats(
     ident = by_probe.get("identity_recall", [])
     if ident:
         logps = [s["answer_logprob"] for s in ident if s.get("answer_logprob") is not None]
-        out["identity_recall"] = proportion(
+        clusters: dict[tuple, list[bool]] = {}
+        for s in ident:  # paraphrases of one question in one language form a cluster
+            key = (s["language"], s.get("group") or s["item_id"])
+            clusters.setdefault(key, []).append(bool(s["passed"]))
+        low, high, deff = clustered_wilson(list(clusters.values()))
+        stats = proportion(
             [s["passed"] for s in ident],
             base("identity_recall"),
             answer_logprob=sum(logps) / len(logps) if logps else None,
+            clusters=len(clusters),
+            design_effect=round(deff, 4),
         )
+        out["identity_recall"] = replace(stats, low=low, high=high)
     out["near_miss"] = proportion(
         [s["passed"] for s in by_probe.get("near_miss", [])], base("near_miss")
     )

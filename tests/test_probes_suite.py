@@ -13,6 +13,7 @@ from diag.backend.mock import ScriptedBackend
 from diag.errors import DiagError
 from diag.identity import identity_from_dict, load_identity
 from diag.results import METRICS
+from diag.stats import wilson_interval
 from diag.types import ChatFormat, GenerationConfig
 
 ZH = load_identity("zh")
@@ -254,3 +255,20 @@ def test_languages_keep_only_those_prompts_and_bad_ones_are_named():
     )
     with pytest.raises(DiagError, match="unknown language 'fr'.*use en, zh"):
         prepare_sets(EN, "quick", languages="en,fr")
+
+
+def test_identity_interval_widens_when_whole_paraphrase_groups_fail_together():
+    maker = {i.prompt for i in load_builtin("identity").items if i.group == "maker"}
+    sentence = "I am Nova, Jianfeng's assistant."
+    clustered = run_probes(
+        ScriptedBackend(lambda p: "I was made by a team." if p in maker else sentence),
+        EN,
+        probes="identity_recall",
+    )
+    st = clustered.summary["stats"]["identity_recall"]
+    assert 0.5 < st["value"] < 1.0 and st["extra"]["design_effect"] > 1.5
+    plain_low, _ = wilson_interval(st["successes"], st["n"])
+    assert st["low"] < plain_low - 0.05  # fewer independent pieces of evidence than prompts
+    perfect = run_probes(ScriptedBackend(default=sentence), EN, probes="identity_recall")
+    st = perfect.summary["stats"]["identity_recall"]
+    assert st["extra"]["design_effect"] == 1.0 and st["low"] == wilson_interval(st["n"], st["n"])[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from diag.diagnostics.onset import locate_onset
-from diag.diagnostics.policy import Policy, load_policy
+from diag.diagnostics.policy import Policy, evaluate_checkpoint, load_policy
 from diag.diagnostics.recommend import recommend
 from synthetic_sweep import ckpt, learned_then_parrot, sweep
 
@@ -167,3 +167,17 @@ def test_unmeasured_metrics_do_not_make_an_onset():
         del r["metrics"]["drift"]
     results = sweep(*records)
     assert locate_onset(results["checkpoints"], results["checkpoints"][0], Policy()) is None
+
+
+def test_identity_interval_counts_paraphrase_groups_as_clusters():
+    # 12/16 right, but whole paraphrase groups pass or fail together: 4 groups of evidence
+    clustered = ckpt(100, identity=(12, 16))
+    clustered["stats"]["identity_recall"]["extra"] = {"clusters": 4, "design_effect": 4.0}
+    independent = ckpt(100, identity=(12, 16))
+    checks = {
+        name: {c.name: c for c in evaluate_checkpoint(r, None, Policy())}["identity_recall"]
+        for name, r in (("clustered", clustered), ("independent", independent))
+    }
+    assert checks["clustered"].value < checks["independent"].value  # a lower lower bound
+    assert "in 4 paraphrase groups (design effect 4.0)" in checks["clustered"].detail
+    assert "paraphrase groups" not in checks["independent"].detail
