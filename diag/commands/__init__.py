@@ -28,3 +28,27 @@ def probe_set_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def policy_options(purpose: str):
+    """--policy FILE and repeatable --set KEY=VALUE (gate, merge, report, sweep).
+
+    ``purpose`` ends the --policy help, e.g. "default: the built-in policy".
+    """
+
+    def decorate(command):
+        command = click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override one policy value, e.g. --set drift_max=0.3 --set checks.near_miss=warning.",
+        )(command)
+        return click.option(
+            "--policy",
+            "policy_file",
+            type=click.Path(path_type=Path),
+            help=f"Policy YAML: thresholds, blocking|warning|off per check ({purpose}).",
+        )(command)
+
+    return decorate

@@ -7,24 +7,14 @@ from pathlib import Path
 
 import click
 
+from diag.commands import policy_options
+
 STATE_STYLE = {"pass": "green", "fail": "red", "warning": "yellow", "undecided": "magenta"}
 
 
 @click.command()
 @click.argument("results_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(path_type=Path),
-    help="Policy YAML (thresholds, blocking|warning|off per check); default: built-in policy.",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one policy value, e.g. --set identity_min_low=0.8 --set checks.drift=warning.",
-)
+@policy_options("default: the built-in policy")
 @click.option(
     "--checkpoint",
     default="best",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from diag.commands import policy_options
+
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
@@ -21,16 +23,7 @@ import click
 @click.option(
     "--force", is_flag=True, help="Merge even if the gate fails it or cannot decide (recorded)."
 )
-@click.option(
-    "--policy", "policy_file", type=click.Path(path_type=Path), help="Policy YAML for the gate."
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one policy value for the gate, e.g. --set drift_max=0.3.",
-)
+@policy_options("for the gate; default: the built-in policy")
 @click.option("--base", help="Base model, only when no sweep results cover the checkpoint.")
 @click.option("--allow-pickle", is_flag=True, help="Allow full unpickling of .bin/.pt/.pth files.")
 @click.option(

@@ -6,22 +6,12 @@ from pathlib import Path
 
 import click
 
+from diag.commands import policy_options
+
 
 @click.command()
 @click.argument("results_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(path_type=Path),
-    help="Re-judge with this policy YAML (default: keep the stored recommendation).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one policy value, e.g. --set drift_max=0.3 --set checks.near_miss=warning.",
-)
+@policy_options("re-judges for this report; default: keep the stored recommendation")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -42,10 +32,3 @@ def report(results_dir, policy_file, overrides, out, quiet):
 
         print_summary(data)
     click.echo(f"report: {path}")
-
-
-def _parse(pairs: tuple[str, ...]) -> dict:
-    """Kept for callers that import it; the parser lives with the policy."""
-    from diag.diagnostics.policy import parse_overrides
-
-    return parse_overrides(pairs)

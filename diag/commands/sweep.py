@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from diag.commands import probe_set_options
+from diag.commands import policy_options, probe_set_options
 
 
 @click.command()
@@ -50,10 +50,7 @@ from diag.commands import probe_set_options
 @click.option(
     "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
 )
-@click.option("--policy", "policy_file", type=click.Path(path_type=Path), help="Policy YAML.")
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one policy value."
-)
+@policy_options("for the recommendation; default: the built-in policy")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")
 @click.option(
@@ -153,15 +150,8 @@ def _policy(policy_file, overrides):
     if policy_file is None and not overrides:
         return None
     from diag.diagnostics.policy import load_policy
-    from diag.errors import DiagError
 
-    parsed = {}
-    for pair in overrides:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
-        parsed[key.strip()] = value.strip()
-    return load_policy(policy_file, parsed or None)
+    return load_policy(policy_file, overrides)
 
 
 def _remote_code_loader(device):
