@@ -114,9 +114,9 @@ def _same_base(a: str, b: str) -> bool | None:
 
 def _fallback_base(ckpt: Checkpoint, flag: str | None) -> str:
     """No sweep record: --base, else what the checkpoint or its run names (as the sweep chooses)."""
-    from diag.diagnostics.sweep import _choose_base
+    from diag.diagnostics.plan import choose_base
 
-    return _choose_base(ckpt, flag, None)
+    return choose_base(ckpt, flag, None)
 
 
 def _results_dir_of(path: Path) -> Path | None:

@@ -14,17 +14,17 @@ import gc
 import importlib.util
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
 from diag.diagnostics.discover import Checkpoint, Discovery, _shards, discover
+from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
 from diag.diagnostics.results import SweepResult, scores_frame
 
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
-from diag.models import DEFAULT_BASE, resolve_base
+from diag.models import resolve_base
 from diag.results import METRICS, SCHEMA_VERSION, tool_block, write_json_atomic, write_text_atomic
 from diag.types import ChatFormat, GenerationConfig
 
@@ -77,12 +77,12 @@ def sweep(
             fix="point at a folder holding checkpoint-N/, iter_N.pth, global_stepN/ or an adapter "
             "folder (adapter_config.json + adapter_model.safetensors)",
         )
-    override = _override_chat(system, template)
+    override = override_chat(system, template)
     cache = ResultCache(out / "cache")
     fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
     settings = generation_settings(spec, probes, size, generation, probe_files, languages)
     state = _State(root, out, found, spec, settings)
-    plan = _plan(found, base, override)
+    plan = make_plan(found, base, override)
     with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
         for base_name, items in plan.by_base().items():
             runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
@@ -97,95 +97,6 @@ def sweep(
             runner.close()
     fingerprints.save()
     return state.finish(policy, report, time.perf_counter() - started)
-
-
-# ------------------------------------------------------------------------------------- planning
-def _override_chat(system: str | None, template: str | None) -> dict:
-    from diag.diagnostics.xtuner import PROMPT_TEMPLATES
-
-    fields: dict = {}
-    if system is not None:
-        fields["system"] = system
-    if template is not None:
-        if template in PROMPT_TEMPLATES:  # an XTuner template name
-            fields["template"] = PROMPT_TEMPLATES[template]["INSTRUCTION"]
-            fields["system_template"] = PROMPT_TEMPLATES[template]["SYSTEM"]
-        elif "{input}" in template:
-            fields["template"] = template
-        else:
-            raise DiagError(
-                f"--template {template!r} has no '{{input}}' and is not a known template name",
-                fix=f"use a format string with {{input}} or one of {sorted(PROMPT_TEMPLATES)}",
-            )
-    return fields
-
-
-def _choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
-    """--base, else the adapter's own base if it is here, else the run's, else the default."""
-    if flag is not None:
-        return resolve_base(flag).name
-    for hint in (ckpt.base_hint, run_base):
-        if not hint:
-            continue
-        if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
-            return DEFAULT_BASE
-        try:
-            return resolve_base(hint).name
-        except DiagError:
-            continue
-    if ckpt.base_hint or run_base:
-        log.warning(
-            "%s: base '%s' is not available locally; using the default %s (pass --base)",
-            ckpt.path,
-            ckpt.base_hint or run_base,
-            DEFAULT_BASE,
-        )
-    return DEFAULT_BASE
-
-
-class _Plan:
-    def __init__(self):
-        self.checkpoints: list[tuple[Checkpoint, str, ChatFormat]] = []
-        self.bases_chats: list[tuple[str, ChatFormat]] = []
-
-    def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat]]]:
-        groups: dict[str, list] = {name: [] for name, _ in self.bases_chats}
-        for ckpt, name, chat in self.checkpoints:
-            groups[name].append((ckpt, chat))
-        return groups
-
-    def chats_for(self, base_name: str) -> list[ChatFormat]:
-        return [chat for name, chat in self.bases_chats if name == base_name]
-
-    def base_rows(self, base_name: str, chat: ChatFormat) -> list[str]:
-        """Run names for the base's step-0 rows under ``chat``.
-
-        The prompt format most checkpoints use gives the shared row ``"base"``; a run probed with
-        another format (e.g. an XTuner template) gets its own step-0 row, so every checkpoint is
-        compared with the base asked the same way.
-        """
-        counts: dict[tuple, int] = {}
-        for _, name, c in self.checkpoints:
-            counts[(name, c)] = counts.get((name, c), 0) + 1
-        primary = max(
-            self.bases_chats, key=lambda bc: (counts.get(bc, 0), -self.bases_chats.index(bc))
-        )
-        if (base_name, chat) == primary:
-            return ["base"]
-        runs = {ck.run for ck, name, c in self.checkpoints if (name, c) == (base_name, chat)}
-        return sorted(runs)
-
-
-def _plan(found: Discovery, flag, override: dict) -> _Plan:
-    plan = _Plan()
-    for ckpt in found.checkpoints:
-        run = found.runs[ckpt.run]
-        name = _choose_base(ckpt, flag, run.base)
-        chat = replace(ckpt.chat or ChatFormat(), **override)
-        plan.checkpoints.append((ckpt, name, chat))
-        if (name, chat) not in plan.bases_chats:
-            plan.bases_chats.append((name, chat))
-    return plan
 
 
 def generation_settings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from diag.train.config import DEFAULT_SYSTEM, load_config
@@ -199,3 +200,27 @@ def test_truncation_that_leaves_no_answer_drops_the_example(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
     assert tokenize_conversation(tok, messages, max_length=32) is None
+
+
+def test_cpu_busy_check_sees_other_processes_but_not_this_one():
+    import subprocess
+    import sys
+    import time
+
+    from diag.train.recipe import cpu_used_by_others
+
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:  # this process's own work must not count
+        pass
+    quiet = cpu_used_by_others(0.3)
+    if quiet is None or quiet > (os.cpu_count() or 1) - 1.2:
+        pytest.skip("no /proc/stat, or no idle core left to see one more spinning process")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        busy = cpu_used_by_others(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None
+    assert busy >= quiet + 0.6  # one spinning core shows up as about one core

@@ -3,7 +3,8 @@
 1. train the embedded SmolLM2-135M-Instruct on the English identity without dilution, long enough
    to go from "learned and healthy" to "parrot", saving a checkpoint every few steps;
 2. train a second run with the same steps and general chat mixed in (the seed's remedy 2);
-3. sweep both runs with the quick probe set, write the report, print the recommendation and onset.
+3. sweep both runs with the quick probe set in the identity's language(s) (where the parrot shows
+   first), write the report, print the recommendation and onset.
 
 A finished run is reused when the demo is run again (its manifest says ``complete``), so an
 interrupted demo resumes at the first unfinished stage; the sweep caches per checkpoint too.
@@ -103,13 +104,18 @@ def run_demo(
 
     from diag.diagnostics.sweep import sweep
 
-    click_echo(f"[sweep] probing every checkpoint of both runs ({size} probe set)")
+    from diag.identity import load_identity
+
+    identity = load_identity(configs["undiluted"].identity)
+    languages = "/".join(identity.languages)
+    click_echo(f"[sweep] probing every checkpoint of both runs ({size} set, {languages} prompts)")
     sweep_started = time.perf_counter()
     result = sweep(
         out / "runs",
-        identity=configs["undiluted"].identity,
+        identity=identity,
         out=out / "results",
         size=size,
+        languages=identity.languages,
         progress=progress,
         settle_seconds=0.0,
     )

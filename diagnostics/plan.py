@@ -1,0 +1,111 @@
+"""Sweep planning: which base model and which prompt format each discovered checkpoint gets.
+
+Pure (no model loaded): the base comes from --base, the adapter's own config, the run's manifest,
+or the default; the chat format from the checkpoint's run (manifest, XTuner config) with --system /
+--template on top. ``diag merge`` uses the same base choice, so a merge and its sweep agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from diag.diagnostics.discover import Checkpoint, Discovery
+
+from diag.errors import DiagError
+from diag.models import DEFAULT_BASE, resolve_base
+from diag.types import ChatFormat
+
+log = logging.getLogger("diag")
+
+
+def override_chat(system: str | None, template: str | None) -> dict:
+    """ChatFormat fields set by --system / --template (an XTuner template name or a format string)."""
+    from diag.diagnostics.xtuner import PROMPT_TEMPLATES
+
+    fields: dict = {}
+    if system is not None:
+        fields["system"] = system
+    if template is not None:
+        if template in PROMPT_TEMPLATES:  # an XTuner template name
+            fields["template"] = PROMPT_TEMPLATES[template]["INSTRUCTION"]
+            fields["system_template"] = PROMPT_TEMPLATES[template]["SYSTEM"]
+        elif "{input}" in template:
+            fields["template"] = template
+        else:
+            raise DiagError(
+                f"--template {template!r} has no '{{input}}' and is not a known template name",
+                fix=f"use a format string with {{input}} or one of {sorted(PROMPT_TEMPLATES)}",
+            )
+    return fields
+
+
+def choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
+    """--base, else the adapter's own base if it is here, else the run's, else the default."""
+    if flag is not None:
+        return resolve_base(flag).name
+    for hint in (ckpt.base_hint, run_base):
+        if not hint:
+            continue
+        if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
+            return DEFAULT_BASE
+        try:
+            return resolve_base(hint).name
+        except DiagError:
+            continue
+    if ckpt.base_hint or run_base:
+        log.warning(
+            "%s: base '%s' is not available locally; using the default %s (pass --base)",
+            ckpt.path,
+            ckpt.base_hint or run_base,
+            DEFAULT_BASE,
+        )
+    return DEFAULT_BASE
+
+
+class Plan:
+    """Which base model and prompt format each checkpoint is probed with."""
+
+    def __init__(self):
+        self.checkpoints: list[tuple[Checkpoint, str, ChatFormat]] = []
+        self.bases_chats: list[tuple[str, ChatFormat]] = []
+
+    def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat]]]:
+        groups: dict[str, list] = {name: [] for name, _ in self.bases_chats}
+        for ckpt, name, chat in self.checkpoints:
+            groups[name].append((ckpt, chat))
+        return groups
+
+    def chats_for(self, base_name: str) -> list[ChatFormat]:
+        return [chat for name, chat in self.bases_chats if name == base_name]
+
+    def base_rows(self, base_name: str, chat: ChatFormat) -> list[str]:
+        """Run names for the base's step-0 rows under ``chat``.
+
+        The prompt format most checkpoints use gives the shared row ``"base"``; a run probed with
+        another format (e.g. an XTuner template) gets its own step-0 row, so every checkpoint is
+        compared with the base asked the same way.
+        """
+        counts: dict[tuple, int] = {}
+        for _, name, c in self.checkpoints:
+            counts[(name, c)] = counts.get((name, c), 0) + 1
+        primary = max(
+            self.bases_chats, key=lambda bc: (counts.get(bc, 0), -self.bases_chats.index(bc))
+        )
+        if (base_name, chat) == primary:
+            return ["base"]
+        runs = {ck.run for ck, name, c in self.checkpoints if (name, c) == (base_name, chat)}
+        return sorted(runs)
+
+
+def make_plan(found: Discovery, flag, override: dict) -> Plan:
+    """Every checkpoint with its base (``flag`` = --base) and chat format (``override`` on top)."""
+    plan = Plan()
+    for ckpt in found.checkpoints:
+        run = found.runs[ckpt.run]
+        name = choose_base(ckpt, flag, run.base)
+        chat = replace(ckpt.chat or ChatFormat(), **override)
+        plan.checkpoints.append((ckpt, name, chat))
+        if (name, chat) not in plan.bases_chats:
+            plan.bases_chats.append((name, chat))
+    return plan
