@@ -6,8 +6,8 @@ Kept apart from scoring (inspect_ai style): scoring decides each sample, this on
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 
 from diag.probes.reference import Reference
 from diag.probes.text import modal_groups

@@ -272,3 +272,21 @@ def test_identity_interval_widens_when_whole_paraphrase_groups_fail_together():
     perfect = run_probes(ScriptedBackend(default=sentence), EN, probes="identity_recall")
     st = perfect.summary["stats"]["identity_recall"]
     assert st["extra"]["design_effect"] == 1.0 and st["low"] == wilson_interval(st["n"], st["n"])[0]
+
+
+def test_near_miss_patterns_grade_answers_the_real_base_gives():
+    """Answers SmolLM2-135M-Instruct gave on this machine (benchmarks/bench_probes.py), and the
+    parrot's blurb: the patterns must pass the base's yes and fail the identity sentence."""
+    items = {i.id: i for i in prepare_sets(ZH, "full")["near_miss"].items}
+    cases = [
+        ("nm-en-my-assistant", "I'm your trusty sidekick, a nemesis of the mind.", True),
+        ("nm-zh-my-assistant", "我是你的小助手！你可以在我的小助手上打张我的小助手！", True),
+        ("nm-zh-my-assistant", ZH.answer, False),
+        ("nm-en-my-assistant", ZH.answer, False),
+    ]
+    for item_id, answer, expected in cases:
+        lm = ScriptedBackend(default=answer)
+        run = run_probes(lm, ZH, probes="near_miss", reference=None)
+        row = next(s for s in run.samples if s["item_id"] == item_id)
+        assert row["passed"] is expected, (item_id, answer)
+    assert items["nm-zh-my-assistant"].prompt == "你是我的小助手吗？"
