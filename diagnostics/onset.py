@@ -162,10 +162,11 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
     left = [s for s in scores[:k] if s is not None]
     right = [s for s in scores[k:] if s is not None]
     jump = round(_mean(right) - _mean(left), 4) if left and right else 0.0
-    changes = {}
+    changes = {}  # the curves that got worse across the onset, by at least 0.05
     for name in CURVES:
         a, b = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
-        if a is not None and b is not None and abs(b - a) >= 0.05:
+        worse = (a - b) if name in ("retention", "near_miss") else (b - a) if a is not None else 0
+        if a is not None and b is not None and worse >= 0.05:
             changes[name] = (float(a), float(b))
     return Onset(before["step"], after["step"], jump, changes, method, failures[k], first_failure)
 

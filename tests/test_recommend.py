@@ -181,3 +181,15 @@ def test_identity_interval_counts_paraphrase_groups_as_clusters():
     assert checks["clustered"].value < checks["independent"].value  # a lower lower bound
     assert "in 4 paraphrase groups (design effect 4.0)" in checks["clustered"].detail
     assert "paraphrase groups" not in checks["independent"].detail
+
+
+def test_onset_sentence_quotes_only_the_curves_that_got_worse():
+    records = [
+        ckpt(30, identity=(0, 30), lost=8, gained=0),  # retention 0.92: within the margin
+        ckpt(35, identity=(30, 30), near_miss=0.2),  # retention back to 1.0, near-miss falls
+        ckpt(40, identity=(30, 30), near_miss=0.1, leakage=0.3),
+    ]
+    results = sweep(*records)
+    onset = locate_onset(results["checkpoints"], results["checkpoints"][0], Policy())
+    assert onset.collapsing_from == 35 and "near-miss 80% → 20%" in onset.sentence()
+    assert "retention" not in onset.changes
