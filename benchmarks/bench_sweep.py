@@ -86,7 +86,7 @@ def child_sweep(root: Path, args: argparse.Namespace, out: Path) -> dict:
     if args.max_new_tokens:
         from diag.types import GenerationConfig
 
-        generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
+        generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=64)
     result = sweep(
         root,
         identity="en",
@@ -150,13 +150,17 @@ def child_naive(root: Path, out: Path, subset: int) -> dict:
 
 
 def child_single_model(out: Path) -> dict:
-    """One model answering the sweep's prompts once, batched: a single model's inference RSS."""
+    """One model answering the sweep's prompts once with the suite's generation settings (same
+    batch size): a single model's inference RSS."""
+    from dataclasses import replace
+
+    from diag.probes.suite import DEFAULT_GENERATION
+
     from diag.backend.hf import HFBackend
-    from diag.types import GenerationConfig
 
     prompts, max_new = _prompts(out)
     lm = HFBackend.load(None, device="cpu")
-    lm.generate(prompts, GenerationConfig(max_new_tokens=max_new))
+    lm.generate(prompts, replace(DEFAULT_GENERATION, max_new_tokens=max_new))
     return {"peak_rss_mib": vm("VmHWM")}
 
 

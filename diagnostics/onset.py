@@ -165,8 +165,10 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
     changes = {}  # the curves that got worse across the onset, by at least 0.05
     for name in CURVES:
         a, b = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
-        worse = (a - b) if name in ("retention", "near_miss") else (b - a) if a is not None else 0
-        if a is not None and b is not None and worse >= 0.05:
+        if a is None or b is None:
+            continue
+        worse = (a - b) if name in ("retention", "near_miss") else (b - a)
+        if worse >= 0.05:
             changes[name] = (float(a), float(b))
     return Onset(before["step"], after["step"], jump, changes, method, failures[k], first_failure)
 

@@ -193,3 +193,11 @@ def test_onset_sentence_quotes_only_the_curves_that_got_worse():
     onset = locate_onset(results["checkpoints"], results["checkpoints"][0], Policy())
     assert onset.collapsing_from == 35 and "near-miss 80% → 20%" in onset.sentence()
     assert "retention" not in onset.changes
+
+
+def test_onset_with_a_metric_missing_on_one_side():
+    records = learned_then_parrot()
+    results = sweep(*records)
+    del results["checkpoints"][3]["metrics"]["retention"]  # step 300: retention not measured
+    onset = locate_onset(results["checkpoints"], results["checkpoints"][0], Policy())
+    assert onset.collapsing_from == 400 and "retention" not in onset.changes
