@@ -6,8 +6,14 @@ import click
 
 
 def probe_set_options(command):
-    """--probes, --probe-file, --size, --languages: which probes and prompts a command asks."""
+    """--identity, --probes, --probe-file, --size, --languages: what a command asks (probe, sweep)."""
     options = [
+        click.option(
+            "--identity",
+            default="en",
+            show_default=True,
+            help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
+        ),
         click.option("--probes", help="Comma-separated probe names (default: all)."),
         click.option(
             "--probe-file",

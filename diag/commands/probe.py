@@ -13,12 +13,6 @@ from diag.commands import probe_set_options
 @click.command()
 @click.argument("model", required=False)
 @click.option("--base", help="Base model for an adapter (default: from adapter_config.json).")
-@click.option(
-    "--identity",
-    default="en",
-    show_default=True,
-    help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
-)
 @probe_set_options
 @click.option("--system", help="System prompt to send (default: the chat template's own).")
 @click.option(

@@ -14,12 +14,6 @@ from diag.commands import policy_options, probe_set_options
 @click.argument("runs_dir", type=click.Path(path_type=Path))
 @click.option("--base", help="Base model for every checkpoint (default: what each one names).")
 @click.option(
-    "--identity",
-    default="en",
-    show_default=True,
-    help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
-)
-@click.option(
     "--out",
     type=click.Path(path_type=Path),
     help="Result folder (default: RUNS_DIR/diag): results.json, scores.csv, samples.jsonl, report.",
