@@ -14,19 +14,27 @@ class ChatFormat:
     template: None uses the tokenizer's chat template; otherwise a Python format string with
         ``{input}`` and optionally ``{system}`` (XTuner's ``prompt_template`` style).
     system_template: format string wrapping ``{system}`` when ``template`` is a format string.
+    chat_template: a Jinja chat template saved with the checkpoint, used instead of the
+        tokenizer's when ``template`` is None (LLaMA-Factory saves the template it trained with).
     """
 
     system: str | None = None
     template: str | None = None
     system_template: str | None = None
+    chat_template: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["chat_template"] is None:  # keeps the cache keys of every other format as they were
+            del data["chat_template"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ChatFormat:
         data = data or {}
-        return cls(**{k: data.get(k) for k in ("system", "template", "system_template")})
+        return cls(
+            **{k: data.get(k) for k in ("system", "template", "system_template", "chat_template")}
+        )
 
 
 @dataclass(frozen=True)

@@ -1,44 +1,45 @@
 """Find every run and checkpoint under a folder, by content, at any depth (no torch here).
 
-Recognised (``Checkpoint.format``):
+Recognised (``Checkpoint.format``; the layouts are in :mod:`diag.diagnostics.layouts`, the table
+of trainers in ``docs/formats.md``):
 
-- ``peft-adapter``: ``adapter_config.json`` + ``adapter_model.safetensors|.bin|.pt`` (HF Trainer /
-  TRL / LLaMA-Factory / axolotl ``checkpoint-N/``, torchtune ``epoch_N/``, or a plain adapter folder);
+- ``peft-adapter``: ``adapter_config.json`` + ``adapter_model.safetensors|.bin|.pt`` (HF Trainer,
+  TRL, LLaMA-Factory, axolotl, ms-swift, unsloth ``checkpoint-N/``, torchtune ``epoch_N/``, a final
+  adapter saved into the output folder itself, or a plain adapter folder);
 - ``full-model``: ``config.json`` + ``model.safetensors`` / ``pytorch_model.bin`` (sharded or not);
 - ``xtuner-pth``: an XTuner ``iter_N.pth`` file (weights under ``state_dict``);
-- ``xtuner-deepspeed``: an XTuner ``iter_N.pth/`` folder holding ``mp_rank_00_model_states.pt``;
-- ``deepspeed-zero``: ``global_stepN/`` next to a ``latest`` file (consolidated by DeepSpeed).
+- ``xtuner-deepspeed``: an XTuner ``iter_N.pth/`` folder written by DeepSpeed (ZeRO-1/2/3);
+- ``deepspeed-zero``: a DeepSpeed engine checkpoint folder (``global_stepN/``; ``latest`` is not
+  needed), read with DeepSpeed's own ``zero_to_fp32``.
 
-A checkpoint still being written (a file changed in the last ``settle_seconds``, an adapter config
-without its weights, a shard index with missing shards, a ``tmp-checkpoint-*`` folder) is skipped
-with a note and picked up by the next sweep.
+Checkpoints are found under folders that are themselves checkpoints (LLaMA-Factory and axolotl
+save the final adapter beside their ``checkpoint-N/`` folders): that final adapter is one more
+checkpoint of the run, labelled ``final``, merged into the ``checkpoint-N`` row whose weights are
+identical. A folder that looks like a checkpoint but cannot be swept is a :class:`Skip` with the
+reason and the fix -- never dropped silently. A checkpoint still being written (a file changed in
+the last ``settle_seconds``) is skipped and picked up by the next sweep.
 """
 
 from __future__ import annotations
 
-import json
+import filecmp
 import logging
 import os
-import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from diag.diagnostics.layouts import Layout, Skip, classify, step_name
+from diag.diagnostics.trainers import MANIFEST, RunFacts, losses, read_json, read_run
 
 from diag.errors import DiagError
 from diag.types import ChatFormat
 
 log = logging.getLogger("diag")
 
-MANIFEST = "diag-run.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
-FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-STEP_PATTERNS = [
-    re.compile(r"^checkpoint-(\d+)$"),
-    re.compile(r"^iter_(\d+)\.pth$"),
-    re.compile(r"^global_step(\d+)$"),
-    re.compile(r"^(?:step|epoch)_(\d+)$"),
-]
+__all__ = ["MANIFEST", "Checkpoint", "Discovery", "RunInfo", "Skip", "discover"]
+
 SKIP_DIRS = {".git", "__pycache__", "node_modules", ".venv"}
 
 
@@ -51,6 +52,8 @@ class Checkpoint:
     base_hint: base model named by the checkpoint itself (adapter_config.json) or its run.
     chat: the prompt format it was trained with, when the run says so (None: tokenizer template).
     lora: LoRA settings from an XTuner config (alpha, dropout); r/targets come from the weights.
+    label: how its trainer names it when the step alone does not ("final", "epoch 2").
+    aliases: other paths holding the same weights (a final adapter, a ``last-checkpoint`` link).
     """
 
     run: str
@@ -64,28 +67,27 @@ class Checkpoint:
     lora: dict = field(default_factory=dict)
     step_known: bool = True
     notes: list[str] = field(default_factory=list)
+    label: str | None = None
+    aliases: list[Path] = field(default_factory=list)
 
 
 @dataclass
-class RunInfo:
-    """A training run: where it is, what it says about itself, and its loss history."""
+class RunInfo(RunFacts):
+    """A training run: where it is, what its trainer recorded, and its loss history."""
 
-    name: str
-    path: Path
-    base: str | None = None
-    chat: ChatFormat | None = None
-    manifest: dict | None = None
-    xtuner_config: Path | None = None
-    lora: dict = field(default_factory=dict)
-    train_loss: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
-    eval_loss: list[list[float]] = field(default_factory=list)
+    name: str = ""
+    path: Path = Path()
 
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
+            "trainer": self.trainer,
             "base": self.base,
+            "base_source": self.base_source,
             "chat": self.chat.to_dict() if self.chat else None,
             "xtuner_config": str(self.xtuner_config) if self.xtuner_config else None,
+            "steps_per_epoch": self.steps_per_epoch,
+            "notes": list(self.notes),
             "train_loss": self.train_loss,
             "eval_loss": self.eval_loss,
         }
@@ -95,95 +97,23 @@ class RunInfo:
 class Discovery:
     runs: dict[str, RunInfo]
     checkpoints: list[Checkpoint]
-    skipped: list[tuple[str, str]]  # (path, why)
+    skipped: list[Skip]
+
+    def describe_nothing_found(self, root: Path) -> str:
+        """What was seen under ``root`` when no checkpoint was: the skips, grouped by reason."""
+        if not self.skipped:
+            return f"no checkpoints found under '{root}'"
+        counts = Counter(s.reason for s in self.skipped)
+        seen = "; ".join(
+            f"{n} folder{'s' if n > 1 else ''}: {reason}" for reason, n in counts.most_common(3)
+        )
+        return f"no checkpoints found under '{root}' ({seen})"
 
 
-def step_from_name(name: str) -> int | None:
-    for pattern in STEP_PATTERNS:
-        match = pattern.match(name)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def _newest_mtime(files: list[Path]) -> float:
-    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
-
-
-def _shards(folder: Path) -> tuple[list[Path], str | None]:
-    """Weight files of a full model folder, or a reason it is incomplete."""
-    for name in FULL_WEIGHTS:
-        if (folder / name).is_file():
-            return [folder / name], None
-    for index in SHARD_INDEXES:
-        if (folder / index).is_file():
-            try:
-                weight_map = json.loads((folder / index).read_text())["weight_map"]
-            except (OSError, ValueError, KeyError):
-                return [], f"{index} is unreadable (still being written?)"
-            files = sorted({folder / f for f in weight_map.values()})
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                return [], f"shard {missing[0]} listed in {index} is missing"
-            return [folder / index, *files], None
-    return [], None
-
-
-def _classify_dir(folder: Path) -> tuple[str | None, list[Path], str | None]:
-    """(format, weight files, incomplete reason) for a folder; format None if not a checkpoint."""
-    if folder.name.startswith("tmp-checkpoint"):
-        return None, [], "temporary folder of a checkpoint being saved"
-    if (folder / "adapter_config.json").is_file():
-        weights = [folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()]
-        if not weights:
-            return "peft-adapter", [], "adapter_config.json without adapter weights yet"
-        return "peft-adapter", [folder / "adapter_config.json", weights[0]], None
-    if (folder / "mp_rank_00_model_states.pt").is_file() and folder.name.endswith(".pth"):
-        return "xtuner-deepspeed", [folder / "mp_rank_00_model_states.pt"], None
-    if (folder / "config.json").is_file():
-        files, reason = _shards(folder)
-        if files or reason:
-            return "full-model", files, reason
-    return None, [], None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _losses(state: dict) -> tuple[list[list[float]], list[list[float]]]:
-    train, evals = [], []
-    for entry in state.get("log_history", []):
-        step = entry.get("step")
-        if step is None:
-            continue
-        if isinstance(entry.get("loss"), (int, float)):
-            train.append([step, float(entry["loss"])])
-        if isinstance(entry.get("eval_loss"), (int, float)):
-            evals.append([step, float(entry["eval_loss"])])
-    return train, evals
-
-
-def _xtuner_losses(work_dir: Path) -> list[list[float]]:
-    """mmengine's ``<timestamp>/vis_data/scalars.json``: one JSON object per logged iteration."""
-    points: dict[int, float] = {}
-    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        try:
-            lines = scalars.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            step = entry.get("iter", entry.get("step"))
-            if isinstance(step, int) and isinstance(entry.get("loss"), (int, float)):
-                points[step] = float(entry["loss"])
-    return [[s, points[s]] for s in sorted(points)]
+@dataclass
+class _Found:
+    path: Path
+    layout: Layout
 
 
 def discover(
@@ -203,67 +133,123 @@ def discover(
     if not root.exists():
         raise DiagError(f"runs folder '{root}' does not exist", fix="pass the folder holding runs")
     now = time.time() if now is None else now
-    excluded = {p.resolve() for p in exclude}
-    found: list[tuple[Path, str, list[Path]]] = []  # (checkpoint path, format, files)
-    skipped: list[tuple[str, str]] = []
     if root.is_file():
-        if root.suffix == ".pth":
-            found.append((root, "xtuner-pth", [root]))
+        if root.suffix == ".pth" and step_name(root.name) is not None:
+            found, skipped, links = [_Found(root, Layout("xtuner-pth", (root,)))], [], {}
         else:
             raise DiagError(f"'{root}' is a file, not a runs folder", fix="pass a folder")
-    for dirpath, dirnames, filenames in os.walk(root) if root.is_dir() else []:
-        folder = Path(dirpath)
-        if folder.resolve() in excluded:
-            dirnames[:] = []
-            continue
-        fmt, files, reason = _classify_dir(folder)
-        if fmt or reason:
-            dirnames[:] = []  # a checkpoint's own sub-folders are not checkpoints
-            if reason:
-                skipped.append((str(folder), reason))
-            else:
-                found.append((folder, fmt, files))
-            continue
-        if "latest" in filenames:
-            for name in sorted(dirnames):
-                if name.startswith("global_step"):
-                    ds_files = sorted(
-                        p for p in (folder / name).iterdir() if p.suffix in (".pt", ".pth")
-                    )
-                    found.append((folder / name, "deepspeed-zero", ds_files))
-        for name in sorted(filenames):
-            if name.endswith(".pth") and step_from_name(name) is not None:
-                found.append((folder / name, "xtuner-pth", [folder / name]))
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if d not in SKIP_DIRS and not d.startswith(".") and not d.startswith("global_step")
-        )
-    checkpoints: list[Checkpoint] = []
-    runs: dict[str, RunInfo] = {}
-    for path, fmt, files in found:
-        newest = _newest_mtime(files)
+    else:
+        found, skipped, links = _walk(root, {p.resolve() for p in exclude})
+    settled = []
+    for item in found:
+        newest = max((f.stat().st_mtime for f in item.layout.files if f.exists()), default=0.0)
         if settle_seconds and now - newest < settle_seconds:
-            skipped.append((str(path), f"modified {now - newest:.1f} s ago (still being written?)"))
-            continue
-        ckpt = _make_checkpoint(root, path, fmt, files, runs)
-        checkpoints.append(ckpt)
+            skipped.append(
+                Skip(
+                    str(item.path),
+                    f"modified {now - newest:.1f} s ago (still being written?)",
+                    "sweep again once it is saved",
+                )
+            )
+        else:
+            settled.append(item)
+    runs: dict[str, RunInfo] = {}
+    checkpoints = [_make_checkpoint(root, item, runs, settled) for item in settled]
+    checkpoints = _merge_finals(checkpoints, skipped)
+    _add_link_aliases(checkpoints, links)
     _number_unknown_steps(checkpoints)
     checkpoints.sort(key=lambda c: (c.run, c.step, str(c.path)))
-    for path, why in skipped:
-        log.info("skipping %s: %s", path, why)
+    for skip in skipped:
+        log.info("skipping %s: %s", skip.path, skip.reason)
     return Discovery(runs, checkpoints, skipped)
 
 
-def _run_dir_for(root: Path, path: Path, fmt: str) -> Path:
+def _walk(root: Path, excluded: set[Path]):
+    """(checkpoints, skips, {link path: resolved target}) under ``root``; symlinks followed once.
+
+    A link to a folder inside the tree (ms-swift's ``last-checkpoint``) is an alias, not a second
+    checkpoint; a link to a folder elsewhere is walked like a real folder; loops end at the first
+    folder seen twice.
+    """
+    found: list[_Found] = []
+    pending_skips: list[Skip] = []
+    links: dict[Path, Path] = {}
+    visited: set[Path] = set()
+    real_root = root.resolve()
+    stack = [(root, False)]  # (folder, inside a checkpoint folder)
+    while stack:
+        folder, in_checkpoint = stack.pop()
+        real = folder.resolve()
+        if real in visited or real in excluded:
+            continue
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            pending_skips.append(Skip(str(folder), f"cannot be read: {exc.strerror}", ""))
+            continue
+        names = [e.name for e in entries if _is_file(e)]
+        layout, skip = (None, None)
+        if not (in_checkpoint and folder.name.startswith("global_step")):
+            # inside a checkpoint, global_stepN/ is the DeepSpeed engine state of that checkpoint
+            layout, skip = classify(folder, names)
+        if layout is not None:
+            found.append(_Found(folder, layout))
+        elif skip is not None:
+            pending_skips.append(skip)
+        for name in names:  # XTuner without DeepSpeed: iter_N.pth files in the work dir
+            if name.endswith(".pth") and step_name(name) is not None:
+                found.append(_Found(folder / name, Layout("xtuner-pth", (folder / name,))))
+        for entry in reversed(entries):
+            if entry.name in SKIP_DIRS or entry.name.startswith(".") or not _is_dir(entry):
+                continue
+            child = folder / entry.name
+            if entry.is_symlink():
+                target = child.resolve()
+                if target.is_relative_to(real_root) or target in visited:
+                    links[child] = target
+                    continue
+            stack.append((child, in_checkpoint or layout is not None))
+    # a folder that holds no weights itself but a checkpoint deeper down (HF Trainer + DeepSpeed:
+    # checkpoint-N/global_stepN/) is not a skip
+    holders = {f.path for f in found}
+    skips = [
+        s
+        for s in pending_skips
+        if not (s.holds_nothing and any(Path(s.path) in h.parents for h in holders))
+    ]
+    return found, skips, links
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _has_step_children(path: Path, found: list[_Found]) -> bool:
+    return any(f.path.parent == path and step_name(f.path.name) for f in found)
+
+
+def _run_dir_for(root: Path, path: Path, fmt: str, found: list[_Found]) -> Path:
     """The run a checkpoint belongs to: the folder holding ``checkpoint-N``/``iter_N.pth``/..."""
+    if path.is_dir() and _has_step_children(path, found):
+        return path  # a final adapter saved into the output folder beside its checkpoint-N/
     if path == root:
         return root
     if fmt == "deepspeed-zero":
-        # HF Trainer + DeepSpeed: checkpoint-N/global_stepN; plain DeepSpeed: run/global_stepN
+        # HF Trainer + DeepSpeed without weights of its own: checkpoint-N/global_stepN
         holder = path.parent
-        return holder.parent if step_from_name(holder.name) is not None else holder
-    if step_from_name(path.name) is not None:
+        return holder.parent if step_name(holder.name) is not None else holder
+    if step_name(path.name) is not None:
         return path.parent
     return path.parent if path.parent != root else path
 
@@ -274,67 +260,123 @@ def _run_name(root: Path, run_dir: Path) -> str:
     return run_dir.relative_to(root).as_posix()
 
 
-def _make_checkpoint(root: Path, path: Path, fmt: str, files: list[Path], runs) -> Checkpoint:
-    run_dir = _run_dir_for(root, path, fmt)
-    name = _run_name(root, run_dir)
-    run = runs.get(name) or _load_run(name, run_dir)
-    runs[name] = run
-    step = step_from_name(path.name)
-    if fmt == "deepspeed-zero" and step_from_name(path.parent.name) is not None:
-        step = step_from_name(path.parent.name)
-    state = _read_json(path / "trainer_state.json") if path.is_dir() else None
-    if state and isinstance(state.get("global_step"), int):
-        step = state["global_step"]
-        train, evals = _losses(state)
+def _step_of(path: Path, fmt: str, run: RunInfo, notes: list[str]) -> tuple[int | None, str | None]:
+    """(step, label) from the folder name, its trainer_state.json or the run's epoch length."""
+    named = step_name(path.name)
+    if fmt == "deepspeed-zero" and step_name(path.parent.name) is not None:
+        named = step_name(path.parent.name)
+    state = read_json(path / "trainer_state.json") if path.is_dir() else None
+    if (path / "trainer_state.json").is_file() and state is None:
+        notes.append("trainer_state.json is unreadable; step from the folder name, no losses")
+    if state is not None:
+        train, evals = losses(state)
         if len(train) + len(evals) > len(run.train_loss) + len(run.eval_loss):
             run.train_loss, run.eval_loss = train, evals  # the latest state holds the most
-    base_hint = run.base
+        if isinstance(state.get("global_step"), int) and state["global_step"] > 0:
+            return state["global_step"], None
+    if named is None:
+        return None, None
+    kind, number = named
+    if kind != "epoch":
+        return number, None
+    # torchtune's epoch_0/ is saved after the first epoch: never step 0, which is the base
+    label = f"epoch {number + 1}"
+    if run.steps_per_epoch:
+        return (number + 1) * run.steps_per_epoch, label
+    notes.append(f"steps per epoch unknown: numbered by epoch ({label})")
+    return number + 1, label
+
+
+def _make_checkpoint(root: Path, item: _Found, runs, found: list[_Found]) -> Checkpoint:
+    path, fmt = item.path, item.layout.format
+    run_dir = _run_dir_for(root, path, fmt, found)
+    name = _run_name(root, run_dir)
+    if name not in runs:
+        runs[name] = RunInfo(**vars(read_run(run_dir)), name=name, path=run_dir)
+    run = runs[name]
     notes: list[str] = []
+    step, label = _step_of(path, fmt, run, notes)
+    if path == run_dir and path.is_dir() and _has_step_children(path, found):
+        label = "final"
+    base_hint = run.base
     if fmt == "peft-adapter":
-        cfg = _read_json(path / "adapter_config.json") or {}
-        base_hint = cfg.get("base_model_name_or_path") or base_hint
-    ckpt = Checkpoint(
+        cfg = read_json(path / "adapter_config.json")
+        if cfg is None:
+            notes.append("adapter_config.json is not valid JSON")
+        base_hint = (cfg or {}).get("base_model_name_or_path") or base_hint
+    return Checkpoint(
         run=name,
         step=step if step is not None else -1,
         path=path,
         format=fmt,
-        files=tuple(files),
+        files=item.layout.files,
         run_dir=run_dir,
         base_hint=base_hint,
         chat=run.chat,
         lora=dict(run.lora),
         step_known=step is not None,
         notes=notes,
+        label=label,
     )
-    return ckpt
 
 
-def _load_run(name: str, run_dir: Path) -> RunInfo:
-    run = RunInfo(name=name, path=run_dir)
-    manifest = _read_json(run_dir / MANIFEST) if run_dir.is_dir() else None
-    if manifest:
-        run.manifest = manifest
-        run.base = manifest.get("base")
-        if manifest.get("chat") is not None:
-            run.chat = ChatFormat.from_dict(manifest["chat"])
-    state = _read_json(run_dir / "trainer_state.json") if run_dir.is_dir() else None
-    if state:
-        run.train_loss, run.eval_loss = _losses(state)
-    if run_dir.is_dir():
-        from diag.diagnostics.xtuner import find_config, parse_config
+def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
+    """Byte-identical weight files (configs may differ in paths and are not compared)."""
+    wa = [f for f in a.files if f.suffix != ".json"]
+    wb = [f for f in b.files if f.suffix != ".json"]
+    if len(wa) != len(wb) or not wa:
+        return False
+    try:
+        return all(
+            fa.stat().st_size == fb.stat().st_size and filecmp.cmp(fa, fb, shallow=False)
+            for fa, fb in zip(wa, wb)
+        )
+    except OSError:
+        return False
 
-        config_path = find_config(run_dir)
-        if config_path is not None:
-            parsed = parse_config(config_path)
-            run.xtuner_config = config_path
-            run.lora = parsed.lora
-            run.chat = run.chat or parsed.chat
-            run.base = run.base or parsed.base
-            for problem in parsed.problems:
-                log.warning("%s: %s", config_path, problem)
-        if not run.train_loss:
-            run.train_loss = _xtuner_losses(run_dir)
-    return run
+
+def _merge_finals(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Checkpoint]:
+    """A final adapter becomes an alias of the checkpoint-N with identical weights.
+
+    A final one whose weights match no checkpoint keeps its own row at its trainer_state.json
+    step; one without a known step, or whose step another checkpoint already holds with other
+    weights, is a named skip (its step cannot be told).
+    """
+    kept: list[Checkpoint] = []
+    finals = [c for c in checkpoints if c.label == "final"]
+    others = [c for c in checkpoints if c.label != "final"]
+    for final in finals:
+        siblings = [c for c in others if c.run == final.run]
+        twin = next((c for c in siblings if _same_weights(final, c)), None)
+        if twin is not None:
+            twin.aliases.append(final.path)
+            twin.label = "final"
+            twin.notes.append(f"also saved as the final {final.format} in {final.path}")
+            continue
+        clash = next((c for c in siblings if c.step == final.step), None)
+        if not final.step_known or clash is not None:
+            why = (
+                "its step is unknown (no trainer_state.json) and its weights match no checkpoint"
+                if clash is None
+                else f"it claims step {final.step}, which {clash.path.name} holds with other weights"
+            )
+            skipped.append(
+                Skip(
+                    str(final.path),
+                    f"final model of run '{final.run}' not swept: {why}",
+                    f"sweep it on its own: diag sweep {final.path} --out <another folder>",
+                )
+            )
+            continue
+        kept.append(final)
+    return others + kept
+
+
+def _add_link_aliases(checkpoints: list[Checkpoint], links: dict[Path, Path]) -> None:
+    by_real = {c.path.resolve(): c for c in checkpoints}
+    for link, target in sorted(links.items()):
+        if target in by_real:
+            by_real[target].aliases.append(link)
 
 
 def _number_unknown_steps(checkpoints: list[Checkpoint]) -> None:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
-from diag.diagnostics.discover import Checkpoint, Discovery, _shards, discover
+from diag.diagnostics.discover import Checkpoint, Discovery, discover
+from diag.diagnostics.layouts import shards
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
 from diag.diagnostics.results import SweepResult, scores_frame
@@ -69,13 +70,14 @@ def sweep(
     root = Path(runs_dir).expanduser()
     out = Path(out) if out else root / "diag"
     spec = identity if isinstance(identity, IdentitySpec) else load_identity(identity)
-    found = discover(root, settle_seconds=settle_seconds, exclude=(out,))
+    # diag's own cache is never a checkpoint; anything else under --out is swept like the rest
+    found = discover(root, settle_seconds=settle_seconds, exclude=(out / "cache",))
     if not found.checkpoints:
-        skipped = f" ({len(found.skipped)} still being written)" if found.skipped else ""
         raise DiagError(
-            f"no checkpoints found under '{root}'{skipped}",
-            fix="point at a folder holding checkpoint-N/, iter_N.pth, global_stepN/ or an adapter "
-            "folder (adapter_config.json + adapter_model.safetensors)",
+            found.describe_nothing_found(root),
+            fix="point at a folder holding checkpoint-N/, iter_N.pth, global_stepN/, epoch_N/ or "
+            "an adapter folder (adapter_config.json + adapter_model.safetensors); "
+            "docs/formats.md lists every layout",
         )
     override = override_chat(system, template)
     cache = ResultCache(out / "cache")
@@ -140,7 +142,7 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
     source = resolve_base(name)
     if source.gguf_file and not (source.cache_dir and (source.cache_dir / "config.json").is_file()):
         return fingerprints.fingerprint([source.path / source.gguf_file])
-    files, _ = _shards(source.path)
+    files, _ = shards(source.path)
     return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
 
 
@@ -198,6 +200,8 @@ class _BaseRunner:
                 "step": 0,
                 "path": self.name,
                 "format": "base",
+                "label": None,
+                "also": [],
                 "fingerprint": self.base_fp,
                 "base": self.name,
                 "chat": chat.to_dict(),
@@ -206,12 +210,14 @@ class _BaseRunner:
         self.bar.done(label, cached)
 
     def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, **options) -> None:
-        label = f"{ckpt.run} step {ckpt.step}"
+        label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         record = {
             "run": ckpt.run,
             "step": ckpt.step,
             "path": str(ckpt.path),
             "format": ckpt.format,
+            "label": ckpt.label,
+            "also": [str(p) for p in ckpt.aliases],
             "base": self.name,
             "chat": chat.to_dict(),
         }
@@ -340,7 +346,7 @@ class _State:
             "settings": self.settings,
             "runs": {name: run.to_dict() for name, run in sorted(self.found.runs.items())},
             "checkpoints": sorted(self.records, key=_order),
-            "skipped": [{"path": p, "reason": why} for p, why in self.found.skipped],
+            "skipped": [skip.to_dict() for skip in self.found.skipped],
             "recommendation": dict(EMPTY_RECOMMENDATION),
         }
 

@@ -84,7 +84,7 @@ def test_full_models_sharded_and_incomplete(tmp_path):
     found = discover(tmp_path)
     assert [(c.step, c.format) for c in found.checkpoints] == [(10, "full-model")]
     assert len(found.checkpoints[0].files) == 2  # index + shard
-    assert any("m-2.st" in why for path, why in found.skipped if path.endswith("checkpoint-20"))
+    assert any("m-2.st" in s.reason for s in found.skipped if s.path.endswith("checkpoint-20"))
 
 
 def test_xtuner_work_dir_single_file_and_deepspeed_folder(tmp_path):
@@ -151,7 +151,7 @@ def test_checkpoints_being_written_are_skipped_with_a_note(tmp_path):
     _adapter(tmp_path / "run" / "tmp-checkpoint-40")
     found = discover(tmp_path, settle_seconds=5)
     assert [c.step for c in found.checkpoints] == [10]
-    reasons = {Path(p).name: why for p, why in found.skipped}
+    reasons = {Path(s.path).name: s.reason for s in found.skipped}
     assert "still being written" in reasons["checkpoint-20"]
     assert "without adapter weights" in reasons["checkpoint-30"]
     assert "tmp-checkpoint-40" in reasons
@@ -169,10 +169,10 @@ def test_plain_adapter_folder_is_one_checkpoint(tmp_path):
     assert "numbered by name" in ckpt.notes[0]
 
 
-def test_output_folder_and_missing_root(tmp_path):
+def test_excluded_folder_and_missing_root(tmp_path):
     _adapter(tmp_path / "run" / "checkpoint-1")
-    _adapter(tmp_path / "diag" / "checkpoint-9")  # e.g. a copied adapter inside the out dir
-    found = discover(tmp_path, exclude=(tmp_path / "diag",))
+    _adapter(tmp_path / "diag" / "cache" / "checkpoint-9")
+    found = discover(tmp_path, exclude=(tmp_path / "diag" / "cache",))
     assert [c.step for c in found.checkpoints] == [1]
     with pytest.raises(DiagError, match="does not exist"):
         discover(tmp_path / "nope")

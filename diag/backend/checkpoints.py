@@ -16,9 +16,11 @@ import contextlib
 import enum
 import functools
 import importlib
+import io
 import logging
 import pickle
 import types
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -141,18 +143,28 @@ def _torch_load_restricted():
 
 
 # ------------------------------------------------------------------------------ weight readers
-def read_state_dict(path: Path, fmt: str, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The tensors of an XTuner ``.pth``/DeepSpeed folder or a DeepSpeed ZeRO ``global_stepN``."""
+def read_state_dict(
+    path: Path, fmt: str, files: tuple[Path, ...] = (), *, allow_pickle: bool = False
+) -> dict[str, torch.Tensor]:
+    """The tensors of an XTuner ``.pth`` file or a DeepSpeed checkpoint folder.
+
+    files: the checkpoint's weight files as discovery found them. A DeepSpeed folder whose files
+    include optimizer partitions (``*_optim_states.pt``: every native ZeRO checkpoint, and XTuner's
+    under ZeRO-3, whose model states hold only placeholders) is consolidated by DeepSpeed's own
+    ``zero_to_fp32``; an XTuner ZeRO-1/2 folder is read from ``mp_rank_00_model_states.pt``.
+    """
     if fmt == "xtuner-pth":
         data = safe_load(path, allow_pickle=allow_pickle, restricted=True)
         weights = data.get("state_dict", data) if isinstance(data, dict) else None
-    elif fmt == "xtuner-deepspeed":
-        data = safe_load(
-            path / "mp_rank_00_model_states.pt", allow_pickle=allow_pickle, restricted=True
-        )
-        weights = data.get("module") if isinstance(data, dict) else None
-    elif fmt == "deepspeed-zero":
-        weights = _zero_to_fp32(path)
+    elif fmt in ("xtuner-deepspeed", "deepspeed-zero"):
+        names = [f.name for f in files] or [p.name for p in path.iterdir()]
+        if any(n.endswith("_optim_states.pt") for n in names):
+            weights = _zero_to_fp32(path)
+        else:
+            data = safe_load(
+                path / "mp_rank_00_model_states.pt", allow_pickle=allow_pickle, restricted=True
+            )
+            weights = data.get("module") if isinstance(data, dict) else None
     else:
         raise ValueError(fmt)
     if not isinstance(weights, dict) or not weights:
@@ -168,10 +180,19 @@ def _zero_to_fp32(step_dir: Path) -> dict[str, torch.Tensor]:
             f"'{step_dir}' is a DeepSpeed ZeRO checkpoint and deepspeed is not installed",
             fix="pip install 'diag[deepspeed]' (DS_BUILD_OPS=0 installs without compiling)",
         ) from exc
-    with _torch_load_restricted():
-        return get_fp32_state_dict_from_zero_checkpoint(
-            str(step_dir.parent), tag=step_dir.name, exclude_frozen_parameters=True
-        )
+    chatter = io.StringIO()  # zero_to_fp32 prints its progress; the sweep has its own
+    try:
+        with _torch_load_restricted(), redirect_stdout(chatter), redirect_stderr(chatter):
+            return get_fp32_state_dict_from_zero_checkpoint(
+                str(step_dir.parent), tag=step_dir.name, exclude_frozen_parameters=True
+            )
+    except (ValueError, KeyError, AttributeError, TypeError, OSError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DiagError(
+            f"DeepSpeed could not consolidate '{step_dir}': {type(exc).__name__}: {first}",
+            fix="check that every rank's *_model_states.pt and *_optim_states.pt are there "
+            "and complete (copy the folder again)",
+        ) from exc
 
 
 def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -182,6 +203,43 @@ def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None
         if new is not None:
             lora[new if new.startswith("base_model.") else f"base_model.model.{new}"] = value
     return lora or None
+
+
+def _attention_shape(lm) -> list[int]:
+    """[heads, kv heads, head dim] of the loaded base model."""
+    config = lm.model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return [heads, getattr(config, "num_key_value_heads", None) or heads, head_dim]
+
+
+def torchtune_lora(state: dict, heads: list[int], where: Path) -> dict[str, torch.Tensor]:
+    """torchtune's ``adapter_model.pt`` as peft saved-adapter weights.
+
+    As torchtune's own ``tune_to_peft_adapter_weights`` (torchtune/models/convert_weights.py,
+    0.6.1): keys renamed, and q/k ``lora_B`` rows permuted from torchtune's rotary layout to HF's.
+    """
+    from diag.diagnostics.trainers import torchtune_peft_key
+
+    n_heads, n_kv_heads, head_dim = heads
+    lora = {}
+    for key, value in state.items() if isinstance(state, dict) else []:
+        new = torchtune_peft_key(key) if isinstance(value, torch.Tensor) else None
+        if new is None:
+            continue
+        if new.endswith("lora_B.weight") and (".q_proj." in new or ".k_proj." in new):
+            n = n_heads if ".q_proj." in new else n_kv_heads
+            rank = value.shape[-1]
+            value = (
+                value.view(n, head_dim // 2, 2, rank).transpose(1, 2).reshape(n * head_dim, rank)
+            )
+        lora[new] = value
+    if not lora:
+        raise DiagError(
+            f"'{where / 'adapter_model.pt'}' holds no torchtune LoRA weights",
+            fix="sweep the peft adapter_model.safetensors torchtune writes beside it",
+        )
+    return lora
 
 
 # ------------------------------------------------------------------------- applying to a model
@@ -195,8 +253,12 @@ def apply_checkpoint(lm, ckpt, *, allow_pickle: bool = False, lora_alpha: float 
         return lm
     if ckpt.format == "full-model":
         return _full_model_backend(lm, ckpt, allow_pickle=allow_pickle)
-    state = read_state_dict(ckpt.path, ckpt.format, allow_pickle=allow_pickle)
-    lora = split_lora(state)
+    if ckpt.format == "torchtune-adapter":
+        state = safe_load(ckpt.files[0], allow_pickle=allow_pickle)
+        lora = torchtune_lora(state, ckpt.lora.get("heads") or _attention_shape(lm), ckpt.path)
+    else:
+        state = read_state_dict(ckpt.path, ckpt.format, ckpt.files, allow_pickle=allow_pickle)
+        lora = split_lora(state)
     if lora is None:
         full = {xtuner.full_model_key(k): v for k, v in state.items()}
         return _full_model_backend(lm, ckpt, state=full)
@@ -207,8 +269,8 @@ def apply_checkpoint(lm, ckpt, *, allow_pickle: bool = False, lora_alpha: float 
         config = xtuner.lora_settings({k: tuple(v.shape) for k, v in lora.items()}, settings)
     except KeyError:
         raise DiagError(
-            f"LoRA alpha of '{ckpt.path}' is unknown (no XTuner config with lora=dict(...) found "
-            f"in '{ckpt.run_dir}')",
+            f"LoRA alpha of '{ckpt.path}' is unknown (no XTuner config with lora=dict(...) or "
+            f"torchtune_config.yaml with lora_alpha found in '{ckpt.run_dir}')",
             fix="pass --lora-alpha N (the lora_alpha used in training)",
         ) from None
     lm.use_adapter_weights(f"{ckpt.path}", config, lora)

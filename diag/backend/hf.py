@@ -290,7 +290,10 @@ class HFBackend:
             )
             messages.append({"role": "user", "content": prompt})
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages,
+                chat_template=chat.chat_template,  # None: the tokenizer's own
+                tokenize=False,
+                add_generation_prompt=True,
             )
         text = ""
         if chat.system and chat.system_template:
