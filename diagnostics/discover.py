@@ -70,6 +70,10 @@ class Checkpoint:
     label: str | None = None
     aliases: list[Path] = field(default_factory=list)
 
+    def is_at(self, path: Path) -> bool:
+        """Whether ``path`` (resolved) is this checkpoint's folder or one of its aliases."""
+        return any(p.resolve() == path for p in (self.path, *self.aliases))
+
 
 @dataclass
 class RunInfo(RunFacts):
@@ -251,6 +255,9 @@ def _run_dir_for(root: Path, path: Path, fmt: str, found: list[_Found]) -> Path:
         return holder.parent if step_name(holder.name) is not None else holder
     if step_name(path.name) is not None:
         return path.parent
+    if _has_step_children(path.parent, found):
+        # e.g. XTuner's pth_to_hf output saved beside iter_N.pth: its own run, not step 1 of that one
+        return path
     return path.parent if path.parent != root else path
 
 
@@ -336,40 +343,44 @@ def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
 
 
 def _merge_finals(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Checkpoint]:
-    """A final adapter becomes an alias of the checkpoint-N with identical weights.
+    """Copies of a checkpoint's weights become aliases of it, not rows of their own.
 
-    A final one whose weights match no checkpoint keeps its own row at its trainer_state.json
-    step; one without a known step, or whose step another checkpoint already holds with other
-    weights, is a named skip (its step cannot be told).
+    A final adapter saved beside its ``checkpoint-N/`` (LLaMA-Factory, axolotl) merges into the
+    checkpoint-N with identical weights; one whose weights match none keeps its own row at its
+    trainer_state.json step, and one without a known step, or whose step another checkpoint holds
+    with other weights, is a named skip. A folder with no step of its own elsewhere in the tree that
+    holds the same weights as a step-named checkpoint (unsloth's ``lora_model/`` beside
+    ``outputs/checkpoint-N/``) merges into it too.
     """
-    kept: list[Checkpoint] = []
-    finals = [c for c in checkpoints if c.label == "final"]
-    others = [c for c in checkpoints if c.label != "final"]
-    for final in finals:
-        siblings = [c for c in others if c.run == final.run]
-        twin = next((c for c in siblings if _same_weights(final, c)), None)
+    stepped = [c for c in checkpoints if step_name(c.path.name) is not None]
+    kept = list(stepped)
+    for ckpt in (c for c in checkpoints if step_name(c.path.name) is None):
+        final = ckpt.label == "final"
+        candidates = [c for c in stepped if c.run == ckpt.run] if final else stepped
+        twin = next((c for c in candidates if _same_weights(ckpt, c)), None)
         if twin is not None:
-            twin.aliases.append(final.path)
-            twin.label = "final"
-            twin.notes.append(f"also saved as the final {final.format} in {final.path}")
+            twin.aliases.append(ckpt.path)
+            if final:
+                twin.label = "final"
+            twin.notes.append(f"the same weights are saved in {ckpt.path}")
             continue
-        clash = next((c for c in siblings if c.step == final.step), None)
-        if not final.step_known or clash is not None:
+        clash = next((c for c in candidates if c.step == ckpt.step), None) if final else None
+        if final and (not ckpt.step_known or clash is not None):
             why = (
                 "its step is unknown (no trainer_state.json) and its weights match no checkpoint"
                 if clash is None
-                else f"it claims step {final.step}, which {clash.path.name} holds with other weights"
+                else f"it claims step {ckpt.step}, which {clash.path.name} holds with other weights"
             )
             skipped.append(
                 Skip(
-                    str(final.path),
-                    f"final model of run '{final.run}' not swept: {why}",
-                    f"sweep it on its own: diag sweep {final.path} --out <another folder>",
+                    str(ckpt.path),
+                    f"final model of run '{ckpt.run}' not swept: {why}",
+                    f"sweep it on its own: diag sweep {ckpt.path} --out <another folder>",
                 )
             )
             continue
-        kept.append(final)
-    return others + kept
+        kept.append(ckpt)
+    return kept
 
 
 def _add_link_aliases(checkpoints: list[Checkpoint], links: dict[Path, Path]) -> None:

@@ -303,7 +303,7 @@ def current_fingerprint(path: Path) -> str | None:
     # (DeepSpeed's global_stepN next to a `latest` file).
     for root in (target, target.parent):
         found = discover(root, settle_seconds=0).checkpoints
-        match = next((c for c in found if c.path.resolve() == target), None)
+        match = next((c for c in found if c.is_at(target)), None)
         if match is not None:
             break
     if match is None:

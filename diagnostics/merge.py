@@ -171,7 +171,7 @@ def _discover_one(path: Path) -> Checkpoint:
         if not root.exists():
             continue
         found = discover(root, settle_seconds=0).checkpoints
-        match = next((c for c in found if c.path.resolve() == target), None)
+        match = next((c for c in found if c.is_at(target)), None)
         if match is not None:
             return match
     raise DiagError(
@@ -208,7 +208,7 @@ def _select_in_run(path: Path, checkpoint: str | int, policy=None) -> Checkpoint
         matches = [c for c in found if c.step == int(wanted)]
     else:
         target = Path(wanted).expanduser().resolve()
-        matches = [c for c in found if c.path.resolve() == target]
+        matches = [c for c in found if c.is_at(target)]
     if len(matches) > 1:
         runs = ", ".join(sorted(c.run for c in matches))
         raise DiagError(f"step {wanted} exists in several runs ({runs})", fix="pass the run folder")

@@ -72,6 +72,16 @@ def _literal(node: ast.AST, names: dict[str, object]):
         if node.value.id == "SYSTEM_TEMPLATE" and node.attr in SYSTEM_TEMPLATES:
             return SYSTEM_TEMPLATES[node.attr]
         raise ValueError(f"{node.value.id}.{node.attr}")
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        # the copy mmengine saves in the work dir writes imported objects as dotted strings:
+        # prompt_template = 'xtuner.utils.PROMPT_TEMPLATE.default'
+        for prefix, table in (
+            ("xtuner.utils.PROMPT_TEMPLATE.", PROMPT_TEMPLATES),
+            ("xtuner.utils.SYSTEM_TEMPLATE.", SYSTEM_TEMPLATES),
+        ):
+            if node.value.startswith(prefix) and node.value[len(prefix) :] in table:
+                return table[node.value[len(prefix) :]]
+        return node.value
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
         return {kw.arg: _safe(kw.value, names) for kw in node.keywords if kw.arg}
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # 'a' + 'b' string pieces

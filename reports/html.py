@@ -119,6 +119,8 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
             {
                 "run": r.get("run"),
                 "step": r["step"],
+                "label": r.get("label"),
+                "also": r.get("also") or [],
                 "eligible": entry.get("eligible"),
                 "recommended": recommended == (str(r.get("run")), r["step"]),
                 "cells": [by_name.get(n) for n in check_names],
@@ -136,6 +138,8 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
         "metric_tables": _metric_tables(records, judged),
         "answers": answers_table(_known(samples, records), results.get("identity")),
         "errors": [r for r in records if r.get("status", "ok") != "ok"],
+        # folders that look like checkpoints but were not swept (older results: path + reason)
+        "skipped": [s for s in results.get("skipped") or [] if isinstance(s, dict)],
     }
 
 

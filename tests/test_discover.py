@@ -205,3 +205,60 @@ def test_fingerprint_memo_skips_rereading_unchanged_files(tmp_path):
     again = Fingerprinter(memo)
     assert again.fingerprint(files, root=folder) == value
     assert again.hashed_bytes == 0
+
+
+def test_folders_that_look_like_checkpoints_are_named_with_a_fix(tmp_path):
+    _adapter(tmp_path / "run" / "checkpoint-10")
+    _write(tmp_path / "run" / "checkpoint-20" / "adapter_model.safetensors")  # config missing
+    _write(tmp_path / "run" / "checkpoint-30" / "optimizer.pt")  # trainer state only
+    _write(tmp_path / "run" / "checkpoint-30" / "trainer_state.json", "{}")
+    _write(tmp_path / "full" / "model.safetensors")  # no config.json
+    found = discover(tmp_path)
+    assert [c.step for c in found.checkpoints] == [10]
+    skips = {Path(s.path).name: s for s in found.skipped}
+    assert "without adapter_config.json" in skips["checkpoint-20"].reason
+    assert "adapter_config.json" in skips["checkpoint-20"].fix
+    assert "optimizer.pt, trainer_state.json" in skips["checkpoint-30"].reason
+    assert "without config.json" in skips["full"].reason
+    assert all(s.fix for s in found.skipped)
+
+
+def test_final_adapter_beside_its_checkpoints(tmp_path):
+    """HF Trainer's save_model(output_dir) after training: the final adapter is the output folder."""
+    run = tmp_path / "sft"
+    _adapter(run / "checkpoint-10")
+    _adapter(run / "checkpoint-20")
+    _adapter(run)  # different weights from both (its own bytes), step from trainer_state.json
+    _trainer_state(run, 25)
+    found = discover(tmp_path)
+    assert [(c.run, c.step, c.label) for c in found.checkpoints] == [
+        ("sft", 10, None),
+        ("sft", 20, None),
+        ("sft", 25, "final"),
+    ]
+    # the same weights as checkpoint-20: one row, both paths
+    _write(
+        run / "adapter_model.safetensors",
+        (run / "checkpoint-20" / "adapter_model.safetensors").read_bytes(),
+    )
+    found = discover(tmp_path)
+    assert [(c.step, c.label) for c in found.checkpoints] == [(10, None), (20, "final")]
+    assert found.checkpoints[-1].aliases == [run]
+    # other weights and no step of its own: named, not guessed
+    _write(run / "adapter_model.safetensors", b"other")
+    (run / "trainer_state.json").unlink()
+    found = discover(tmp_path)
+    assert [c.step for c in found.checkpoints] == [10, 20]
+    assert "step is unknown" in found.skipped[0].reason and "diag sweep" in found.skipped[0].fix
+
+
+def test_symlinks_loops_and_links_out_of_the_tree(tmp_path):
+    elsewhere = _adapter(tmp_path / "elsewhere" / "checkpoint-7")
+    root = tmp_path / "runs"
+    _adapter(root / "run" / "checkpoint-5")
+    (root / "run" / "checkpoint-5" / "loop").symlink_to(root)  # a loop back to the top
+    (root / "linked").symlink_to(elsewhere.parent)  # a run kept on another disk
+    (root / "run" / "last").symlink_to(root / "run" / "checkpoint-5")
+    found = discover(root)
+    assert [(c.run, c.step) for c in found.checkpoints] == [("linked", 7), ("run", 5)]
+    assert found.checkpoints[1].aliases == [root / "run" / "last"]

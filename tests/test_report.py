@@ -120,3 +120,23 @@ def test_curves_keep_a_retention_above_one_on_screen():
     records = [ckpt(0, gained=20), ckpt(100, gained=20)]
     spec = run_curves("run-a", records, {}, {})
     assert spec["layout"]["yaxis"]["range"][1] >= records[1]["metrics"]["retention"] > 1.1
+
+
+def test_report_lists_what_was_not_swept_and_names_the_final_model(tmp_path):
+    results = _results()
+    results["skipped"] = [
+        {
+            "path": "runs/a/checkpoint-700",
+            "reason": "adapter_model.safetensors without adapter_config.json (peft cannot load it)",
+            "fix": "copy the run's adapter_config.json beside it",
+        }
+    ]
+    last = [r for r in results["checkpoints"] if r["step"] == 600][0]
+    last.update(label="final", also=["runs/a"])
+    html = render_report(results, samples(results), tmp_path / "report.html").read_text()
+    section = html.split("not swept</h2>")[1].split("</table>")[0]
+    assert (
+        "runs/a/checkpoint-700" in section and "copy the run&#39;s adapter_config.json" in section
+    )
+    checks = html.split('id="checks"')[1].split("</table>")[0]
+    assert "600 (final)" in checks and 'title="also saved as runs/a"' in checks

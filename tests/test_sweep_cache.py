@@ -146,6 +146,23 @@ def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
     bad = runner.invoke(cli, ["sweep", str(root), *args, "--template", "{question}"])
     assert bad.exit_code == 2 and "--template" in bad.output
 
+    # a checkpoint that cannot be swept is named in the summary, with the fix; results written
+    # into the run folder itself keep that run in the sweep
+    broken = root / "lora" / "checkpoint-20"
+    broken.mkdir()
+    shutil.copy(tiny_adapters[1] / "adapter_model.safetensors", broken)
+    _settle(root)
+    out = root / "lora"
+    named = runner.invoke(cli, ["sweep", str(root), *args, "--out", str(out)])
+    assert named.exit_code == 0, named.output
+    assert (
+        f"skipped {broken}: adapter_model.safetensors without adapter_config.json" in named.output
+    )
+    assert "(fix: copy the run's adapter_config.json" in named.output
+    data = json.loads((out / "results.json").read_text())
+    assert [(c["run"], c["step"]) for c in data["checkpoints"]] == [("base", 0), ("lora", 10)]
+    assert data["skipped"][0]["path"] == str(broken)
+
 
 KILLABLE = """
 import sys, time

@@ -25,6 +25,7 @@ OUTPUTS = {
     "ms-swift": "output",
     "torchtune": "tt-out",
     "axolotl": "outputs",
+    "xtuner": "work_dirs",
 }
 
 
@@ -132,6 +133,23 @@ def test_axolotl_final_adapter_and_base_from_its_model_card(found, trainer_runs)
     assert found.runs["axolotl/lora-out"].chat is None  # chat_template: tokenizer_default
 
 
+def test_xtuner_work_dirs_with_and_without_deepspeed(found):
+    """XTuner 0.2.0 (mmengine 0.10.6, DeepSpeed 0.16.2, 2 ranks on gloo): iter_N.pth/ folders
+    without a 'latest' file, ZeRO-2 and ZeRO-3; plain iter_N.pth files without DeepSpeed; and
+    the pth_to_hf output saved beside them, which is its own run, not a step of that one."""
+    assert _rows(found, "xtuner/z2") == [(6, None, "iter_6.pth"), (8, None, "iter_8.pth")]
+    assert _rows(found, "xtuner/z3") == [(6, None, "iter_6.pth"), (8, None, "iter_8.pth")]
+    assert _rows(found, "xtuner/nods") == [(14, None, "iter_14.pth"), (16, None, "iter_16.pth")]
+    assert _rows(found, "xtuner/z3/iter_8_hf") == [(1, None, "iter_8_hf")]
+    z3 = [c for c in found.checkpoints if c.run == "xtuner/z3"]
+    assert {c.format for c in z3} == {"xtuner-deepspeed"}
+    assert sum(f.name.endswith("_optim_states.pt") for f in z3[0].files) == 2  # both ranks
+    for ckpt in z3:
+        assert ckpt.lora["lora_alpha"] == 8 and ckpt.base_hint == "/tmp/xt-run/tiny-llama"
+        # mmengine's saved copy of the config names the template as a string
+        assert ckpt.chat.template == "<|User|>:{input}\n<|Bot|>:"
+
+
 def test_nothing_skipped(found):
     assert found.skipped == []
 
@@ -176,6 +194,14 @@ def test_sweep_scores_every_trainer_checkpoint_in_step_order(trainer_sweep, foun
         c for c in trainer_sweep.checkpoints if c["run"].startswith("ms-swift") and c["step"] == 6
     )
     assert swift["chat"]["template"].startswith("<|im_start|>user")
+
+
+def test_xtuner_zero3_reads_as_xtuners_own_conversion(trainer_sweep):
+    """iter_8.pth/ under ZeRO-3 (weights only in the optimizer partitions of 2 ranks), read with
+    DeepSpeed's zero_to_fp32, answers exactly like `xtuner convert pth_to_hf` of the same folder."""
+    ours = _logprobs(trainer_sweep, "xtuner/z3", 8)
+    assert ours == pytest.approx(_logprobs(trainer_sweep, "xtuner/z3/iter_8_hf", 1), abs=1e-5)
+    assert ours != pytest.approx(_logprobs(trainer_sweep, "xtuner/z3", 6), abs=1e-4)
 
 
 def test_torchtune_lora_counts_once(trainer_sweep, trainer_runs, tiny_model_dir):
@@ -234,3 +260,90 @@ def test_torchtune_adapter_pt_alone(trainer_runs, tiny_model_dir, tmp_path):
     converted = lm.loglikelihood(requests)[0].logprob
     lm.use_adapter(trainer_runs / "torchtune" / "epoch_1")
     assert converted == pytest.approx(lm.loglikelihood(requests)[0].logprob, abs=1e-6)
+
+
+def test_bin_weights_and_sharded_full_fine_tunes(tiny_model_dir, tiny_adapters, tmp_path):
+    """What HF Trainer writes with transformers 4's ``save_safetensors=False`` (peft's
+    ``save_pretrained(safe_serialization=False)`` -> adapter_model.bin; transformers 4
+    ``save_pretrained(safe_serialization=False)`` -> ``torch.save`` of the state dict as
+    pytorch_model.bin), and a full fine-tune sharded by transformers' own ``max_shard_size``."""
+    import torch
+    from diag.diagnostics.discover import discover
+    from diag.diagnostics.sweep import sweep
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from diag.types import GenerationConfig
+
+    runs = tmp_path / "runs"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    PeftModel.from_pretrained(base, tiny_adapters[0]).save_pretrained(
+        runs / "lora-bin" / "checkpoint-3", safe_serialization=False
+    )
+    torch.manual_seed(0)
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        full.model.norm.weight.mul_(1.5)
+    full.config.save_pretrained(runs / "full-bin" / "checkpoint-3")
+    torch.save(full.state_dict(), runs / "full-bin" / "checkpoint-3" / "pytorch_model.bin")
+    full.save_pretrained(runs / "full-sharded" / "checkpoint-3", max_shard_size="50KB")
+    shards = sorted((runs / "full-sharded" / "checkpoint-3").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    _age(runs)
+    found = discover(runs)
+    assert [(c.run, c.format, len(c.files)) for c in found.checkpoints] == [
+        ("full-bin", "full-model", 1),
+        ("full-sharded", "full-model", len(shards) + 1),  # the index and every shard
+        ("lora-bin", "peft-adapter", 2),
+    ]
+    result = sweep(
+        runs,
+        base=tiny_model_dir,
+        identity="en",
+        size="quick",
+        probes="identity_recall",
+        generation=GenerationConfig(max_new_tokens=4, batch_size=32),
+        progress="quiet",
+        report=False,
+    )
+    assert [(c["run"], c["status"]) for c in result.checkpoints if c["step"]] == [
+        ("full-bin", "ok"),
+        ("full-sharded", "ok"),
+        ("lora-bin", "ok"),
+    ]
+    # the two full copies hold the same weights: they answer the same
+    assert _logprobs(result, "full-bin", 3) == pytest.approx(_logprobs(result, "full-sharded", 3))
+    assert _logprobs(result, "full-bin", 3) != pytest.approx(_logprobs(result, "base", 0))
+
+
+def test_unsloth_outputs_and_saved_lora_model(tiny_model_dir, tiny_adapters, tmp_path):
+    """unsloth (no CPU run possible; laid out from its source, tests/fixtures/trainers/unsloth/
+    LAYOUT.md): TRL's outputs/checkpoint-N/ plus outputs/README.md, then
+    model.save_pretrained("lora_model") beside outputs/ (peft's own writer), and the
+    unsloth_compiled_cache/ it leaves in the working directory. lora_model holds the last
+    checkpoint's weights: one row, both paths."""
+    from diag.diagnostics.discover import discover
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    project = tmp_path / "project"
+    for step, adapter in zip((2, 4), tiny_adapters):
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter
+        )
+        model.save_pretrained(project / "outputs" / f"checkpoint-{step}")
+        (project / "outputs" / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            f'{{"global_step": {step}, "log_history": [{{"loss": 1.0, "step": {step}}}]}}'
+        )
+    model.save_pretrained(project / "lora_model")  # after trainer.train(): the last weights
+    (project / "outputs" / "README.md").write_text("---\ntags:\n- trl\n- sft\n- unsloth\n---\n")
+    (project / "unsloth_compiled_cache").mkdir()
+    (project / "unsloth_compiled_cache" / "UnslothSFTTrainer.py").write_text("# generated\n")
+    _age(project)
+    found = discover(project)
+    assert [(c.run, c.step, c.path.name) for c in found.checkpoints] == [
+        ("outputs", 2, "checkpoint-2"),
+        ("outputs", 4, "checkpoint-4"),
+    ]
+    assert found.checkpoints[1].aliases == [project / "lora_model"]
+    assert found.skipped == []

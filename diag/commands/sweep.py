@@ -80,9 +80,11 @@ def sweep(
 ):
     """Probe every checkpoint under RUNS_DIR against its base model; cached and resumable.
 
-    Finds HF Trainer/TRL checkpoint-N folders (LoRA or full), plain adapter folders, XTuner
-    iter_N.pth files and DeepSpeed folders, and DeepSpeed ZeRO global_stepN. Re-running only
-    probes new or changed checkpoints; an interrupted sweep resumes where it stopped.
+    Finds checkpoint-N folders (HF Trainer/TRL, LLaMA-Factory, axolotl, ms-swift, unsloth; LoRA
+    or full) and the final model beside them, torchtune epoch_N, XTuner iter_N.pth, DeepSpeed
+    ZeRO-1/2/3 global_stepN, and plain adapter folders (docs/formats.md). Folders that look like
+    checkpoints but cannot be swept are listed with the fix. Re-running only probes new or
+    changed checkpoints; an interrupted sweep resumes where it stopped.
     """
     from diag.diagnostics.sweep import sweep as run_sweep
     from diag.errors import DiagError
@@ -128,7 +130,8 @@ def sweep(
 
         print_summary(data)
     for skipped in data.get("skipped", []):
-        click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
+        fix = f" (fix: {skipped['fix']})" if skipped.get("fix") else ""
+        click.echo(f"skipped {skipped['path']}: {skipped['reason']}{fix}", err=True)
     errors = [c for c in data["checkpoints"] if c["status"] == "error"]
     for c in errors:
         click.echo(f"error {c['run']} step {c['step']}: {c['error']}", err=True)
