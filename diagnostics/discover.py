@@ -69,6 +69,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     label: str | None = None
     aliases: list[Path] = field(default_factory=list)
+    losses_known: bool = True  # False when its own trainer_state.json is unreadable
 
     def is_at(self, path: Path) -> bool:
         """Whether ``path`` (resolved) is this checkpoint's folder or one of its aliases."""
@@ -81,6 +82,7 @@ class RunInfo(RunFacts):
 
     name: str = ""
     path: Path = Path()
+    broken_states: set[Path] = field(default_factory=set)  # checkpoints whose state is unreadable
 
     def to_dict(self) -> dict:
         return {
@@ -160,6 +162,7 @@ def discover(
     runs: dict[str, RunInfo] = {}
     checkpoints = [_make_checkpoint(root, item, runs, settled) for item in settled]
     checkpoints = _merge_finals(checkpoints, skipped)
+    checkpoints = _one_per_step(checkpoints, skipped)
     _add_link_aliases(checkpoints, links)
     _number_unknown_steps(checkpoints)
     checkpoints.sort(key=lambda c: (c.run, c.step, str(c.path)))
@@ -275,6 +278,7 @@ def _step_of(path: Path, fmt: str, run: RunInfo, notes: list[str]) -> tuple[int 
     state = read_json(path / "trainer_state.json") if path.is_dir() else None
     if (path / "trainer_state.json").is_file() and state is None:
         notes.append("trainer_state.json is unreadable; step from the folder name, no losses")
+        run.broken_states.add(path)
     if state is not None:
         train, evals = losses(state)
         if len(train) + len(evals) > len(run.train_loss) + len(run.eval_loss):
@@ -324,6 +328,7 @@ def _make_checkpoint(root: Path, item: _Found, runs, found: list[_Found]) -> Che
         step_known=step is not None,
         notes=notes,
         label=label,
+        losses_known=path not in run.broken_states,
     )
 
 
@@ -379,6 +384,28 @@ def _merge_finals(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Ch
                 )
             )
             continue
+        kept.append(ckpt)
+    return kept
+
+
+def _one_per_step(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Checkpoint]:
+    """Two folders of one run claiming the same step (a copied folder whose trainer_state.json
+    still names the old step): the first by path is swept, the other is a named skip."""
+    seen: dict[tuple[str, int], Checkpoint] = {}
+    kept = []
+    for ckpt in sorted(checkpoints, key=lambda c: str(c.path)):
+        key = (ckpt.run, ckpt.step)
+        if ckpt.step_known and key in seen:
+            skipped.append(
+                Skip(
+                    str(ckpt.path),
+                    f"step {ckpt.step} of run '{ckpt.run}' is also claimed by {seen[key].path}",
+                    "fix the trainer_state.json global_step of the copied folder, or sweep it "
+                    "on its own",
+                )
+            )
+            continue
+        seen.setdefault(key, ckpt)
         kept.append(ckpt)
     return kept
 

@@ -145,15 +145,21 @@ def gate(
         result.notes.append(
             f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
         )
+    no_change = bool(chosen.get("no_change"))
+    if no_change:
+        result.problems.append(NO_CHANGE)
     if stale:
         result.verdict = "undecided"  # scores of other (or unknown) weights decide nothing
-    elif result.failed:
+    elif result.failed or no_change:
         result.verdict = "fail"  # a failure on current evidence decides, whatever else is missing
     elif result.problems:
         result.verdict = "undecided"
     else:
         result.verdict = "pass"
     return result
+
+
+NO_CHANGE = "this adapter does not change the model: was it trained, and applied?"
 
 
 def load_results(results_dir: str | os.PathLike) -> tuple[dict, Path, str | None]:

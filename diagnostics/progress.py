@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from diag.display import literal, markup_literal
+
 log = logging.getLogger("diag")
 
 
@@ -55,14 +57,14 @@ class SweepProgress:
 
     def note(self, text: str) -> None:
         if self.mode == "rich":
-            self._rich.console.print(f"[dim]{text}[/dim]")
+            self._rich.console.print(f"[dim]{markup_literal(text)}[/dim]")
         elif self.mode == "plain":
-            log.info(text)
+            log.info(literal(text))
 
     def start(self, label: str) -> None:
         self._started = time.perf_counter()
         if self._rich is not None:
-            self._rich.update(self._task, description=f"probing {label}")
+            self._rich.update(self._task, description=f"probing {markup_literal(label)}")
 
     def done(self, label: str, cached: bool, error: bool = False) -> None:
         self.count += 1
@@ -75,9 +77,9 @@ class SweepProgress:
         )
         if self._rich is not None:
             self._rich.advance(self._task)
-            self._rich.console.print(f"  {label}: {how}")
+            self._rich.console.print(f"  {markup_literal(label)}: {how}")
         elif self.mode == "plain":
-            log.info("[%d/%d] %s: %s", self.count, self.total, label, how)
+            log.info("[%d/%d] %s: %s", self.count, self.total, literal(label), how)
 
     def probe_callback(self, label: str):
         """A ``progress(message)`` callable for the probe suite (None when not drawing a bar)."""
@@ -85,6 +87,8 @@ class SweepProgress:
             return None
 
         def update(message: str) -> None:
-            self._rich.update(self._task, description=f"{label}: {message}")
+            self._rich.update(
+                self._task, description=f"{markup_literal(label)}: {markup_literal(message)}"
+            )
 
         return update

@@ -137,4 +137,28 @@ def load_sweep(folder: str | Path) -> SweepResult:
             f"'{results}' has schema_version {version!r}; this diag reads {SCHEMA_VERSION}",
             fix="re-run `diag sweep` with this version of diag (cached probes are reused)",
         )
+    problem = _shape_problem(data)
+    if problem:
+        raise DiagError(
+            f"'{results}' is not a diag sweep result: {problem}",
+            fix="re-run `diag sweep` to write it again (cached probes are reused)",
+        )
     return SweepResult(data, results.parent)
+
+
+def _shape_problem(data: dict) -> str | None:
+    """What is wrong with the structure every reader of results.json relies on, or None."""
+    records = data.get("checkpoints")
+    if not isinstance(records, list):
+        return f"'checkpoints' is {type(records).__name__}, not a list"
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            return f"checkpoints[{i}] is {type(record).__name__}, not an object"
+        if not isinstance(record.get("step"), int) or isinstance(record.get("step"), bool):
+            return f"checkpoints[{i}] has no integer 'step'"
+        if not isinstance(record.get("metrics", {}), dict):
+            return f"checkpoints[{i}].metrics is not an object"
+    for key, kind in (("runs", dict), ("skipped", list), ("recommendation", dict)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"'{key}' is {type(data[key]).__name__}, not {kind.__name__}"
+    return None

@@ -9,6 +9,7 @@ is rewritten after each one, so Ctrl-C or kill -9 loses at most the checkpoint b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import importlib.util
@@ -26,7 +27,14 @@ from diag.diagnostics.results import SweepResult, scores_frame
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
 from diag.models import resolve_base
-from diag.results import METRICS, SCHEMA_VERSION, tool_block, write_json_atomic, write_text_atomic
+from diag.results import (
+    METRICS,
+    SCHEMA_VERSION,
+    strict_json,
+    tool_block,
+    write_json_atomic,
+    write_text_atomic,
+)
 from diag.types import ChatFormat, GenerationConfig
 
 log = logging.getLogger("diag")
@@ -79,26 +87,93 @@ def sweep(
             "an adapter folder (adapter_config.json + adapter_model.safetensors); "
             "docs/formats.md lists every layout",
         )
-    override = override_chat(system, template)
-    cache = ResultCache(out / "cache")
-    fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-    settings = generation_settings(spec, probes, size, generation, probe_files, languages)
-    state = _State(root, out, found, spec, settings)
-    plan = make_plan(found, base, override)
-    with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
-        for base_name, items in plan.by_base().items():
-            runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
-            for chat in plan.chats_for(base_name):
-                runner.probe_base(chat, plan.base_rows(base_name, chat))
-            for ckpt, chat in items:
-                runner.probe_checkpoint(
-                    ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
-                )
-                state.write_partial()
-                fingerprints.save()
-            runner.close()
-    fingerprints.save()
-    return state.finish(policy, report, time.perf_counter() - started)
+    _check_out(out)
+    if device is not None and load_model is None:
+        from diag.backend.hf import check_device
+
+        check_device(device)  # before any model is loaded or any checkpoint probed
+    with exclusive(out):
+        remove_stale_temp_files(out)
+        override = override_chat(system, template)
+        cache = ResultCache(out / "cache")
+        fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
+        settings = generation_settings(spec, probes, size, generation, probe_files, languages)
+        state = _State(root, out, found, spec, settings)
+        plan = make_plan(found, base, override)
+        with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
+            for base_name, items in plan.by_base().items():
+                runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
+                for chat in plan.chats_for(base_name):
+                    runner.probe_base(chat, plan.base_rows(base_name, chat))
+                for ckpt, chat in items:
+                    runner.probe_checkpoint(
+                        ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
+                    )
+                    with writing(out):
+                        state.write_partial()
+                        fingerprints.save()
+                runner.close()
+        with writing(out):
+            fingerprints.save()
+            return state.finish(policy, report, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """One sweep at a time per result folder: a second one waits, says so, then reuses the cache."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (two sweeps would only repeat work, atomically)
+        yield
+        return
+    with open(out / ".diag-sweep.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another diag sweep is writing to '%s'; waiting for it to finish", out)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files a killed sweep left mid-write (``.results.json.x1y2.tmp``); only called under
+    the lock, when no other sweep can be writing them. Never read back: the real files are
+    replaced atomically."""
+    for folder in (out, out / "cache", out / "cache" / "base", out / "cache" / "checkpoint"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(out: Path):
+    """A failed write of results (full disk, folder removed) as one line that says what is kept."""
+    try:
+        yield
+    except OSError as exc:
+        raise DiagError(
+            f"cannot write results to '{out}': {exc.strerror or exc}",
+            fix="free disk space or pass another --out; checkpoints already probed are cached "
+            "and are not probed again",
+        ) from exc
+
+
+def _check_out(out: Path) -> None:
+    """The result folder can be written, before minutes of probing depend on it."""
+    if out.exists() and not out.is_dir():
+        raise DiagError(f"--out '{out}' is a file", fix="pass a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".diag-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DiagError(
+            f"cannot write results to '{out}': {exc.strerror or exc}",
+            fix="pass a writable --out folder",
+        ) from exc
 
 
 def generation_settings(
@@ -190,7 +265,8 @@ class _BaseRunner:
             if hasattr(lm, "use_adapter"):
                 lm.use_adapter(None)
             run = self._run(lm, chat, None, label)
-            self.cache.put("base", key, {"records": run.records})
+            with writing(self.state.out):
+                self.cache.put("base", key, {"records": run.records})
         else:
             run = rescore(entry["records"], self.state.identity, None)
         self.references[chat] = run.reference
@@ -239,25 +315,46 @@ class _BaseRunner:
             self.bar.done(label, True)
             return
         self.bar.start(label)
-        from diag.backend.checkpoints import apply_checkpoint
-
         base_lm = self.model()
         try:
-            lm = apply_checkpoint(base_lm, ckpt, **options)
-        except DiagError as exc:  # does not fit the base, refused pickle, ...: this one only
-            log.warning("%s: %s", ckpt.path, exc)
-            self.state.add_error(record, str(exc), ckpt=ckpt)
-            self.bar.done(label, False, error=True)
+            run = self._probe_one(base_lm, ckpt, chat, options, label)
+        except DiagError as exc:  # does not fit the base, refused pickle, non-finite, ...
+            self._fail(record, ckpt, label, str(exc), "DiagError")
             return
-        try:
-            run = self._run(lm, chat, self.references[chat], label)
-        finally:
-            if lm is not base_lm:  # full weights: a second model, freed now (memory stays flat)
-                del lm
-                gc.collect()
-        self.cache.put("checkpoint", key, {"records": run.records})
+        except Exception as exc:  # noqa: BLE001 -- the per-checkpoint boundary: a corrupt or
+            # foreign file in one checkpoint (SafetensorError, PytorchStreamReader failures,
+            # UnpicklingError, ...) becomes that checkpoint's error row; the sweep goes on
+            log.debug("%s failed", ckpt.path, exc_info=True)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            message = (
+                f"'{ckpt.path}' could not be read or probed: {type(exc).__name__}: {first} "
+                "(fix: if the file is truncated or corrupt, copy it again or remove it)"
+            )
+            self._fail(record, ckpt, label, message, type(exc).__name__)
+            return
+        with writing(self.state.out):
+            self.cache.put("checkpoint", key, {"records": run.records})
         self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt)
         self.bar.done(label, False)
+
+    def _probe_one(self, base_lm, ckpt: Checkpoint, chat: ChatFormat, options: dict, label: str):
+        from diag.backend.checkpoints import apply_checkpoint
+
+        lm = None
+        try:
+            lm = apply_checkpoint(base_lm, ckpt, **options)
+            return self._run(lm, chat, self.references[chat], label)
+        finally:
+            if lm is not None and lm is not base_lm:  # full weights: a second model, freed now
+                del lm
+                gc.collect()
+
+    def _fail(self, record: dict, ckpt: Checkpoint, label: str, message: str, kind: str) -> None:
+        log.warning("%s: %s", ckpt.path, message)
+        if hasattr(self.lm, "use_adapter"):
+            self.lm.use_adapter(None)  # whatever half-loaded adapter there was, the base is back
+        self.state.add_error(record, message, ckpt=ckpt, error_type=kind)
+        self.bar.done(label, False, error=True)
 
     def _run(self, lm, chat: ChatFormat, reference, label: str):
         from diag.probes.suite import run_probes
@@ -309,6 +406,7 @@ class _State:
         record.update(
             status="ok",
             error=None,
+            error_type=None,
             cached=cached,
             cache_key=cache_key,
             metrics={m: summary.get("metrics", {}).get(m) for m in METRICS},
@@ -317,20 +415,32 @@ class _State:
             probe_sets=summary.get("probe_sets", {}),
             probes=summary.get("probes", {}),
         )
+        if ckpt is not None and record["metrics"].get("drift") == 0.0:
+            # the same log-likelihoods as the base to the last bit: the weights change nothing
+            record["no_change"] = True
         self._finish_record(record, ckpt)
+        if record.get("no_change"):
+            record["notes"].append(
+                "this adapter does not change the model (its likelihoods equal the base's "
+                "exactly): was it trained, and applied?"
+            )
         for sample in run.samples:
             self.samples.append({"run": record["run"], "step": record["step"], **sample})
 
-    def add_error(self, record: dict, message: str, ckpt=None) -> None:
-        record.update(status="error", error=message, metrics=dict.fromkeys(METRICS))
+    def add_error(self, record: dict, message: str, ckpt=None, error_type: str = "OSError") -> None:
+        record.update(
+            status="error", error=message, error_type=error_type, metrics=dict.fromkeys(METRICS)
+        )
         record.setdefault("fingerprint", None)
         self._finish_record(record, ckpt)
 
     def _finish_record(self, record: dict, ckpt) -> None:
         if ckpt is not None:
             run = self.found.runs[ckpt.run]
-            record["train_loss"] = _loss_at(run.train_loss, ckpt.step)
-            record["eval_loss"] = _loss_at(run.eval_loss, ckpt.step)
+            # no loss from another checkpoint's history for one whose own state is unreadable
+            known = ckpt.losses_known
+            record["train_loss"] = _loss_at(run.train_loss, ckpt.step) if known else None
+            record["eval_loss"] = _loss_at(run.eval_loss, ckpt.step) if known else None
             record["notes"] = list(ckpt.notes)
         self.records.append(record)
 
@@ -379,9 +489,7 @@ def _order(record: dict):
 
 
 def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row, ensure_ascii=False, default=str) + "\n"
+    return strict_json(row) + "\n"
 
 
 # --------------------------------------------------------------- seams to the later stages

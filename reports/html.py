@@ -13,6 +13,7 @@ from pathlib import Path
 from diag.reports.answers import answers_table
 from diag.reports.figures import run_curves, tradeoff
 
+from diag.display import literal
 from diag.results import METRICS, write_text_atomic
 
 METRIC_LABELS = {
@@ -53,12 +54,23 @@ def render_html(results: dict, samples: list[dict], results_dir: str | Path = ".
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown_literally,
     )
     env.filters["metric"] = format_metric
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.0f}%"
     context = build_context(results, samples, results_dir)
     context["plotly_js"] = _plotly_js()
     return env.get_template("report.html.j2").render(**context)
+
+
+def _shown_literally(value):
+    """Names and answers reach the page as typed: control characters written as escapes (Jinja
+    escapes the markup); the report's own trusted fragments (Markup) pass untouched."""
+    import markupsafe
+
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return literal(value)
+    return value
 
 
 def format_metric(value, name: str = "") -> str:
@@ -138,6 +150,7 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
         "metric_tables": _metric_tables(records, judged),
         "answers": answers_table(_known(samples, records), results.get("identity")),
         "errors": [r for r in records if r.get("status", "ok") != "ok"],
+        "unchanged": [r for r in records if r.get("no_change")],
         # folders that look like checkpoints but were not swept (older results: path + reason)
         "skipped": [s for s in results.get("skipped") or [] if isinstance(s, dict)],
     }

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from diag.display import literal
+
 
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
@@ -50,7 +52,7 @@ def checkpoint_table(results: dict) -> Table:
         key = (str(r.get("run")), r.get("step"))
         verdict = _verdict_cell(r, judged.get(key), key == picked)
         table.add_row(
-            "base" if r.get("step") == 0 else str(r.get("run")),
+            "base" if r.get("step") == 0 else Text(literal(r.get("run"))),  # never markup
             str(r.get("step")),
             identity,
             "–" if m.get("retention") is None else f"{m['retention']:.2f}",
@@ -66,7 +68,7 @@ def _verdict_cell(record: dict, entry: dict | None, picked: bool) -> Text:
     if record.get("step") == 0:
         return Text("base model", style="dim")
     if record.get("status", "ok") != "ok":
-        return Text(f"error: {record.get('error')}", style="bold red")
+        return Text(f"error: {literal(record.get('error'))}", style="bold red")
     if entry is None:
         return Text("not judged", style="dim")
     if entry.get("eligible"):
@@ -92,6 +94,6 @@ def print_summary(results: dict, console: Console | None = None) -> None:
     lines = verdict_lines(results)
     rec = results.get("recommendation") or {}
     style = "bold green" if rec.get("step") is not None else "bold red"
-    console.print(Text(lines[0], style=style))
+    console.print(Text(literal(lines[0]), style=style))
     for line in lines[1:]:
-        console.print(Text(line))
+        console.print(Text(literal(line)))

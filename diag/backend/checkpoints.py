@@ -205,6 +205,20 @@ def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None
     return lora or None
 
 
+def _check_adapter_config(path: Path) -> None:
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DiagError(
+            f"'{path}' is not a readable adapter config: {str(exc).splitlines()[0][:200]}",
+            fix="copy it again from the training run (peft's save_pretrained writes it)",
+        ) from exc
+    if not isinstance(config, dict):
+        raise DiagError(f"'{path}' is not a JSON object", fix="copy it again from the training run")
+
+
 def _attention_shape(lm) -> list[int]:
     """[heads, kv heads, head dim] of the loaded base model."""
     config = lm.model.config
@@ -247,6 +261,7 @@ def apply_checkpoint(lm, ckpt, *, allow_pickle: bool = False, lora_alpha: float 
     """Make ``lm`` (an HFBackend on the base) answer as checkpoint ``ckpt``; return the model to
     probe: ``lm`` itself with an adapter swapped in, or a new backend for full weights."""
     if ckpt.format == "peft-adapter":
+        _check_adapter_config(ckpt.path / "adapter_config.json")
         if ckpt.files[-1].suffix in (".bin", ".pt"):
             safe_load(ckpt.files[-1], allow_pickle=allow_pickle)  # refuse pickles before peft does
         lm.use_adapter(ckpt.path)
@@ -304,5 +319,13 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
             f"full weights '{ckpt.path}' do not fit base model '{lm.name}': {first}",
             fix="pass --base with the model the checkpoint was trained from",
         ) from exc
+    from diag.backend.hf import non_finite
+
+    bad = non_finite(model.named_parameters())
+    if bad:
+        raise DiagError(
+            f"'{ckpt.path}': {bad} (the weights diverged in training)",
+            fix="pick an earlier checkpoint; check the learning rate and the loss curve",
+        )
     model.to(lm.device).eval()
     return HFBackend(model, lm.tokenizer, f"{lm.name}+{ckpt.path.name}", lm.device)

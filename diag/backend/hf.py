@@ -101,6 +101,70 @@ def default_device() -> str:
     return "cpu"
 
 
+def check_device(device: str | None) -> str:
+    """``device`` (or the best one here) if this machine has it; a one-line DiagError if not.
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    if device is None:
+        return default_device()
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise DiagError(
+            f"--device {device!r} is not a device diag knows", fix="use cpu, cuda, cuda:N or mps"
+        )
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (index and int(index) >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise DiagError(
+                f"--device {device}: this machine has {have}",
+                fix="use --device cpu, or leave it out",
+            )
+    if kind == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise DiagError(
+            f"--device {device}: MPS is not available here", fix="use --device cpu, or leave it out"
+        )
+    return device
+
+
+def non_finite(named_tensors) -> str | None:
+    """ "12 NaN values in lora_B of layers.3.self_attn.q_proj" for the first bad tensor, or None."""
+    total, first = 0, None
+    for name, tensor in named_tensors:
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        count = int((~finite).sum())
+        total += count
+        if first is None:
+            kind = "NaN" if nan == count else ("inf" if nan == 0 else "NaN/inf")
+            first = (kind, count, _short_name(name))
+    if first is None:
+        return None
+    kind, count, where = first
+    more = f" ({total} non-finite values in all)" if total > count else ""
+    return f"{count} {kind} values in {where}{more}"
+
+
+def _short_name(name: str) -> str:
+    """``base_model.model.model.layers.3.self_attn.q_proj.lora_B.adapter_1.weight`` ->
+    ``lora_B of layers.3.self_attn.q_proj``."""
+    parts = [p for p in name.split(".") if p not in ("base_model", "model", "weight", "default")]
+    parts = [p for p in parts if not p.startswith("adapter_")]
+    lora = next((p for p in parts if p.startswith("lora_")), None)
+    if lora:
+        parts.remove(lora)
+        return f"{lora} of {'.'.join(parts)}"
+    return ".".join(parts)
+
+
 class HFBackend:
     """A causal LM with optional LoRA adapters, answering batched chat prompts.
 
@@ -117,6 +181,9 @@ class HFBackend:
         self._peft = None  # peft.PeftModel once an adapter has been attached
         self._active: str | None = None  # key of the active adapter; None = bare base
         self._merged = False  # the active adapter is folded into the base weights
+        # the base weights of every layer an adapter was folded into, as loaded (on the CPU):
+        # restored bit for bit after each adapter, so no checkpoint changes what the next one sees
+        self._pristine: dict[str, dict[str, torch.Tensor]] = {}
         self._adapter_names: dict[str, str] = {}
         self._counter = 0
         tokenizer.padding_side = "left"  # generation continues from the right edge
@@ -143,7 +210,7 @@ class HFBackend:
         _quiet_transformers()
         source = resolve_base(base)
         folder = ensure_local_weights(source)
-        device = device or default_device()
+        device = check_device(device)
         if dtype is None:
             dtype = (
                 torch.bfloat16
@@ -197,6 +264,7 @@ class HFBackend:
             return
         self._unmerge()
         name = self._next_name()
+        loaded = False
         try:
             if self._peft is None:
                 from peft import PeftModel
@@ -206,9 +274,18 @@ class HFBackend:
                 )
             else:
                 self._peft.load_adapter(key, adapter_name=name, is_trainable=False)
+            loaded = True
         except (RuntimeError, ValueError, KeyError) as exc:
             raise self._mismatch(key, exc) from exc
+        finally:
+            if not loaded:
+                self._discard(name)  # a half-loaded adapter never lingers beside the next one
+        self._check_finite(key, name)
         self._activate(key, name)
+
+    def _discard(self, name: str) -> None:
+        if self._peft is not None and name in getattr(self._peft, "peft_config", {}):
+            self._peft.delete_adapter(name)
 
     def use_adapter_weights(
         self, key: str, lora_config: dict, state_dict: dict[str, torch.Tensor]
@@ -236,7 +313,9 @@ class HFBackend:
             k for k in getattr(result, "missing_keys", []) if f".{name}." in k and "lora_" in k
         ]
         if missing:
+            self._peft.delete_adapter(name)
             raise DiagError(f"adapter '{key}' lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+        self._check_finite(key, name)
         self._peft.eval()
         self._activate(key, name)
 
@@ -253,18 +332,60 @@ class HFBackend:
         self._active = key
         self.model.eval()
         # Folded into the weights, a LoRA adapter costs nothing per token (unmerged it adds about
-        # a quarter to every forward pass on a CPU). Unmerging subtracts the same product again,
-        # which restores the base weights up to float rounding (last-bit differences).
+        # a quarter to every forward pass on a CPU). Unmerging subtracts the product again, which
+        # is not exact, so the layers it touched get their saved base weights back afterwards.
         try:
+            self._save_pristine()
             self._peft.merge_adapter([name])
             self._merged = True
         except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
             log.debug("adapter %s stays unmerged (%s): correct, only slower", key, exc)
+            self._restore_pristine()
+
+    def _tuner_layers(self):
+        """(name, LoRA layer) for every layer peft wrapped."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module_name, module in self._peft.named_modules():
+            if isinstance(module, BaseTunerLayer):
+                yield module_name, module
+
+    def _save_pristine(self) -> None:
+        for module_name, module in self._tuner_layers():
+            if module_name not in self._pristine:
+                base = module.get_base_layer()
+                self._pristine[module_name] = {
+                    n: p.detach().to("cpu", copy=True)
+                    for n, p in base.named_parameters(recurse=False)
+                }
+
+    def _restore_pristine(self) -> None:
+        with torch.no_grad():
+            for module_name, module in self._tuner_layers():
+                saved = self._pristine.get(module_name)
+                for n, p in module.get_base_layer().named_parameters(recurse=False):
+                    if saved is not None and n in saved:
+                        p.copy_(saved[n])
 
     def _unmerge(self) -> None:
         if self._merged:
-            self._peft.unmerge_adapter()
+            self._peft.unmerge_adapter()  # peft's own bookkeeping: the layers are unmerged
+            self._restore_pristine()  # and the base weights exactly as loaded
             self._merged = False
+
+    def _check_finite(self, key: str, name: str) -> None:
+        """A non-finite adapter is refused before it is ever folded into the base weights."""
+        bad = non_finite(
+            (n, p)
+            for n, p in self._peft.named_parameters()
+            if f".{name}." in n or n.endswith(f".{name}")
+        )
+        if bad:
+            self._peft.delete_adapter(name)
+            raise DiagError(
+                f"'{key}': {bad} (the adapter diverged in training)",
+                fix="pick an earlier checkpoint; check the learning rate and the loss curve",
+            )
 
     def _mismatch(self, key: str, exc: Exception) -> DiagError:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -285,6 +406,12 @@ class HFBackend:
     def render(self, prompt: str, chat: ChatFormat) -> str:
         """The exact text the model sees for one user prompt, up to the assistant's first token."""
         if chat.template is None:
+            if chat.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
+                raise DiagError(
+                    f"the tokenizer of '{self.name}' has no chat template",
+                    fix="pass --template with the prompt format it was trained with, e.g. "
+                    "'### Question: {input}\\n### Answer: '",
+                )
             messages = (
                 [{"role": "system", "content": chat.system}] if chat.system is not None else []
             )
@@ -307,6 +434,19 @@ class HFBackend:
         texts = [self.render(p, chat) for p in prompts]
         return [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
 
+    def _check_context(self, prompts, encoded, new_tokens: int) -> None:
+        """A prompt that cannot fit the model's context with its answer is a one-line error."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if not isinstance(context, int):
+            return
+        for prompt, ids in zip(prompts, encoded):
+            if len(ids) + new_tokens > context:
+                raise DiagError(
+                    f"prompt {prompt[:60]!r}... is {len(ids)} tokens; with {new_tokens} new tokens "
+                    f"it exceeds the {context}-token context of '{self.name}'",
+                    fix="shorten that prompt in the probe file, or lower --max-new-tokens",
+                )
+
     # ------------------------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate(
@@ -314,6 +454,7 @@ class HFBackend:
     ) -> list[Generation]:
         """Answer every prompt, batched (similar lengths together), greedy unless configured."""
         encoded = self._encode_prompts(prompts, config.chat)
+        self._check_context(prompts, encoded, config.max_new_tokens)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(prompts)
         pad = self.tokenizer.pad_token_id

@@ -38,7 +38,6 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
     Undecided (fail closed): results missing, unreadable or of another schema version, the probe
     errored or a blocking metric is missing, or the checkpoint changed after it was probed.
     """
-    import json
 
     from diag.diagnostics.gate import gate as run_gate
     from diag.diagnostics.gate_output import to_junit, to_markdown
@@ -58,7 +57,9 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
             fh.write(markdown)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        from diag.results import strict_json
+
+        click.echo(strict_json(result.to_dict(), indent=2))
     else:
         render_table(result)
     click.get_current_context().exit(result.exit_code)

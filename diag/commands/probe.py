@@ -145,11 +145,11 @@ def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str
 
 def write_run(run, out: str | Path) -> None:
     """Write records.jsonl, samples.jsonl, summary.json and reference.json into ``out``."""
-    from diag.results import write_json_atomic, write_text_atomic
+    from diag.results import strict_json, write_json_atomic, write_text_atomic
 
     out = Path(out)
     for name, rows in (("records", run.records), ("samples", run.samples)):
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        text = "".join(strict_json(r) + "\n" for r in rows)
         write_text_atomic(out / f"{name}.jsonl", text)
     if run.reference is not None:
         write_json_atomic(out / "reference.json", run.reference.to_dict())

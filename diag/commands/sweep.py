@@ -129,16 +129,18 @@ def sweep(
         from diag.reports.terminal import print_summary
 
         print_summary(data)
+    from diag.display import literal
+
     for skipped in data.get("skipped", []):
         fix = f" (fix: {skipped['fix']})" if skipped.get("fix") else ""
-        click.echo(f"skipped {skipped['path']}: {skipped['reason']}{fix}", err=True)
+        click.echo(literal(f"skipped {skipped['path']}: {skipped['reason']}{fix}"), err=True)
     errors = [c for c in data["checkpoints"] if c["status"] == "error"]
     for c in errors:
-        click.echo(f"error {c['run']} step {c['step']}: {c['error']}", err=True)
+        click.echo(literal(f"error {c['run']} step {c['step']}: {c['error']}"), err=True)
     timing = data["timing"]
     click.echo(
         f"{len(data['checkpoints'])} checkpoints ({timing['probed']} probed, {timing['cached']} "
-        f"from cache, {len(errors)} failed) in {timing['seconds']:.1f} s -> {result.out}"
+        f"from cache, {len(errors)} failed) in {timing['seconds']:.1f} s -> {literal(result.out)}"
     )
 
 
