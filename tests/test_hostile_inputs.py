@@ -388,3 +388,31 @@ def test_unwritable_out_and_strict_gate_json(tiny_model_dir, tiny_adapters, tmp_
 
     verdict = json.loads(got.output, parse_constant=refuse)
     assert verdict["verdict"] in ("fail", "undecided")
+
+
+def test_second_sweep_on_the_same_out_waits_and_says_so(
+    tiny_model_dir, tiny_adapters, tmp_path, caplog
+):
+    import logging
+    import threading
+
+    from diag.diagnostics.sweep import exclusive
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    _age(root)
+    out = tmp_path / "out"
+    first = _sweep(root, tiny_model_dir, out)
+    done = {}
+    caplog.set_level(logging.WARNING, logger="diag")
+    with exclusive(out):  # another sweep holds the folder
+        worker = threading.Thread(
+            target=lambda: done.setdefault("r", _sweep(root, tiny_model_dir, out))
+        )
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive()  # waiting, not writing
+        assert "another diag sweep is writing to" in caplog.text
+    worker.join(timeout=120)
+    assert [c["cached"] for c in done["r"].checkpoints] == [True, True]
+    assert _numbers(done["r"], "run", 1) == _numbers(first, "run", 1)
