@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ pytest.importorskip("deepspeed")
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from deepspeed_runs import KINDS, STAGES  # noqa: E402
+from tiny import identity_sweep, settle  # noqa: E402
 
 RUNS = [
     f"{layout}-z{stage}-{kind}"
@@ -27,13 +27,6 @@ RUNS = [
     for stage in STAGES
     for kind in KINDS
 ]
-
-
-def _age(root: Path, seconds: float = 600) -> None:
-    when = time.time() - seconds
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            os.utime(Path(dirpath) / name, (when, when))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def ds_root(tiny_model_dir, tmp_path_factory) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _age(out)
+    settle(out)
     return out
 
 
@@ -97,7 +90,7 @@ def test_latest_is_not_needed_and_broken_folders_are_named(ds_root, tmp_path):
     (run / "latest").unlink()
     (run / "global_step3").mkdir()  # an empty step folder
     (run / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
-    _age(run)
+    settle(run)
     found = discover(tmp_path)
     assert [(c.run, c.step) for c in found.checkpoints] == [("run", 1)]
     reasons = {Path(s.path).name: s for s in found.skipped}
@@ -127,7 +120,7 @@ def test_hf_trainer_with_deepspeed_is_one_row(ds_root, tiny_adapters, tmp_path):
     shutil.copytree(tiny_adapters[0], ckpt)
     shutil.copytree(ds_root / "native-z2-lora" / "global_step1", ckpt / "global_step5")
     (ckpt / "latest").write_text("global_step5")
-    _age(tmp_path)
+    settle(tmp_path)
     found = discover(tmp_path)
     assert [(c.run, c.step, c.format) for c in found.checkpoints] == [("out", 5, "peft-adapter")]
     assert found.skipped == []
@@ -135,21 +128,8 @@ def test_hf_trainer_with_deepspeed_is_one_row(ds_root, tiny_adapters, tmp_path):
 
 @pytest.fixture(scope="module")
 def ds_swept(ds_root, tiny_model_dir, tmp_path_factory):
-    from diag.diagnostics.sweep import sweep
-
-    from diag.types import GenerationConfig
-
-    return sweep(
-        ds_root,
-        base=tiny_model_dir,
-        identity="en",
-        size="quick",
-        probes="identity_recall",
-        generation=GenerationConfig(max_new_tokens=4, batch_size=32),
-        lora_alpha=8,
-        out=tmp_path_factory.mktemp("ds-results"),
-        progress="quiet",
-        report=False,
+    return identity_sweep(
+        ds_root, tiny_model_dir, tmp_path_factory.mktemp("ds-results"), lora_alpha=8
     )
 
 

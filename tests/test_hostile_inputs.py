@@ -10,22 +10,15 @@ import json
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+from tiny import settle
 
 from diag.types import GenerationConfig
 
 GEN = GenerationConfig(max_new_tokens=6, batch_size=32)
 FAST = dict(size="quick", probes="identity_recall,general_accuracy,drift", generation=GEN)
-
-
-def _age(root: Path) -> None:
-    when = time.time() - 600
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            os.utime(Path(dirpath) / name, (when, when))
 
 
 def _poisoned(adapter: Path, out: Path, value: float) -> Path:
@@ -63,7 +56,7 @@ def test_non_finite_adapters_are_error_rows_and_poison_nothing(
     _poisoned(tiny_adapters[0], root / "run" / "checkpoint-10", float("nan"))
     _poisoned(tiny_adapters[0], root / "run" / "checkpoint-20", float("inf"))
     shutil.copytree(tiny_adapters[1], root / "run" / "checkpoint-30")
-    _age(root)
+    settle(root)
     result = _sweep(root, tiny_model_dir, tmp_path / "out")
     rows = {c["step"]: c for c in result.checkpoints if c["run"] == "run"}
     assert rows[10]["status"] == "error" and rows[20]["status"] == "error"
@@ -74,7 +67,7 @@ def test_non_finite_adapters_are_error_rows_and_poison_nothing(
     # the healthy checkpoint scores exactly as it does in a sweep without the poisoned ones
     alone = tmp_path / "alone"
     shutil.copytree(tiny_adapters[1], alone / "run" / "checkpoint-30")
-    _age(alone)
+    settle(alone)
     clean = _sweep(alone, tiny_model_dir, tmp_path / "out-alone")
     assert _numbers(result, "run", 30) == _numbers(clean, "run", 30)
     assert (tmp_path / "out" / "report.html").is_file()
@@ -87,7 +80,7 @@ def test_scores_do_not_depend_on_what_was_probed_before(tiny_model_dir, tiny_ada
     for root, order in ((first, (a, b)), (second, (b, a))):
         for step, adapter in zip((1, 2), order):
             shutil.copytree(adapter, root / "run" / f"checkpoint-{step}")
-        _age(root)
+        settle(root)
     ab = _sweep(first, tiny_model_dir, tmp_path / "out-ab")
     ba = _sweep(second, tiny_model_dir, tmp_path / "out-ba")
     assert _numbers(ab, "run", 1) == _numbers(ba, "run", 2)  # adapter a, first vs second
@@ -123,7 +116,7 @@ def test_corrupt_files_are_error_rows_and_the_sweep_goes_on(
     ds.mkdir(parents=True)
     torch.save({"not": "model states"}, ds / "mp_rank_00_model_states.pt")
     torch.save({"nor": "optimizer"}, ds / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
-    _age(root)
+    settle(root)
     result = _sweep(root, tiny_model_dir, tmp_path / "out", lora_alpha=8)
     rows = {(c["run"], c["step"]): c for c in result.checkpoints}
     bad = {k: r for k, r in rows.items() if r["status"] == "error"}
@@ -204,7 +197,7 @@ def corpus(tiny_model_dir, tiny_adapters, tmp_path_factory):
     out = root / "results"
     out.mkdir()
     (out / ".results.json.abc123.tmp").write_text("{half")  # left by a killed writer
-    _age(root)
+    settle(root)
     result = _sweep(root, tiny_model_dir, out)
     return root, out, marker, result
 
@@ -300,7 +293,7 @@ def test_bad_output_device_and_results_are_one_line_errors(tiny_model_dir, tiny_
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
-    _age(root)
+    settle(root)
     (tmp_path / "afile").write_text("x")
     readonly = tmp_path / "ro"
     readonly.mkdir()
@@ -328,7 +321,7 @@ def test_bad_output_device_and_results_are_one_line_errors(tiny_model_dir, tiny_
 def test_interrupted_cache_entry_is_probed_again(tiny_model_dir, tiny_adapters, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
-    _age(root)
+    settle(root)
     first = _sweep(root, tiny_model_dir, tmp_path / "out")
     entry = next((tmp_path / "out" / "cache" / "checkpoint").glob("*.json"))
     entry.write_text(entry.read_text()[:40])  # cut short, as by a crash without atomic writes
@@ -345,7 +338,7 @@ def test_base_problems_stop_the_sweep_with_one_line(tiny_model_dir, tiny_adapter
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
-    _age(root)
+    settle(root)
     no_template = shutil.copytree(tiny_model_dir, tmp_path / "no-template")
     cfg = json.loads((no_template / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
@@ -371,7 +364,7 @@ def test_unwritable_out_and_strict_gate_json(tiny_model_dir, tiny_adapters, tmp_
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
-    _age(root)
+    settle(root)
     runner = CliRunner()
     # procfs refuses new folders even to root: the check runs before any model is loaded
     got = runner.invoke(cli, ["sweep", str(root), "--out", "/proc/diag-results"])
@@ -400,7 +393,7 @@ def test_second_sweep_on_the_same_out_waits_and_says_so(
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
-    _age(root)
+    settle(root)
     out = tmp_path / "out"
     first = _sweep(root, tiny_model_dir, out)
     done = {}

@@ -8,16 +8,15 @@ user's runs would be, then discovered and swept on the same tiny base.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trainers"
 sys.path.insert(0, str(Path(__file__).parent))
+from tiny import identity_sweep, settle  # noqa: E402
 
 # trainer fixture folder -> the output folder the trainer wrote, inside it
 OUTPUTS = {
@@ -29,13 +28,6 @@ OUTPUTS = {
 }
 
 
-def _age(root: Path, seconds: float = 600) -> None:
-    when = time.time() - seconds
-    for dirpath, dirnames, files in os.walk(root):
-        for name in files + dirnames:
-            os.utime(Path(dirpath) / name, (when, when), follow_symlinks=False)
-
-
 @pytest.fixture(scope="module")
 def trainer_runs(tmp_path_factory) -> Path:
     """Every trainer's output folder, side by side as a user's runs/ folder would hold them."""
@@ -43,7 +35,7 @@ def trainer_runs(tmp_path_factory) -> Path:
     for trainer, output in OUTPUTS.items():
         if (FIXTURES / trainer / output).is_dir():
             shutil.copytree(FIXTURES / trainer / output, root / trainer, symlinks=True)
-    _age(root)
+    settle(root)
     return root
 
 
@@ -156,21 +148,7 @@ def test_nothing_skipped(found):
 
 @pytest.fixture(scope="module")
 def trainer_sweep(trainer_runs, tiny_model_dir, tmp_path_factory):
-    from diag.diagnostics.sweep import sweep
-
-    from diag.types import GenerationConfig
-
-    return sweep(
-        trainer_runs,
-        base=tiny_model_dir,
-        identity="en",
-        size="quick",
-        probes="identity_recall",
-        generation=GenerationConfig(max_new_tokens=4, batch_size=32),
-        out=tmp_path_factory.mktemp("trainer-results"),
-        progress="quiet",
-        report=False,
-    )
+    return identity_sweep(trainer_runs, tiny_model_dir, tmp_path_factory.mktemp("trainer-results"))
 
 
 def _logprobs(result, run: str, step: int) -> list[float]:
@@ -248,7 +226,7 @@ def test_torchtune_adapter_pt_alone(trainer_runs, tiny_model_dir, tmp_path):
         for f in epoch.iterdir():
             if f.name not in keep:
                 f.unlink()
-    _age(run)
+    settle(run)
     found = discover(run)
     assert [(c.step, c.format) for c in found.checkpoints] == [
         (4, "torchtune-adapter"),
@@ -269,11 +247,8 @@ def test_bin_weights_and_sharded_full_fine_tunes(tiny_model_dir, tiny_adapters, 
     pytorch_model.bin), and a full fine-tune sharded by transformers' own ``max_shard_size``."""
     import torch
     from diag.diagnostics.discover import discover
-    from diag.diagnostics.sweep import sweep
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from diag.types import GenerationConfig
 
     runs = tmp_path / "runs"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -289,23 +264,14 @@ def test_bin_weights_and_sharded_full_fine_tunes(tiny_model_dir, tiny_adapters, 
     full.save_pretrained(runs / "full-sharded" / "checkpoint-3", max_shard_size="50KB")
     shards = sorted((runs / "full-sharded" / "checkpoint-3").glob("model-*.safetensors"))
     assert len(shards) > 1
-    _age(runs)
+    settle(runs)
     found = discover(runs)
     assert [(c.run, c.format, len(c.files)) for c in found.checkpoints] == [
         ("full-bin", "full-model", 1),
         ("full-sharded", "full-model", len(shards) + 1),  # the index and every shard
         ("lora-bin", "peft-adapter", 2),
     ]
-    result = sweep(
-        runs,
-        base=tiny_model_dir,
-        identity="en",
-        size="quick",
-        probes="identity_recall",
-        generation=GenerationConfig(max_new_tokens=4, batch_size=32),
-        progress="quiet",
-        report=False,
-    )
+    result = identity_sweep(runs, tiny_model_dir)
     assert [(c["run"], c["status"]) for c in result.checkpoints if c["step"]] == [
         ("full-bin", "ok"),
         ("full-sharded", "ok"),
@@ -339,7 +305,7 @@ def test_unsloth_outputs_and_saved_lora_model(tiny_model_dir, tiny_adapters, tmp
     (project / "outputs" / "README.md").write_text("---\ntags:\n- trl\n- sft\n- unsloth\n---\n")
     (project / "unsloth_compiled_cache").mkdir()
     (project / "unsloth_compiled_cache" / "UnslothSFTTrainer.py").write_text("# generated\n")
-    _age(project)
+    settle(project)
     found = discover(project)
     assert [(c.run, c.step, c.path.name) for c in found.checkpoints] == [
         ("outputs", 2, "checkpoint-2"),

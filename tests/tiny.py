@@ -104,3 +104,33 @@ def build_lora_adapter(model_dir: Path, out: Path, seed: int, r: int = 4) -> Pat
     cfg["base_model_name_or_path"] = str(Path(model_dir).resolve())
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     return out
+
+
+def settle(root: Path, seconds: float = 600) -> None:
+    """Make every file under ``root`` look written ``seconds`` ago: the sweep skips files changed
+    in the last few seconds as still being written. Links are aged, not followed."""
+    import os
+    import time
+
+    when = time.time() - seconds
+    for dirpath, dirnames, files in os.walk(root):
+        for name in files + dirnames:
+            os.utime(Path(dirpath) / name, (when, when), follow_symlinks=False)
+
+
+def identity_sweep(root: Path, base: Path, out: Path | None = None, **options):
+    """A sweep of ``root`` on ``base`` that asks only the identity prompts, with short answers:
+    the real code path, in seconds on the tiny model."""
+    from diag.diagnostics.sweep import sweep
+
+    from diag.types import GenerationConfig
+
+    settings = dict(
+        identity="en",
+        size="quick",
+        probes="identity_recall",
+        generation=GenerationConfig(max_new_tokens=4, batch_size=32),
+        progress="quiet",
+        report=False,
+    )
+    return sweep(root, base=base, out=out, **{**settings, **options})
