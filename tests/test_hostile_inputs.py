@@ -409,3 +409,20 @@ def test_second_sweep_on_the_same_out_waits_and_says_so(
     worker.join(timeout=120)
     assert [c["cached"] for c in done["r"].checkpoints] == [True, True]
     assert _numbers(done["r"], "run", 1) == _numbers(first, "run", 1)
+
+
+def test_progress_shows_hostile_names_literally(caplog):
+    import logging
+
+    from diag.diagnostics.progress import SweepProgress
+
+    name = "run[/]x [bold red]esc\x1b[2J step 4"
+    with SweepProgress("rich", total=1) as bar:  # MarkupError before names were escaped
+        bar.note(f"loading base {name}")
+        bar.start(name)
+        bar.probe_callback(name)("generating [3/4]")
+        bar.done(name, cached=False)
+    caplog.set_level(logging.INFO, logger="diag")
+    with SweepProgress("plain", total=1) as bar:
+        bar.done(name, cached=True)
+    assert "esc\\x1b[2J" in caplog.text and "\x1b" not in caplog.text
