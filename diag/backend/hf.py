@@ -150,7 +150,7 @@ def non_finite(named_tensors) -> str | None:
         return None
     kind, count, where = first
     more = f" ({total} non-finite values in all)" if total > count else ""
-    return f"{count} {kind} values in {where}{more}"
+    return f"{count} {kind} value{'s' if count > 1 else ''} in {where}{more}"
 
 
 def _short_name(name: str) -> str:
