@@ -220,7 +220,7 @@ def test_corpus_each_bad_checkpoint_is_one_named_row(corpus):
     assert (
         "adapter_config.json' is not a readable adapter config" in _row(result, "badcfg")["error"]
     )
-    assert "NaN values in" in _row(result, "fullnan")["error"]
+    assert "1 NaN value in norm" in _row(result, "fullnan")["error"]
     for run in ("targets", "badcfg", "fullnan", "fullbin", "dspickle"):
         row = _row(result, run)
         assert row["error_type"] and "\n" not in row["error"], row
