@@ -160,8 +160,10 @@ def discover(
         else:
             settled.append(item)
     runs: dict[str, RunInfo] = {}
-    checkpoints = [_make_checkpoint(root, item, runs, settled) for item in settled]
-    checkpoints = _merge_finals(checkpoints, skipped)
+    # folders holding step-named checkpoints (an output folder, or a final model saved in one)
+    holders = {f.path.parent for f in settled if step_name(f.path.name) is not None}
+    checkpoints = [_make_checkpoint(root, item, runs, holders) for item in settled]
+    checkpoints = _merge_copies(checkpoints, skipped)
     checkpoints = _one_per_step(checkpoints, skipped)
     _add_link_aliases(checkpoints, links)
     _number_unknown_steps(checkpoints)
@@ -242,13 +244,9 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _has_step_children(path: Path, found: list[_Found]) -> bool:
-    return any(f.path.parent == path and step_name(f.path.name) for f in found)
-
-
-def _run_dir_for(root: Path, path: Path, fmt: str, found: list[_Found]) -> Path:
+def _run_dir_for(root: Path, path: Path, fmt: str, holders: set[Path]) -> Path:
     """The run a checkpoint belongs to: the folder holding ``checkpoint-N``/``iter_N.pth``/..."""
-    if path.is_dir() and _has_step_children(path, found):
+    if path in holders:
         return path  # a final adapter saved into the output folder beside its checkpoint-N/
     if path == root:
         return root
@@ -258,7 +256,7 @@ def _run_dir_for(root: Path, path: Path, fmt: str, found: list[_Found]) -> Path:
         return holder.parent if step_name(holder.name) is not None else holder
     if step_name(path.name) is not None:
         return path.parent
-    if _has_step_children(path.parent, found):
+    if path.parent in holders:
         # e.g. XTuner's pth_to_hf output saved beside iter_N.pth: its own run, not step 1 of that one
         return path
     return path.parent if path.parent != root else path
@@ -298,16 +296,16 @@ def _step_of(path: Path, fmt: str, run: RunInfo, notes: list[str]) -> tuple[int 
     return number + 1, label
 
 
-def _make_checkpoint(root: Path, item: _Found, runs, found: list[_Found]) -> Checkpoint:
+def _make_checkpoint(root: Path, item: _Found, runs, holders: set[Path]) -> Checkpoint:
     path, fmt = item.path, item.layout.format
-    run_dir = _run_dir_for(root, path, fmt, found)
+    run_dir = _run_dir_for(root, path, fmt, holders)
     name = _run_name(root, run_dir)
     if name not in runs:
         runs[name] = RunInfo(**vars(read_run(run_dir)), name=name, path=run_dir)
     run = runs[name]
     notes: list[str] = []
     step, label = _step_of(path, fmt, run, notes)
-    if path == run_dir and path.is_dir() and _has_step_children(path, found):
+    if path in holders:
         label = "final"
     base_hint = run.base
     if fmt == "peft-adapter":
@@ -347,7 +345,7 @@ def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
         return False
 
 
-def _merge_finals(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Checkpoint]:
+def _merge_copies(checkpoints: list[Checkpoint], skipped: list[Skip]) -> list[Checkpoint]:
     """Copies of a checkpoint's weights become aliases of it, not rows of their own.
 
     A final adapter saved beside its ``checkpoint-N/`` (LLaMA-Factory, axolotl) merges into the
