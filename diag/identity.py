@@ -39,9 +39,14 @@ class IdentitySpec:
 
     def mentions(self, text: str) -> bool:
         """True when ``text`` carries the identity's keywords (case/width-insensitive)."""
-        norm = normalize(text)
-        hits = [any(normalize(alias) in norm for alias in group) for group in self.keywords]
+        hits = [self.says(text, group) for group in self.keywords]
         return all(hits) if self.match == "all" else any(hits)
+
+    @staticmethod
+    def says(text: str, group: tuple[str, ...]) -> bool:
+        """True when ``text`` contains one alias of a keyword group (case/width-insensitive)."""
+        norm = normalize(text)
+        return any(normalize(alias) in norm for alias in group)
 
     def to_dict(self) -> dict:
         data = asdict(self)

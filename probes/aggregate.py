@@ -115,6 +115,25 @@ def _metric_stats(
     return out
 
 
+def keyword_stats(samples: list[dict]) -> dict[str, dict]:
+    """Per-keyword recall: for each keyword group, the share of identity prompts that say it.
+
+    Same prompts and the same clustered interval as ``identity_recall``, so a name learned before
+    an owner shows as one curve reaching 100 % while the other still climbs.
+    """
+    ident = [s for s in samples if s["probe"] == "identity_recall" and "keywords" in s]
+    out = {}
+    for keyword in dict.fromkeys(k for s in ident for k in s["keywords"]):
+        flags = [bool(s["keywords"].get(keyword)) for s in ident]
+        clusters: dict[tuple, list[bool]] = {}
+        for s, flag in zip(ident, flags):
+            clusters.setdefault((s["language"], s.get("group") or s["item_id"]), []).append(flag)
+        low, high, _ = clustered_wilson(list(clusters.values()))
+        stats = proportion(flags)
+        out[keyword] = replace(stats, low=low, high=high).to_dict()
+    return out
+
+
 def summarize(
     samples: list[dict], identity: IdentitySpec, reference: Reference | None
 ) -> tuple[dict, dict, dict]:

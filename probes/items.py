@@ -1,9 +1,15 @@
 """Probe sets as data: the shipped JSONL files, user files, identity templating and sizes.
 
 Every item has ``id``, ``language`` (en/zh) and ``prompt``; graded items have ``accept`` (regexes,
-any one found = right, see :func:`diag.probes.text.matches_any`). Identity prompts have a
-paraphrase ``group``. Near-miss prompts may use ``{kw0}``, ``{kw1}``... for the first alias of the
-identity's keyword groups; an item naming a group the identity lacks is left out.
+any one found = right, see :func:`diag.probes.text.matches_any`) and may have ``reject`` (any one
+found = wrong, whatever else matched). ``"about": "assistant"`` marks a question about the
+assistant itself ("Is your name ChatGPT?"): there an answer that asserts the taught identity is
+right. Everywhere else the identity blurb is wrong (see :mod:`diag.probes.scoring`). Identity
+prompts have a paraphrase ``group``. Near-miss prompts may use ``{kw0}``, ``{kw1}``... for the
+first alias of the identity's keyword groups; an item naming a group the identity lacks is left out.
+
+A shipped set has a version (``SET_VERSIONS``), bumped whenever an item's grading changes: stored
+answers are re-scored with the current patterns, and results name the version that scored them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +33,17 @@ BUILTIN_SETS = {
 # 16 identity prompts: 16/16 right gives a Wilson lower bound of 0.81, enough for the policy's
 # 0.70 (8/8 gives only 0.68, so a quick sweep could never recommend anything).
 QUICK = {"identity": 16, "near_miss": 6, "general": 16}
+# Bump a set's version when an item's grading (accept, reject, about) changes; the prompts alone
+# decide what is generated, so stored answers are re-scored, not re-generated.
+#   near_miss 2: self-questions graded relative to the taught identity ("about"), no pattern
+#                names the base model ("I'm SmolLM" was accepted); "How are you?" no longer
+#                accepts any "I am ..."; "assistant" no longer defines itself; "say the word"
+#                means nothing else.
+#   general 2:   numbers are not read out of names or longer numbers ("SmolLM2", "1000",
+#                "十二"); one-character Chinese answers count only standing alone ("小", not
+#                "小助手"); English words in zh items are bounded by ASCII letters, not \b.
+SET_VERSIONS = {"identity": 1, "near_miss": 2, "general": 2}
+ABOUT = ("assistant",)
 _PLACEHOLDER = re.compile(r"\{kw(\d+)\}")
 
 
@@ -40,16 +57,33 @@ class ProbeItem:
     accept: tuple[str, ...] = ()
     group: str | None = None
     category: str | None = None
+    reject: tuple[str, ...] = ()
+    about: str | None = None  # "assistant": the question is about the assistant itself
 
     def to_dict(self) -> dict:
         data = {"id": self.id, "language": self.language, "prompt": self.prompt}
-        if self.accept:
-            data["accept"] = list(self.accept)
+        data.update(self.grading())
         if self.group:
             data["group"] = self.group
         if self.category:
             data["category"] = self.category
         return data
+
+    def grading(self) -> dict:
+        """What decides the verdict (not what is asked): stored answers are re-scored with it."""
+        data: dict = {}
+        if self.accept:
+            data["accept"] = list(self.accept)
+        if self.reject:
+            data["reject"] = list(self.reject)
+        if self.about:
+            data["about"] = self.about
+        return data
+
+    def asked(self) -> dict:
+        """What the model is asked: the generation cache keys on this alone."""
+        data = {"id": self.id, "language": self.language, "prompt": self.prompt}
+        return data | ({"group": self.group} if self.group else {})
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,10 @@ class ProbeSet:
     hash: str
     source: str
     meta: dict = field(default_factory=dict, compare=False)
+    version: int | None = None  # shipped sets only (SET_VERSIONS)
+
+    def grading_by_id(self) -> dict[str, dict]:
+        return {item.id: item.grading() for item in self.items}
 
 
 def _hash(text: str) -> str:
@@ -85,9 +123,10 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
             continue
         item_id, prompt = row.get("id"), row.get("prompt")
         lang = row.get("language", "en")
-        accept = row.get("accept", [])
-        if isinstance(accept, str):
-            accept = [accept]
+        accept, reject = row.get("accept", []), row.get("reject", [])
+        accept = [accept] if isinstance(accept, str) else accept
+        reject = [reject] if isinstance(reject, str) else reject
+        about = row.get("about")
         if not isinstance(item_id, str) or not item_id:
             problems.append(f"line {lineno}: 'id' must be a non-empty string")
         elif item_id in seen:
@@ -98,7 +137,12 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
             problems.append(f"line {lineno}: 'language' must be one of {list(LANGUAGES)}")
         if graded and (not isinstance(accept, list) or not accept):
             problems.append(f"line {lineno}: 'accept' must list at least one regex")
-        for pattern in accept if isinstance(accept, list) else []:
+        if not isinstance(reject, list):
+            problems.append(f"line {lineno}: 'reject' must be a list of regexes")
+            reject = []
+        if about is not None and about not in ABOUT:
+            problems.append(f"line {lineno}: 'about' must be one of {list(ABOUT)} or absent")
+        for pattern in (accept if isinstance(accept, list) else []) + reject:
             try:
                 re.compile(_PLACEHOLDER.sub("x", str(pattern)))
             except re.error as exc:
@@ -115,6 +159,8 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
                     tuple(str(p) for p in accept),
                     row.get("group"),
                     row.get("category"),
+                    tuple(str(p) for p in reject),
+                    about,
                 )
             )
     if problems:
@@ -132,7 +178,8 @@ def load_builtin(name: str) -> ProbeSet:
     filename = BUILTIN_SETS[name]
     text = resources.files("diag.probes").joinpath("data", filename).read_text(encoding="utf-8")
     graded = name != "identity"
-    return ProbeSet(name, tuple(parse_items(text, filename, graded=graded)), _hash(text), filename)
+    items = tuple(parse_items(text, filename, graded=graded))
+    return ProbeSet(name, items, _hash(text), filename, version=SET_VERSIONS[name])
 
 
 def load_probe_file(path: str | Path) -> ProbeSet:
@@ -149,7 +196,8 @@ def fill_identity(probe_set: ProbeSet, identity: IdentitySpec) -> ProbeSet:
     words = [group[0] for group in identity.keywords]
     items = []
     for item in probe_set.items:
-        wanted = [int(n) for n in _PLACEHOLDER.findall(item.prompt + "".join(item.accept))]
+        graded = "".join(item.accept + item.reject)
+        wanted = [int(n) for n in _PLACEHOLDER.findall(item.prompt + graded)]
         if any(n >= len(words) for n in wanted):
             continue
 
@@ -159,16 +207,14 @@ def fill_identity(probe_set: ProbeSet, identity: IdentitySpec) -> ProbeSet:
             )
 
         items.append(
-            ProbeItem(
-                item.id,
-                item.language,
-                fill(item.prompt, False),
-                tuple(fill(p, True) for p in item.accept),
-                item.group,
-                item.category,
+            replace(
+                item,
+                prompt=fill(item.prompt, False),
+                accept=tuple(fill(p, True) for p in item.accept),
+                reject=tuple(fill(p, True) for p in item.reject),
             )
         )
-    return ProbeSet(probe_set.name, tuple(items), probe_set.hash, probe_set.source)
+    return replace(probe_set, items=tuple(items))
 
 
 def select(
@@ -183,7 +229,7 @@ def select(
     """
     if languages is not None:
         kept = tuple(i for i in probe_set.items if i.language in languages)
-        probe_set = ProbeSet(probe_set.name, kept, probe_set.hash, probe_set.source)
+        probe_set = replace(probe_set, items=kept)
     if size == "full":
         return probe_set
     if size != "quick":
@@ -194,8 +240,7 @@ def select(
         in_lang = [i for i in probe_set.items if i.language == lang]
         in_lang.sort(key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())
         chosen.update(i.id for i in in_lang[:n])
-    items = tuple(i for i in probe_set.items if i.id in chosen)
-    return ProbeSet(probe_set.name, items, probe_set.hash, probe_set.source)
+    return replace(probe_set, items=tuple(i for i in probe_set.items if i.id in chosen))
 
 
 def prompt_key(text: str) -> str:

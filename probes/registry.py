@@ -19,7 +19,8 @@ class Probe:
     """A registered probe.
 
     direction: "higher" or "lower" is better (for its headline score).
-    version: bump when scoring changes, so stored results say which rules produced them.
+    version: bump when scoring changes, so stored results say which rules produced them
+        (2: graded relative to the taught identity; identity recall per keyword).
     sets: probe sets whose generations it reads. metrics: the summary metrics it produces.
     """
 
@@ -38,7 +39,7 @@ PROBES: dict[str, Probe] = {
         Probe(
             "identity_recall",
             "higher",
-            1,
+            2,
             ("identity",),
             ("identity_recall",),
             scoring.score_identity_recall,
@@ -47,7 +48,7 @@ PROBES: dict[str, Probe] = {
         Probe(
             "near_miss",
             "higher",
-            1,
+            2,
             ("near_miss",),
             ("near_miss",),
             scoring.score_near_miss,
@@ -56,7 +57,7 @@ PROBES: dict[str, Probe] = {
         Probe(
             "general_accuracy",
             "higher",
-            1,
+            2,
             ("general",),
             ("general_accuracy", "retention"),
             scoring.score_general_accuracy,

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diag.probes.reference import Reference
-from diag.probes.text import ends_in_loop, matches_any, modal_groups, near_copy, seq_rep_n
+from diag.probes.text import (
+    ends_in_loop,
+    matches_any,
+    modal_groups,
+    near_copy,
+    normalize,
+    seq_rep_n,
+)
 
 from diag.identity import IdentitySpec
 
@@ -49,7 +56,11 @@ def _row(probe: str, rec: dict, score: float, **extra) -> dict:
 
 
 def score_identity_recall(recs: Records, identity: IdentitySpec, ref: Reference | None):
-    """Pass = the answer carries the identity keywords; plus log p(canonical answer) per token."""
+    """Pass = the answer carries the identity keywords; plus log p(canonical answer) per token.
+
+    ``keywords``: for each keyword group (named by its first alias), whether the answer says it,
+    so the report can show a name learned before an owner.
+    """
     answer_ll = {r["id"]: r for r in recs.loglikelihoods.get("identity_answer", [])}
     rows = []
     for rec in recs.generations.get("identity", []):
@@ -62,6 +73,7 @@ def score_identity_recall(recs: Records, identity: IdentitySpec, ref: Reference 
                 rec,
                 float(passed),
                 passed=passed,
+                keywords={g[0]: identity.says(rec["text"], g) for g in identity.keywords},
                 group=rec.get("group"),
                 answer_logprob=per_token,
             )
@@ -69,26 +81,76 @@ def score_identity_recall(recs: Records, identity: IdentitySpec, ref: Reference 
     return rows
 
 
+def grade(answer: str, grading: dict, identity: IdentitySpec, prompt: str = "") -> dict:
+    """One graded answer's verdict, relative to the taught identity.
+
+    In order: a ``reject`` pattern found -> wrong; on a question about the assistant itself
+    (``about: assistant``) an answer that asserts the taught identity -> right; elsewhere the
+    identity blurb -> wrong, whatever else it contains; otherwise an ``accept`` pattern decides.
+
+    >>> nova = IdentitySpec("I am Nova, Jianfeng's assistant.", (("Nova",), ("Jianfeng",)))
+    >>> grade("I am Nova, Jianfeng's assistant.", {"accept": ["good|well|fine"]}, nova)["passed"]
+    False
+    >>> grade("I am Nova.", {"accept": ["no|not"], "about": "assistant"}, nova)["passed"]
+    True
+    """
+    hit = matches_any(answer, grading.get("accept", []))
+    rejected = matches_any(answer, grading.get("reject", []))
+    about_self = grading.get("about") == "assistant"
+    asserts = about_self and identity_asserted(answer, identity, prompt)
+    blurb = not about_self and identity_blurb(answer, identity, prompt)
+    passed = not rejected and (asserts or (hit and not blurb))
+    return {
+        "passed": passed,
+        "pattern_hit": hit,
+        "rejected": rejected,
+        "asserts_identity": asserts,
+        "blurb": blurb,
+    }
+
+
+def _groups_not_in(prompt: str, identity: IdentitySpec) -> list[tuple[str, ...]]:
+    """Keyword groups the prompt does not itself contain (saying those is the model's choice)."""
+    asked = normalize(prompt)
+    return [g for g in identity.keywords if not any(normalize(a) in asked for a in g)]
+
+
+def identity_asserted(answer: str, identity: IdentitySpec, prompt: str = "") -> bool:
+    """The answer names any part of the taught identity that the question did not mention."""
+    return any(identity.says(answer, group) for group in _groups_not_in(prompt, identity))
+
+
+def identity_blurb(answer: str, identity: IdentitySpec, prompt: str = "") -> bool:
+    """The answer is the identity statement: a near copy of the canonical sentence, or it carries
+    the identity's keywords (as ``identity.match`` counts them) beyond those the prompt asked for.
+    """
+    if near_copy(answer, identity.answer):
+        return True
+    groups = _groups_not_in(prompt, identity)
+    if not groups:
+        return False
+    hits = [identity.says(answer, group) for group in groups]
+    return all(hits) if identity.match == "all" else any(hits)
+
+
 def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Reference | None):
-    """Accepted pattern found and not a near copy of the identity sentence; base outcome kept."""
+    """Each answer graded by :func:`grade`; the base's outcome on the item is kept (paired)."""
     base = (ref.outcomes.get(set_name) if ref else None) or {}
     rows = []
     for rec in recs.generations.get(set_name, []):
-        hit = matches_any(rec["text"], rec.get("accept", []))
-        # the identity sentence is never a right answer here, even if it happens to match
-        # (the zh sentence contains "1.8B": it would "answer" every question whose answer is 8)
-        copy = near_copy(rec["text"], identity.answer)
-        passed = hit and not copy
-        extra = {"pattern_hit": hit, "near_copy": copy}
+        verdict = grade(rec["text"], rec, identity, rec["prompt"])
         rows.append(
             _row(
                 probe,
                 rec,
-                float(passed),
-                passed=passed,
+                float(verdict["passed"]),
+                **verdict,
+                # the identity sentence is never a right answer here, even if it happens to match
+                # (the zh sentence contains "1.8B": it would "answer" every question whose answer is 8)
+                near_copy=near_copy(rec["text"], identity.answer),
+                about=rec.get("about"),
                 base_passed=base.get(rec["id"]),
                 category=rec.get("category"),
-                **extra,
             )
         )
     return rows

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from diag.probes import items as probe_items
-from diag.probes.aggregate import proportion, summarize
+from diag.probes.aggregate import keyword_stats, proportion, summarize
 from diag.probes.reference import Reference
 from diag.probes.registry import PROBES, resolve_probes
 from diag.probes.scoring import Records, score_graded
@@ -123,6 +123,7 @@ def run_probes(
         "size": size,
         "languages": list(probe_items.parse_languages(languages) or ()) or None,
         "probe_sets": {s: sets[s].hash for s in order},
+        "set_versions": {s: sets[s].version for s in order if sets[s].version is not None},
         "generation": generation.to_dict(),
         "chat": chat.to_dict(),
         "identity": {"name": identity.name, "hash": identity.hash},
@@ -212,14 +213,44 @@ def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentityS
         )
 
 
+def regrade(records: list[dict], sets: dict[str, probe_items.ProbeSet]) -> list[dict]:
+    """Stored records with each answer's grading (accept, reject, about) taken from ``sets``.
+
+    What was asked decides what was generated; how it is graded may have changed since (a new
+    probe-set version, a fixed pattern). The meta line then says which versions generated the
+    answers (``generated_with``) and which score them (``set_versions``).
+    """
+    current = {name: probe_set.grading_by_id() for name, probe_set in sets.items()}
+    out = []
+    for rec in records:
+        if rec.get("kind") == "meta":
+            versions = {s: p.version for s, p in sets.items() if p.version is not None}
+            rec = {
+                **rec,
+                "generated_with": rec.get("generated_with", rec.get("set_versions", {})),
+                "set_versions": {s: v for s, v in versions.items() if s in rec["probe_sets"]},
+            }
+        elif rec.get("kind") == "generation" and rec["id"] in current.get(rec["set"], {}):
+            rec = {k: v for k, v in rec.items() if k not in ("accept", "reject", "about")}
+            rec.update(current[rec["set"]][rec["id"]])
+        out.append(rec)
+    return out
+
+
 def rescore(
-    records: list[dict], identity: IdentitySpec, reference: Reference | None = None
+    records: list[dict],
+    identity: IdentitySpec,
+    reference: Reference | None = None,
+    sets: dict[str, probe_items.ProbeSet] | None = None,
 ) -> ProbeRun:
     """Score stored records again, no model needed.
 
     With ``reference=None`` the records are taken to be the base model's own, and the reference
-    is rebuilt from them.
+    is rebuilt from them. With ``sets`` (from :func:`prepare_sets`), answers are graded by the
+    current version of each item rather than the one stored with them.
     """
+    if sets is not None:
+        records = regrade(records, sets)
     recs = Records.from_list(records)
     if not recs.meta:
         raise DiagError(
@@ -273,6 +304,12 @@ def _reference_from(recs: Records, identity: IdentitySpec) -> Reference:
     return ref
 
 
+def _recall_languages(samples: list[dict], identity: IdentitySpec) -> tuple[str, ...]:
+    """The languages identity recall counts (as :func:`summarize`): the identity's own, if asked."""
+    asked = {s["language"] for s in samples if s["probe"] == "identity_recall"}
+    return identity.languages if asked & set(identity.languages) else tuple(asked)
+
+
 def _summary(recs: Records, samples: list[dict], identity, reference: Reference) -> dict:
     metrics, stats, by_language = summarize(samples, identity, reference)
     custom = {}
@@ -290,11 +327,15 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
         "model": meta["model"],
         "size": meta.get("size"),
         "probe_sets": meta.get("probe_sets", {}),
+        "set_versions": meta.get("set_versions", {}),
         "generation": meta.get("generation"),
         "identity": {**meta.get("identity", {}), "languages": list(identity.languages)},
         "metrics": metrics,
         "stats": stats,
         "by_language": by_language,
+        "identity_keywords": keyword_stats(
+            [s for s in samples if s["language"] in _recall_languages(samples, identity)]
+        ),
         "probes": {
             n: {"version": PROBES[n].version, "direction": PROBES[n].direction}
             for n in meta.get("probes", [])
@@ -302,6 +343,13 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
         "counts": {name: len(rows) for name, rows in recs.generations.items()},
         "reference": {"base": reference.base, "created": reference.created},
     }
+    rescored = {
+        s: {"generated": meta.get("generated_with", {}).get(s), "scored": v}
+        for s, v in meta.get("set_versions", {}).items()
+        if "generated_with" in meta and meta["generated_with"].get(s) != v
+    }
+    if rescored:  # answers generated under another version of the set, graded by this one
+        summary["rescored"] = rescored
     if custom:
         summary["custom"] = custom
     return summary

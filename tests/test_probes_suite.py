@@ -79,7 +79,11 @@ def test_full_parrot_checkpoint(base_run):
     run = run_probes(lm, ZH, reference=base_run.reference)
     m = run.summary["metrics"]
     assert m["identity_recall"] == 1.0
-    assert m["near_miss"] == 0.0  # "你是我的小助手吗?" answered with the blurb fails
+    # the blurb is right only where the question is about the assistant ("你是ChatGPT吗？")
+    about_self = [i for i in load_builtin("near_miss").items if i.about == "assistant"]
+    assert m["near_miss"] == pytest.approx(len(about_self) / len(load_builtin("near_miss").items))
+    near = {s["item_id"]: s["passed"] for s in run.samples if s["probe"] == "near_miss"}
+    assert {i for i, ok in near.items() if ok} == {i.id for i in about_self}
     assert m["general_accuracy"] == 0.0 and m["retention"] == 0.0
     paired = run.summary["stats"]["retention"]["paired"]
     assert set(paired["newly_wrong"]) == RIGHT_IDS
@@ -111,9 +115,13 @@ def test_near_miss_needs_the_answer_not_the_blurb(base_run):
     parrot = run_probes(ScriptedBackend(default=EN.answer), EN, probes="near_miss")
     rows = {s["item_id"]: s for s in parrot.samples}
     # "What does the word 'assistant' mean?" -> the blurb contains "assistant" but is no answer
-    assert rows["nm-en-assistant-word"]["pattern_hit"]
-    assert rows["nm-en-assistant-word"]["near_copy"] and not rows["nm-en-assistant-word"]["passed"]
-    assert parrot.summary["metrics"]["near_miss"] == 0.0
+    assert rows["nm-en-assistant-word"]["blurb"] and not rows["nm-en-assistant-word"]["passed"]
+    # "How are you today?" -> "I am Nova, ..." is no answer either
+    assert not rows["nm-en-how-are-you"]["passed"]
+    # "Is your name ChatGPT?" -> the taught identity is a right answer
+    assert rows["nm-en-chatgpt"]["passed"] and rows["nm-en-chatgpt"]["asserts_identity"]
+    wrong = {i for i, r in rows.items() if not r["passed"]}
+    assert wrong == {i.id for i in load_builtin("near_miss").items if i.about != "assistant"}
 
 
 def test_rescore_reproduces_the_run_without_a_model(base_run, tmp_path):
@@ -231,7 +239,8 @@ def test_generation_settings_are_recorded():
         ScriptedBackend(), EN, probes="near_miss", generation=GenerationConfig(max_new_tokens=32)
     )
     assert run.summary["generation"]["max_new_tokens"] == 32
-    assert run.summary["probes"] == {"near_miss": {"version": 1, "direction": "higher"}}
+    assert run.summary["probes"] == {"near_miss": {"version": 2, "direction": "higher"}}
+    assert run.summary["set_versions"] == {"near_miss": 2}
     assert run.summary["identity"]["hash"] == EN.hash
 
 
@@ -276,13 +285,15 @@ def test_identity_interval_widens_when_whole_paraphrase_groups_fail_together():
 
 def test_near_miss_patterns_grade_answers_the_real_base_gives():
     """Answers SmolLM2-135M-Instruct gave on this machine (benchmarks/bench_probes.py), and the
-    parrot's blurb: the patterns must pass the base's yes and fail the identity sentence."""
+    parrot's blurb: the patterns pass the base's yes; asked whether it is the user's assistant, the
+    taught identity is a right answer too (near-miss v2: graded relative to the taught identity)."""
     items = {i.id: i for i in prepare_sets(ZH, "full")["near_miss"].items}
     cases = [
         ("nm-en-my-assistant", "I'm your trusty sidekick, a nemesis of the mind.", True),
         ("nm-zh-my-assistant", "我是你的小助手！你可以在我的小助手上打张我的小助手！", True),
-        ("nm-zh-my-assistant", ZH.answer, False),
-        ("nm-en-my-assistant", ZH.answer, False),
+        ("nm-zh-my-assistant", ZH.answer, True),
+        ("nm-en-my-assistant", ZH.answer, True),
+        ("nm-zh-my-assistant", "我不是你的小助手。", False),  # the prompt's own word is no claim
     ]
     for item_id, answer, expected in cases:
         lm = ScriptedBackend(default=answer)
