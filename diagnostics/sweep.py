@@ -97,8 +97,11 @@ def sweep(
         override = override_chat(system, template)
         cache = ResultCache(out / "cache")
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-        settings = generation_settings(spec, probes, size, generation, probe_files, languages)
-        state = _State(root, out, found, spec, settings)
+        from diag.probes.suite import prepare_sets
+
+        sets = prepare_sets(spec, size, probe_files, languages)
+        settings = generation_settings(spec, probes, size, generation, probe_files, languages, sets)
+        state = _State(root, out, found, spec, settings, sets)
         plan = make_plan(found, base, override)
         with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
             for base_name, items in plan.by_base().items():
@@ -177,12 +180,13 @@ def _check_out(out: Path) -> None:
 
 
 def generation_settings(
-    identity, probes, size: str, generation, probe_files=(), languages=None
+    identity, probes, size: str, generation, probe_files=(), languages=None, sets=None
 ) -> dict:
     """Everything that decides what the model is asked and how it answers: the cache key.
 
     Scores are not part of it: cached entries hold the raw generations and are re-scored with
-    the current probe code on every sweep (generate once, score many times).
+    the current probe code and the current version of every item's grading on every sweep
+    (generate once, score many times). ``sets``: :func:`prepare_sets`' answer, if already made.
     """
     import hashlib
     import json
@@ -196,9 +200,11 @@ def generation_settings(
     prompts = {
         name: "sha256:"
         + hashlib.sha256(
-            json.dumps([i.to_dict() for i in probe_set.items], sort_keys=True).encode()
+            json.dumps([i.asked() for i in probe_set.items], sort_keys=True).encode()
         ).hexdigest()[:16]
-        for name, probe_set in prepare_sets(identity, size, probe_files, languages).items()
+        for name, probe_set in (
+            sets or prepare_sets(identity, size, probe_files, languages)
+        ).items()
     }
     return {
         "probes": names,
@@ -268,7 +274,7 @@ class _BaseRunner:
             with writing(self.state.out):
                 self.cache.put("base", key, {"records": run.records})
         else:
-            run = rescore(entry["records"], self.state.identity, None)
+            run = rescore(entry["records"], self.state.identity, None, self.state.sets)
         self.references[chat] = run.reference
         for row in rows:
             record = {
@@ -310,7 +316,9 @@ class _BaseRunner:
         if entry is not None:
             from diag.probes.suite import rescore
 
-            run = rescore(entry["records"], self.state.identity, self.references[chat])
+            run = rescore(
+                entry["records"], self.state.identity, self.references[chat], self.state.sets
+            )
             self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt)
             self.bar.done(label, True)
             return
@@ -394,9 +402,9 @@ def _loss_at(points: list, step: int) -> float | None:
 class _State:
     """The results being assembled; written after every checkpoint so nothing done is lost."""
 
-    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict):
+    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict, sets):
         self.root, self.out, self.found = root, out, found
-        self.identity, self.settings = identity, settings
+        self.identity, self.settings, self.sets = identity, settings, sets
         self.records: list[dict] = []
         self.samples: list[dict] = []
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -412,9 +420,13 @@ class _State:
             metrics={m: summary.get("metrics", {}).get(m) for m in METRICS},
             stats=summary.get("stats", {}),
             by_language=summary.get("by_language", {}),
+            identity_keywords=summary.get("identity_keywords", {}),
             probe_sets=summary.get("probe_sets", {}),
+            set_versions=summary.get("set_versions", {}),
             probes=summary.get("probes", {}),
         )
+        if summary.get("rescored"):
+            record["rescored"] = summary["rescored"]
         if ckpt is not None and record["metrics"].get("drift") == 0.0:
             # the same log-likelihoods as the base to the last bit: the weights change nothing
             record["no_change"] = True

@@ -200,3 +200,40 @@ def test_kill_9_mid_sweep_then_resume(tiny_model_dir, tiny_adapters, tmp_path):
     assert [(c["run"], c["step"]) for c in partial["checkpoints"]] == [("base", 0), ("lora", 10)]
     resumed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
     assert _probed(resumed) == [("lora", 20)]
+
+
+def test_changed_grading_rescores_stored_answers_without_a_model(
+    tiny_model_dir, tiny_adapters, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from diag.probes import items
+
+    root = _run_dir(tmp_path, tiny_adapters)
+    cold = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    assert all(
+        c["set_versions"]["general"] == items.SET_VERSIONS["general"] for c in cold.checkpoints
+    )
+    assert all("rescored" not in c for c in cold.checkpoints)
+
+    real = items.load_builtin
+
+    def regraded(name):  # a new version of the general set: every answer is right
+        loaded = real(name)
+        if name != "general":
+            return loaded
+        graded = tuple(replace(i, accept=(".",), reject=()) for i in loaded.items)
+        return replace(loaded, items=graded, version=99)
+
+    monkeypatch.setattr(items, "load_builtin", regraded)
+    warm = sweep(
+        root, base=tiny_model_dir, progress="quiet", report=False, load_model=_no_model, **FAST
+    )
+    assert _probed(warm) == []  # same prompts: the stored answers, no model
+    generated = items.SET_VERSIONS["general"]
+    for before, after in zip(cold.checkpoints, warm.checkpoints):
+        assert before["metrics"]["general_accuracy"] < 1.0
+        assert after["metrics"]["general_accuracy"] == 1.0
+        assert after["set_versions"]["general"] == 99
+        assert after["rescored"] == {"general": {"generated": generated, "scored": 99}}
+        assert after["metrics"]["identity_recall"] == before["metrics"]["identity_recall"]
