@@ -52,6 +52,10 @@ class GateResult:
     notes: list[str] = field(default_factory=list)
     policy_hash: str | None = None
     policy_source: str = "defaults"
+    # nothing eligible: the checkpoint that came closest and its checks (it is not the one judged:
+    # ``checkpoint`` stays None, so nothing downstream mistakes it for a pass candidate)
+    nearest_miss: dict | None = None
+    miss_checks: list[Check] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -93,6 +97,9 @@ class GateResult:
             "problems": self.problems,
             "notes": self.notes,
             "policy": {"hash": self.policy_hash, "source": self.policy_source},
+            "nearest_miss": None
+            if self.nearest_miss is None
+            else {**self.nearest_miss, "checks": [c.to_dict() for c in self.miss_checks]},
         }
 
 
@@ -190,6 +197,8 @@ def _choose(
             result.verdict = "fail"
             result.problems += [pick.get("verdict") or "no checkpoint is eligible"]
             result.problems += list(pick.get("reasons") or [])
+            result.notes += [f"next: {step}" for step in pick.get("next_steps") or []]
+            _judge_nearest_miss(pick.get("nearest_miss"), candidates, records, policy, result)
             return None
         result.selected_by = "recommended"
         return next(
@@ -224,6 +233,24 @@ def _choose(
             "if the checkpoint is new",
         )
     return matches[0]
+
+
+def _judge_nearest_miss(miss, candidates, records, policy: Policy, result: GateResult) -> None:
+    """Every policy check of the nearest miss, so CI shows which check kept it from shipping."""
+    if not miss:
+        return
+    record = next(
+        (
+            r
+            for r in candidates
+            if (r.get("run"), r["step"], r.get("path")) == (miss["run"], miss["step"], miss["path"])
+        ),
+        None,
+    )
+    if record is None:
+        return
+    result.nearest_miss = {k: record.get(k) for k in ("run", "step", "path", "format")}
+    result.miss_checks = evaluate_checkpoint(record, find_base(records, record.get("run")), policy)
 
 
 def _resolved(path: str | os.PathLike) -> str:

@@ -42,12 +42,17 @@ def to_markdown(result: GateResult) -> str:
             f"policy {result.policy_hash} ({result.policy_source}); results `{result.results_dir}`."
         )
         lines.append("")
-    if result.checks:
+    if result.nearest_miss and result.miss_checks:
+        miss = result.nearest_miss
+        lines += [f"Nearest miss `{miss.get('path')}` ({_where(miss)}), not eligible:", ""]
+    for c_list in (result.checks, result.miss_checks):
+        if not c_list:
+            continue
         lines += [
             "| | Check | Value | Threshold | Severity | Detail |",
             "|---|---|---|---|---|---|",
         ]
-        for c in result.checks:
+        for c in c_list:
             detail = c.detail.replace("|", "\\|")
             severity = "blocking" if c.blocking else "warning"
             lines.append(
@@ -68,14 +73,20 @@ def to_junit(result: GateResult) -> str:
     """JUnit XML: one testcase per check (failure = blocking check failed, error = no evidence).
 
     Warnings pass, with the detail in ``system-out``. With no checkpoint to judge there is one
-    testcase, ``gate``, failing (nothing eligible) or in error (no evidence).
+    testcase, ``gate``, failing (nothing eligible) or in error (no evidence); when nothing is
+    eligible, the nearest miss's checks follow as testcases of class ``diag.gate.nearest_miss``,
+    so a CI page shows which check kept it from shipping.
     """
     import xml.etree.ElementTree as ET
 
     suite_name = f"diag gate: {_where(result.checkpoint)}" if result.checkpoint else "diag gate"
     cases: list[ET.Element] = []
-    for c in result.checks:
-        case = ET.Element("testcase", classname="diag.gate", name=c.name, time="0")
+    miss = result.nearest_miss
+    judged = [("diag.gate", c) for c in result.checks]
+    judged += [("diag.gate.nearest_miss", c) for c in result.miss_checks]
+    for classname, c in judged:
+        name = c.name if classname == "diag.gate" else f"{c.name} ({_where(miss)})"
+        case = ET.Element("testcase", classname=classname, name=name, time="0")
         state = check_state(c)
         text = f"value={fmt_number(c.value)} threshold={fmt_number(c.threshold)}: {c.detail}"
         if state == "fail":
@@ -120,6 +131,7 @@ def to_junit(result: GateResult) -> str:
         ("verdict", result.verdict),
         ("exit_code", str(result.exit_code)),
         ("checkpoint", (result.checkpoint or {}).get("path") or ""),
+        ("nearest_miss", (miss or {}).get("path") or ""),
         ("policy_hash", result.policy_hash or ""),
     ):
         ET.SubElement(props, "property", name=name, value=str(value))

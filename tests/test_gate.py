@@ -90,11 +90,26 @@ def test_nothing_eligible_is_a_fail_with_the_nearest_miss(tmp_path):
     parrots = [r for r in learned_then_parrot() if r["step"] >= 400]
     results = write_sweep(tmp_path, sweep(*parrots))
     junit = tmp_path / "gate.xml"
-    result = run_gate(str(results), "--junit", str(junit))
+    summary = tmp_path / "summary.md"
+    result = run_gate(str(results), "--junit", str(junit), "--summary", str(summary))
     assert result.exit_code == 1, result.output
     assert "no checkpoint is eligible" in result.output
     cases = list(ET.parse(junit).getroot().iter("testcase"))
-    assert len(cases) == 1 and cases[0].find("failure") is not None
+    gate_case = [c for c in cases if c.get("classname") == "diag.gate"]
+    assert [c.get("name") for c in gate_case] == ["gate"]
+    assert gate_case[0].find("failure") is not None
+    # the nearest miss, check by check, so a CI page shows which check kept it from shipping
+    miss = [c for c in cases if c.get("classname") == "diag.gate.nearest_miss"]
+    assert [c.get("name") for c in miss] == [f"{name} (run-a step 400)" for name in CHECKS]
+    failing = {c.get("name").split()[0] for c in miss if c.find("failure") is not None}
+    assert failing and "status" not in failing and "identity_recall" not in failing
+    md = summary.read_text()
+    assert "Nearest miss" in md and md.count("\n| ❌ | ") == len(failing)
+    data = json.loads(run_gate(str(results), "--json").output)
+    assert data["checkpoint"] is None  # the miss is not what merge would take
+    assert data["nearest_miss"]["step"] == 400 and len(data["nearest_miss"]["checks"]) == len(
+        CHECKS
+    )
 
 
 @pytest.mark.parametrize(
