@@ -84,6 +84,15 @@ class RunInfo(RunFacts):
     path: Path = Path()
     broken_states: set[Path] = field(default_factory=set)  # checkpoints whose state is unreadable
 
+    def training(self) -> dict | None:
+        """What a diag run was trained with, for next-step advice (None for other trainers)."""
+        config = (self.manifest or {}).get("config")
+        if not isinstance(config, dict):
+            return None
+        mix = config.get("mix") if isinstance(config.get("mix"), dict) else {}
+        keys = ("save_every", "max_steps", "lr", "method")
+        return {**{k: config.get(k) for k in keys}, "general_ratio": mix.get("general_ratio")}
+
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
@@ -93,6 +102,7 @@ class RunInfo(RunFacts):
             "chat": self.chat.to_dict() if self.chat else None,
             "xtuner_config": str(self.xtuner_config) if self.xtuner_config else None,
             "steps_per_epoch": self.steps_per_epoch,
+            "training": self.training(),
             "notes": list(self.notes),
             "train_loss": self.train_loss,
             "eval_loss": self.eval_loss,

@@ -270,6 +270,21 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def keyword_progress(record: dict, limit: float) -> str:
+    """ "'Nova' learned (100%), 'Jianfeng' 72%": each keyword's recall, "learned" when its lower
+    bound reaches the identity limit. Empty when the identity has one keyword or none was measured.
+    """
+    keywords = record.get("identity_keywords") or {}
+    if len(keywords) < 2:
+        return ""
+    parts = []
+    for word, st in keywords.items():
+        value = st.get("value")
+        learned = st.get("low") is not None and st["low"] >= limit
+        parts.append(f"'{word}' learned ({pct(value)})" if learned else f"'{word}' {pct(value)}")
+    return ", ".join(parts)
+
+
 def _not_measured(name: str, threshold: float | None):
     return False, None, threshold, f"{name} not measured (no evidence, so the check fails)"
 
@@ -296,7 +311,9 @@ def _judge_identity(ckpt, base, policy):
             clusters = (st.get("extra") or {}).get("clusters")
             text += f" in {clusters} paraphrase groups (design effect {deff:.1f})"
         verdict = "lower bound reaches" if low >= limit else "lower bound below"
-        return low >= limit, low, limit, f"{text}; {verdict} {pct(limit)}"
+        progress = "" if low >= limit else keyword_progress(ckpt, limit)
+        text += f"; {verdict} {pct(limit)}" + (f"; {progress}" if progress else "")
+        return low >= limit, low, limit, text
     # No counts: the point value is all there is, so it must clear the bound by itself.
     return value >= limit, value, limit, f"identity {pct(value)} (no counts, no interval)"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from diag.diagnostics.advice import run_next_steps
 from diag.diagnostics.onset import locate_onset
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, is_eligible, pct
 
@@ -78,6 +79,20 @@ def recommend(results: dict, policy: Policy | None = None) -> dict:
             "nearest_miss": _miss_dict(miss),
         }
 
+    run_facts = results.get("runs") if isinstance(results.get("runs"), dict) else {}
+    healthy = {
+        run: (info["step"], run_facts.get(run) or {})
+        for run, info in runs.items()
+        if info["step"] is not None
+    }
+    for run, info in runs.items():
+        if info["step"] is None:
+            mine = [j for j in judged if str(j["record"].get("run")) == run]
+            onset = locate_onset(by_run[run], find_base(checkpoints, run), policy)
+            info["next_steps"] = run_next_steps(
+                run, mine, run_facts.get(run) or {}, onset, policy, healthy
+            )
+
     best = _pick_across_runs(picks, policy)
     miss = None if best else _nearest_miss(judged)
     focus_run = str((best or miss or {"record": {}})["record"].get("run")) if judged else None
@@ -97,6 +112,7 @@ def recommend(results: dict, policy: Policy | None = None) -> dict:
         "onset_step": overall.get("onset_step"),
         "onset": overall.get("onset"),
         "verdict": _verdict(best, miss, overall),
+        "next_steps": [] if best else list(overall.get("next_steps") or []),
         "eligible_count": sum(j["eligible"] for j in judged),
         "nearest_miss": _miss_dict(miss),
         "rule": RULE.format(tol=pct(policy.plateau_tolerance)),

@@ -226,3 +226,28 @@ def test_full_fine_tune_saves_whole_models(tiny_model_dir, tmp_path):
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
     assert not (ckpt / "adapter_config.json").exists()
     assert json.loads((out / "diag-run.json").read_text())["method"] == "full"
+
+
+def test_resume_from_a_checkpoint_trains_just_the_window(trained_run, tmp_path):
+    """`diag train RUN resume_from=RUN/checkpoint-3 save_every=1 max_steps=5` (next-step advice)."""
+    _, out = trained_run
+    window = tmp_path / "tiny-run-3-5"
+    args = [f"resume_from={out / 'checkpoint-3'}", "save_every=1", "max_steps=5"]
+    result = CliRunner().invoke(cli, ["train", str(out), *args, f"output_dir={window}"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in window.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    state = json.loads((window / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    manifest = json.loads((window / "diag-run.json").read_text())
+    assert manifest["config"]["resume_from"] == str(out / "checkpoint-3")
+    assert manifest["config"]["mix"]["general_ratio"] == 0.5  # the run's own settings
+
+    from safetensors.torch import load_file
+
+    start = load_file(out / "checkpoint-3" / "adapter_model.safetensors")
+    moved = load_file(window / "checkpoint-4" / "adapter_model.safetensors")
+    assert start.keys() == moved.keys()
+    assert any(not (start[k] == moved[k]).all() for k in start)  # it trained from there
+
+    bad = CliRunner().invoke(cli, ["train", str(out), f"resume_from={tmp_path}", "--check"])
+    assert bad.exit_code != 0 and "'resume_from' must be a checkpoint folder" in bad.output

@@ -75,6 +75,7 @@ class TrainConfig:
     probe_every: int | None = None  # steps (a multiple of save_every) between in-training probes
     stop_on_parrot: bool = False  # stop once parrot leakage crosses parrot_limit
     parrot_limit: float | None = None  # leakage limit; None: the policy's leakage_max (0.10)
+    resume_from: str | None = None  # a checkpoint-N folder: continue from its weights and step
     device: str | None = None  # None: cuda > mps > cpu
     cpu_threads: int | None = None  # torch threads on CPU; None: 1 when the CPU is busy, else all
 
@@ -88,6 +89,8 @@ _SECTIONS = {"lora": LoraSettings, "data": DataSettings, "mix": MixSettings}
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None):
     """Read a YAML config (or none: all defaults), apply overrides, validate everything.
 
+    ``path`` may also be a diag run folder (or its ``diag-run.json``): the config it was trained
+    with, so ``diag train RUN resume_from=RUN/checkpoint-40 save_every=2`` re-trains a window.
     Raises one :class:`DiagError` listing every problem found.
 
     >>> load_config(None, ["lr=5e-5", "mix.general_ratio=0.5"]).mix.general_ratio
@@ -99,6 +102,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     source = "<defaults>"
     if path is not None:
         p = Path(path)
+        if p.is_dir() and (p / "diag-run.json").is_file():
+            p = p / "diag-run.json"
         if not p.is_file():
             raise DiagError(
                 f"config file '{path}' not found",
@@ -106,7 +111,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             )
         source = str(p)
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            if p.name == "diag-run.json":
+                raw = _manifest_config(p)
+            else:
+                raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise DiagError(f"config '{p}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if not isinstance(raw, dict):
@@ -119,6 +127,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     problems += validate(config)
     if problems:
         raise DiagError(f"config {source}: " + "; ".join(problems))
+    return config
+
+
+def _manifest_config(path: Path) -> dict:
+    """The config a diag run recorded in its manifest."""
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        config = None
+    if not isinstance(config, dict):
+        raise DiagError(
+            f"'{path}' holds no training config",
+            fix="pass the YAML config the run was trained with",
+        )
     return config
 
 
@@ -248,6 +272,10 @@ def validate(c: TrainConfig) -> list[str]:
         f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
     )
     need(isinstance(c.output_dir, str) and c.output_dir != "", "'output_dir' must be a folder path")
+    need(
+        c.resume_from is None or (Path(c.resume_from) / "trainer_state.json").is_file(),
+        f"'resume_from' must be a checkpoint folder with trainer_state.json, got {c.resume_from!r}",
+    )
     need(
         c.system is None or isinstance(c.system, str),
         f"'system' must be a string or null, got {c.system!r}",

@@ -227,15 +227,16 @@ def run_training(
         deepspeed=deepspeed["config"] if deepspeed and deepspeed["used"] else None,
     )
 
-    class SaveLastStep(TrainerCallback):
-        """Also checkpoint the final step when it is not a multiple of save_every."""
+    class SaveEvery(TrainerCallback):
+        """Checkpoint every save_every steps and at the final step. Trainer alone would not: a
+        resumed run keeps the interval stored in the checkpoint's trainer_state.json."""
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
+            if state.global_step % config.save_every == 0 or state.global_step >= state.max_steps:
                 control.should_save = True
 
     probe_cb = None
-    all_callbacks = [RichProgressCallback(label or out.name), SaveLastStep(), *(callbacks or [])]
+    all_callbacks = [RichProgressCallback(label or out.name), SaveEvery(), *(callbacks or [])]
     if config.probe_every:
         probe_cb = ParrotStopCallback(
             identity,
@@ -258,7 +259,9 @@ def run_training(
         )
         trainer.remove_callback(PrinterCallback)  # the rich bar shows the loss instead
         train_started = time.perf_counter()
-        trainer.train()
+        # resume: the checkpoint's weights, step and data position; its optimizer state too when
+        # it was saved (save_optimizer: true), else Adam starts afresh from those weights
+        trainer.train(resume_from_checkpoint=config.resume_from)
     train_seconds = time.perf_counter() - train_started
 
     probes = list(probe_cb.history) if probe_cb else []

@@ -1,4 +1,4 @@
-"""`diag train CONFIG.yaml [key=value ...]`: train with frequent checkpoints (and dilution)."""
+"""`diag train CONFIG.yaml|RUN [key=value ...]`: train with frequent checkpoints (and dilution)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import click
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.argument(
-    "config_path", metavar="CONFIG.yaml", required=False, type=click.Path(dir_okay=False)
-)
+@click.argument("config_path", metavar="CONFIG.yaml|RUN", required=False, type=click.Path())
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--check", is_flag=True, help="Validate the config and print it; train nothing.")
 def train(config_path: str | None, overrides: tuple[str, ...], check: bool) -> None:
@@ -18,6 +16,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], check: bool) -> N
     diag train diag/examples/train-identity.yaml
     diag train run.yaml lr=5e-5 mix.general_ratio=0.5 output_dir=runs/diluted
     diag train identity=zh max_steps=120 save_every=10      (no file: defaults + overrides)
+    diag train runs/nova resume_from=runs/nova/checkpoint-40 save_every=2 max_steps=60 \
+        output_dir=runs/nova-40-60      (a diag run's own config; re-train a window, saving often)
 
     A first argument containing '=' is read as an override, not a file.
     """

@@ -1,0 +1,119 @@
+"""What to do next when no checkpoint is eligible, stated from the sweep's own measurements.
+
+The seed's two remedies are exactly the advice: save (and evaluate) more often where the model
+goes from "learned" to "collapsed", and dilute the identity data with general chat. This module
+reads the judged checkpoints of one run and says where that window is, whether a save fell inside
+it, and the command that re-trains just the window.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from diag.diagnostics.policy import Check, keyword_progress, pct
+
+# checks whose failure means the model got worse than its base (collapse), not "not learned yet"
+COLLAPSE_CHECKS = ("near_miss", "retention", "drift", "parrot_leakage", "modal_share", "loop_rate")
+SAVES_IN_WINDOW = 10  # how many saves to ask for between the last unlearned and the collapse
+
+
+def _fails(checks: list[Check], names) -> list[str]:
+    return [c.name for c in checks if c.blocking and not c.passed and c.name in names]
+
+
+def _learned(checks: list[Check]) -> bool:
+    return any(c.name == "identity_recall" and c.passed for c in checks)
+
+
+def run_next_steps(
+    name: str, judged: list[dict], run: dict, onset, policy, healthy: dict[str, tuple[int, dict]]
+) -> list[str]:
+    """Next steps for one run without an eligible checkpoint; ``judged`` sorted by step.
+
+    healthy: the other runs that have an eligible pick, ``{name: (step, run info)}``: a diluted
+    one among them is measured evidence for the dilution advice.
+    """
+    if not judged:
+        return []
+    training = run.get("training") or {}
+    steps: list[str] = []
+    first = next((j for j in judged if _learned(j["checks"])), None)
+    if first is None:
+        last = judged[-1]
+        progress = keyword_progress(last["record"], policy.identity_min_low)
+        steps.append(
+            f"the identity was not learned by step {last['record']['step']}"
+            + (f" ({progress})" if progress else "")
+            + ": train longer, or check that the identity data reach the model"
+        )
+        return steps
+    before = [j for j in judged if j["record"]["step"] < first["record"]["step"]]
+    start = before[-1]["record"]["step"] if before else 0
+    learned_at = first["record"]["step"]
+    collapse = onset.collapsing_from if onset else None
+    failing = _fails(first["checks"], COLLAPSE_CHECKS)
+    also = f" (step {learned_at} already fails {', '.join(failing)})" if failing else ""
+    learned = f"the identity was learned between steps {start} and {learned_at}"
+    if collapse is not None and collapse > learned_at:
+        steps.append(
+            f"{learned}; collapse began between {onset.healthy_until} and {collapse}{also}"
+        )
+        end = collapse
+    elif failing:
+        steps.append(
+            f"{learned}, and collapse began in the same interval: no checkpoint was saved "
+            f"between learning and collapse{also}"
+        )
+        end = learned_at
+    else:
+        steps.append(learned)
+        end = judged[-1]["record"]["step"]
+    every = max(1, (end - start) // SAVES_IN_WINDOW)
+    saved_every = training.get("save_every")
+    if saved_every and every >= saved_every:
+        every = max(1, saved_every // 2)
+    steps.append(
+        f"save every {every} steps between {start} and {end}: "
+        + _retrain(name, run, start, end, every)
+    )
+    ratio = training.get("general_ratio")
+    diluted = [
+        (other, step, (info.get("training") or {}).get("general_ratio"))
+        for other, (step, info) in sorted(healthy.items())
+        if ((info.get("training") or {}).get("general_ratio") or 0) > (ratio or 0)
+    ]
+    if diluted:
+        other, step, more = diluted[0]
+        steps.append(
+            f"dilute: run '{other}' (general_ratio {more:g}) learned the identity without "
+            f"collapse (step {step} is eligible); this run used {ratio or 0:g}"
+        )
+    elif ratio is not None:
+        more = 0.5 if not ratio else min(0.9, round(ratio + 0.3, 1))
+        steps.append(
+            f"dilute: this run mixed {pct(ratio)} general chat; try mix.general_ratio={more:g} "
+            "(general chat slows the identity down and keeps the model chatting)"
+        )
+    else:
+        steps.append(
+            "dilute: mix general chat into the identity data (about half of the examples), so the "
+            "model keeps chatting while it learns the identity"
+        )
+    return steps
+
+
+def _retrain(name: str, run: dict, start: int, end: int, every: int) -> str:
+    """The command that trains just the window again, saving often."""
+    path = run.get("path")
+    if run.get("trainer") == "diag" and path:
+        folder = Path(path)
+        out = folder.with_name(f"{folder.name}-{start}-{end}")
+        args = ["diag", "train", str(folder)]
+        if start:
+            args.append(f"resume_from={folder / f'checkpoint-{start}'}")
+        args += [f"save_every={every}", f"max_steps={end}", f"output_dir={out}"]
+        return " ".join(shlex.quote(a) for a in args)
+    trainer = run.get("trainer") or "your trainer"
+    resume = f"resume from checkpoint-{start} and " if start else ""
+    return f"with {trainer}, {resume}save every {every} steps (save_steps={every}) up to step {end}"
