@@ -14,6 +14,7 @@ CURVE_METRICS = {
     "modal_share": ("modal-answer share", "#e7298a"),
     "loop_rate": ("loop rate", "#a6761d"),
 }
+KEYWORD_COLOURS = ("#0b5d45", "#4fc1a0", "#2c7fb8", "#8c6bb1")  # per-keyword recall, dotted
 NATS_COLOUR = {"drift": "#666666", "train_loss": "#1f78b4", "eval_loss": "#a6cee3"}
 
 
@@ -25,6 +26,33 @@ def _points(records: list[dict], metric: str) -> tuple[list, list]:
             xs.append(r["step"])
             ys.append(value)
     return xs, ys
+
+
+def keyword_traces(records: list[dict]) -> list[dict]:
+    """One dotted curve per identity keyword (the share of identity prompts that say it), so a
+    name learned at step 40 and an owner at step 60 show as two curves; none for one keyword."""
+    words = list(dict.fromkeys(w for r in records for w in r.get("identity_keywords") or {}))
+    if len(words) < 2:
+        return []
+    traces = []
+    for i, word in enumerate(words):
+        points = [
+            (r["step"], r["identity_keywords"][word]["value"])
+            for r in records
+            if (r.get("identity_keywords") or {}).get(word, {}).get("value") is not None
+        ]
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"says '{word}'",
+                "x": [p[0] for p in points],
+                "y": [p[1] for p in points],
+                "line": {"color": KEYWORD_COLOURS[i % len(KEYWORD_COLOURS)], "dash": "dot"},
+                "marker": {"size": 5},
+            }
+        )
+    return traces
 
 
 def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> dict:
@@ -57,6 +85,8 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
                 highs.append(max(0.0, st["high"] - v) if st.get("high") is not None else 0.0)
             trace["error_y"] = {"type": "data", "array": highs, "arrayminus": lows, "width": 3}
         traces.append(trace)
+        if metric == "identity_recall":
+            traces += keyword_traces(records)
     xs, ys = _points(records, "drift")
     if xs:
         traces.append(_nats_trace("drift (nats/token)", xs, ys, NATS_COLOUR["drift"], "dot"))

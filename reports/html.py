@@ -109,6 +109,7 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
                 "id": f"curves-{len(figures)}",
                 "run": run,
                 "onset": onset.get("sentence"),
+                "next_steps": per_run.get("next_steps") or [],
                 "spec": run_curves(run, own_base + mine, runs_info.get(run) or {}, marks),
             }
         )
@@ -148,11 +149,30 @@ def build_context(results: dict, samples: list[dict], results_dir: str | Path = 
         "check_names": check_names,
         "check_rows": check_rows,
         "metric_tables": _metric_tables(records, judged),
+        "probe_versions": _probe_versions(records),
         "answers": answers_table(_known(samples, records), results.get("identity")),
         "errors": [r for r in records if r.get("status", "ok") != "ok"],
         "unchanged": [r for r in records if r.get("no_change")],
         # folders that look like checkpoints but were not swept (older results: path + reason)
         "skipped": [s for s in results.get("skipped") or [] if isinstance(s, dict)],
+    }
+
+
+def _probe_versions(records: list[dict]) -> dict:
+    """Which probe-set versions scored these results, and which records were re-scored."""
+    scored: dict = {}
+    rescored: dict = {}
+    count = 0
+    for r in records:
+        scored.update(r.get("set_versions") or {})
+        if r.get("rescored"):
+            count += 1
+            rescored.update(r["rescored"])
+    return {
+        "scored": dict(sorted(scored.items())),
+        "rescored": rescored,
+        "rescored_count": count,
+        "total": len(records),
     }
 
 
@@ -178,6 +198,7 @@ def _headline(rec: dict, results: dict, results_dir) -> dict:
         "reasons": [r for r in rec.get("reasons") or [] if r != onset],
         "onset": onset,
         "nearest_miss": rec.get("nearest_miss"),
+        "next_steps": list(rec.get("next_steps") or []),
         "rule": rec.get("rule"),
         "merge_command": None,
     }

@@ -140,3 +140,28 @@ def test_report_lists_what_was_not_swept_and_names_the_final_model(tmp_path):
     )
     checks = html.split('id="checks"')[1].split("</table>")[0]
     assert "600 (final)" in checks and 'title="also saved as runs/a"' in checks
+
+
+def test_keyword_curves_next_steps_and_probe_versions_in_the_report(tmp_path):
+    from diag.reports.html import render_html
+
+    late = [r for r in learned_then_parrot() if r["step"] != 300]
+    late[1] = ckpt(200, identity=(30, 30), near_miss=0.1, lost=70, gained=1, drift=0.2)
+    for r, (nova, owner) in zip(late, [(20, 3), (30, 30), (30, 30), (30, 30), (30, 30)]):
+        r["identity_keywords"] = {
+            "Nova": {"value": nova / 30, "successes": nova, "n": 30},
+            "Jianfeng": {"value": owner / 30, "successes": owner, "n": 30},
+        }
+        r["set_versions"] = {"general": 2, "near_miss": 2}
+    late[0]["rescored"] = {"near_miss": {"generated": 1, "scored": 2}}
+    results = sweep(*late)
+    results["recommendation"] = recommend(results)
+    context = build_context(results, [])
+    names = [t["name"] for t in context["figures"][0]["spec"]["data"]]
+    assert names[:3] == ["identity recall", "says 'Nova'", "says 'Jianfeng'"]
+    nova = context["figures"][0]["spec"]["data"][1]
+    assert nova["x"] == [100, 200, 400, 500, 600] and nova["y"][0] == 20 / 30
+    html = render_html(results, [])
+    assert 'id="next-steps"' in html and "no checkpoint was saved between learning" in html
+    assert "scored with probe sets general v2, near_miss v2" in html
+    assert "near_miss v1 → v2" in html and "(1 of 6 checkpoints)" in html
