@@ -19,6 +19,7 @@ COMMANDS = {
     "sweep": "diag.commands.sweep:sweep",
     "report": "diag.commands.report:report",
     "gate": "diag.commands.gate:gate",
+    "audit": "diag.commands.audit:audit",
     "merge": "diag.commands.merge:merge",
     "demo": "diag.commands.demo:demo",
 }
