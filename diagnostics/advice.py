@@ -73,9 +73,9 @@ def run_next_steps(
     saved_every = training.get("save_every")
     if saved_every and every >= saved_every:
         every = max(1, saved_every // 2)
+    often = "every step" if every == 1 else f"every {every} steps"
     steps.append(
-        f"save every {every} steps between {start} and {end}: "
-        + _retrain(name, run, start, end, every)
+        f"save {often} between {start} and {end}: " + _retrain(name, run, start, end, every)
     )
     ratio = training.get("general_ratio")
     diluted = [

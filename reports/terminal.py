@@ -84,7 +84,9 @@ def verdict_lines(results: dict) -> list[str]:
     rec = results.get("recommendation")
     if not rec:
         return ["no recommendation in these results (re-render with `diag report RESULTS_DIR`)"]
-    return [rec.get("verdict") or "no verdict", *(f"  - {r}" for r in rec.get("reasons") or [])]
+    lines = [rec.get("verdict") or "no verdict", *(f"  - {r}" for r in rec.get("reasons") or [])]
+    steps = rec.get("next_steps") or []
+    return lines + (["next steps:", *(f"  - {step}" for step in steps)] if steps else [])
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:

@@ -42,6 +42,10 @@ def test_window_between_learning_and_collapse_with_the_command_that_retrains_it(
         "output_dir=runs/run-a-100-200",
     ]
     assert steps[2].startswith("dilute: this run mixed 0% general chat; try mix.general_ratio=0.5")
+    from diag.reports.terminal import verdict_lines
+
+    lines = verdict_lines({"recommendation": rec})
+    assert lines[lines.index("next steps:") + 2] == f"  - {save}"
 
 
 def test_a_diluted_run_that_worked_is_the_evidence_for_diluting():
