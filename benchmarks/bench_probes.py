@@ -47,7 +47,7 @@ def main() -> None:
 
     from diag.backend.hf import HFBackend
     from diag.identity import load_identity
-    from diag.results import write_json_atomic
+    from diag.records import write_json_atomic
 
     identity = load_identity(args.identity)
     started = time.perf_counter()

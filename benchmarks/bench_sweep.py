@@ -71,7 +71,7 @@ def make_checkpoints(root: Path) -> None:
 
 def child_sweep(root: Path, args: argparse.Namespace, out: Path) -> dict:
     from diag.diagnostics import progress
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
 
     rss_after = []
     done = progress.SweepProgress.done

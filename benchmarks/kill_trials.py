@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 SWEEP = """
 import sys
-from diag.diagnostics.sweep import sweep
+from diag.diagnostics.sweeper import sweep
 from diag.types import GenerationConfig
 sweep(sys.argv[1], base=sys.argv[2], out=sys.argv[3], size="quick",
       probes="identity_recall,general_accuracy,drift",

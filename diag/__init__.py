@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 # Name -> "module:attribute" for the lazily re-exported public API.
 _LAZY = {
-    "sweep": "diag.diagnostics.sweep:sweep",
-    "load_sweep": "diag.diagnostics.results:load_sweep",
+    "sweep": "diag.diagnostics.sweeper:sweep",
+    "load_sweep": "diag.diagnostics.stored:load_sweep",
 }
 
 

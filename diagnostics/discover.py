@@ -1,6 +1,6 @@
 """Find every run and checkpoint under a folder, by content, at any depth (no torch here).
 
-Recognised (``Checkpoint.format``; the layouts are in :mod:`diag.diagnostics.layouts`, the table
+Recognised (``Checkpoint.format``; the layouts are in :mod:`diag.formats.layouts`, the table
 of trainers in ``docs/formats.md``):
 
 - ``peft-adapter``: ``adapter_config.json`` + ``adapter_model.safetensors|.bin|.pt`` (HF Trainer,
@@ -30,10 +30,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diag.diagnostics.layouts import Layout, Skip, classify, step_name
-from diag.diagnostics.trainers import MANIFEST, RunFacts, losses, read_json, read_run
-
 from diag.errors import DiagError
+from diag.formats.layouts import Layout, Skip, classify, step_name
+from diag.formats.trainers import MANIFEST, RunFacts, losses, read_json, read_run
 from diag.types import ChatFormat
 
 log = logging.getLogger("diag")

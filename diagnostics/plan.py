@@ -21,7 +21,7 @@ log = logging.getLogger("diag")
 
 def override_chat(system: str | None, template: str | None) -> dict:
     """ChatFormat fields set by --system / --template (an XTuner template name or a format string)."""
-    from diag.diagnostics.xtuner import PROMPT_TEMPLATES
+    from diag.formats.xtuner import PROMPT_TEMPLATES
 
     fields: dict = {}
     if system is not None:

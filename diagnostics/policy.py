@@ -104,6 +104,11 @@ class Check:
     threshold: float | None
     detail: str
 
+    @property
+    def no_evidence(self) -> bool:
+        """The policy could not evaluate it: the probe errored or the metric is missing."""
+        return not self.passed and (self.name == "status" or self.value is None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

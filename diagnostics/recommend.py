@@ -31,6 +31,24 @@ RULE = (
 _INF = float("inf")
 
 
+def rejudged(sweep, policy_file=None, overrides=None):
+    """``sweep`` (a stored SweepResult) with its recommendation re-made in memory when a policy
+    file or overrides are given, or when the stored one predates per-checkpoint checks; the
+    results on disk are never rewritten (the gate reads them)."""
+    from dataclasses import replace
+
+    from diag.diagnostics.policy import load_policy
+
+    stored = sweep.data.get("recommendation") or {}
+    if policy_file is None and not overrides and "checks" in stored:
+        return sweep
+    data = {
+        **sweep.data,
+        "recommendation": recommend(sweep.data, load_policy(policy_file, overrides)),
+    }
+    return replace(sweep, data=data)
+
+
 def find_base(checkpoints: list[dict], run: str | None) -> dict | None:
     """The step-0 record for ``run``: its own if it has one, else a shared base record."""
     zeros = [c for c in checkpoints if c.get("step") == 0 and c.get("status", "ok") == "ok"]

@@ -13,7 +13,7 @@ from diag.probes.reference import Reference
 from diag.probes.text import modal_groups
 
 from diag.identity import IdentitySpec
-from diag.results import METRICS, MetricStats
+from diag.records import METRICS, MetricStats
 from diag.stats import clustered_wilson, wilson_interval
 
 

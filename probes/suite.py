@@ -24,7 +24,7 @@ from diag.probes.scoring import Records, score_graded
 
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
-from diag.results import SCHEMA_VERSION, tool_block
+from diag.records import SCHEMA_VERSION, tool_block
 from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
 
 # 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
@@ -42,7 +42,7 @@ class ProbeRun:
     """One model's probe results.
 
     records: raw generations/log-likelihoods (first one is ``kind="meta"``), JSONL-storable;
-    samples: per-sample score rows; summary: the probe-summary dict (see ``diag.results``);
+    samples: per-sample score rows; summary: the probe-summary dict (see ``diag.records``);
     reference: the base reference the scores were read against (built here for a base run).
     """
 

@@ -14,7 +14,7 @@ from diag.reports.answers import answers_table
 from diag.reports.figures import run_curves, tradeoff
 
 from diag.display import literal
-from diag.results import METRICS, write_text_atomic
+from diag.records import METRICS, write_text_atomic
 
 METRIC_LABELS = {
     "identity_recall": "Identity recall",

@@ -1,4 +1,4 @@
-"""Synthetic sweep results (the results.json shape in diag/results.py) for policy/report tests.
+"""Synthetic sweep results (the results.json shape in diag/records.py) for policy/report tests.
 
 ``ckpt(...)`` builds one checkpoint record from plain numbers; ``sweep(...)`` wraps records into a
 results dict. Defaults describe a healthy checkpoint that has learned the identity.

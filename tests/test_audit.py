@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from diag.diagnostics.audit import verdict_flips
+from diag.diagnostics.flips import verdict_flips
 
 from diag.cli import cli
 

@@ -99,14 +99,14 @@ def test_latest_is_not_needed_and_broken_folders_are_named(ds_root, tmp_path):
 
 
 def test_nothing_found_says_what_was_seen(tmp_path):
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
 
     from diag.errors import DiagError
 
     for step in (10, 20, 30):
         (tmp_path / "run" / f"global_step{step}").mkdir(parents=True)
     with pytest.raises(DiagError) as info:
-        sweep(tmp_path, progress="quiet", report=False)
+        sweep(tmp_path, progress="quiet")
     assert "3 folders: named like a DeepSpeed checkpoint" in str(info.value)
 
 

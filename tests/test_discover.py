@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from diag.diagnostics.cache import Fingerprinter
 from diag.diagnostics.discover import discover
-from diag.diagnostics.xtuner import parse_config, peft_key
 
 from diag.errors import DiagError
+from diag.formats.xtuner import parse_config, peft_key
 
 OLD = time.time() - 3600  # files written an hour ago: settled
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from diag.diagnostics.cache import Fingerprinter
-from diag.diagnostics.gate import gate
-from diag.diagnostics.gate_output import to_junit, to_markdown
 from diag.diagnostics.policy import CHECKS
+from diag.diagnostics.verdict import gate
+from diag.diagnostics.verdict_output import to_junit, to_markdown
 from synthetic_sweep import ckpt, learned_then_parrot, sweep
 
 from diag.cli import cli

@@ -9,7 +9,7 @@ import shutil
 import time
 
 import pytest
-from diag.diagnostics.gate import gate
+from diag.diagnostics.verdict import gate
 
 from diag.backend.mock import ScriptedBackend
 from diag.types import GenerationConfig
@@ -26,7 +26,7 @@ class ScriptedAdapters(ScriptedBackend):
 
 @pytest.fixture(scope="module")
 def swept_runs(tiny_model_dir, tiny_adapters, tmp_path_factory):
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
 
     root = tmp_path_factory.mktemp("swept") / "runs"
     for step, adapter in zip((100, 200), tiny_adapters):
@@ -40,7 +40,6 @@ def swept_runs(tiny_model_dir, tiny_adapters, tmp_path_factory):
         identity="en",
         generation=GenerationConfig(max_new_tokens=8),
         progress="quiet",
-        report=False,
         load_model=lambda name: ScriptedAdapters(default="", name=name),
     )
     return root

@@ -34,9 +34,12 @@ def _poisoned(adapter: Path, out: Path, value: float) -> Path:
 
 
 def _sweep(root: Path, base: Path, out: Path, **kw):
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
+    from diag.reports.build import write_report
 
-    return sweep(root, base=base, out=out, progress="quiet", report=True, **FAST, **kw)
+    result = sweep(root, base=base, out=out, progress="quiet", **FAST, **kw)
+    write_report(result)  # the report of each hostile sweep must render too
+    return result
 
 
 def _numbers(result, run: str, step: int) -> dict:
@@ -228,7 +231,7 @@ def test_corpus_each_bad_checkpoint_is_one_named_row(corpus):
 
 
 def test_corpus_no_op_adapter_is_flagged_in_results_report_and_gate(corpus):
-    from diag.diagnostics.gate import NO_CHANGE, gate
+    from diag.diagnostics.verdict import NO_CHANGE, gate
 
     root, out, _, result = corpus
     noop = _row(result, "noop")
@@ -389,7 +392,7 @@ def test_second_sweep_on_the_same_out_waits_and_says_so(
     import logging
     import threading
 
-    from diag.diagnostics.sweep import exclusive
+    from diag.diagnostics.sweeper import exclusive
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from diag.diagnostics.gate import current_fingerprint
+from diag.diagnostics.verdict import current_fingerprint
 from synthetic_sweep import ckpt, learned_then_parrot, sweep
 
 from diag.cli import cli

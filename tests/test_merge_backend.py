@@ -7,7 +7,7 @@ import json
 import pytest
 
 from diag.backend.hf import HFBackend
-from diag.backend.merge import PROVENANCE_FILE, AdapterSource, merge_adapter
+from diag.backend.merge_weights import PROVENANCE_FILE, AdapterSource, merge_adapter
 from diag.errors import DiagError
 from diag.types import ChatFormat, GenerationConfig
 

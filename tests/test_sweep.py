@@ -198,7 +198,7 @@ def runs_root(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swept(runs_root, tiny_model_dir):
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
 
     root, _ = runs_root
     return sweep(
@@ -209,7 +209,6 @@ def swept(runs_root, tiny_model_dir):
         generation=GEN,
         lora_alpha=8,
         progress="quiet",
-        report=False,
     )
 
 
@@ -321,7 +320,7 @@ def test_deepspeed_zero_checkpoint_is_probed(swept, runs_root):
 
 
 def test_outputs_on_disk(swept):
-    from diag.diagnostics.results import load_sweep
+    from diag.diagnostics.stored import load_sweep
 
     out = swept.out
     data = json.loads((out / "results.json").read_text())
@@ -344,7 +343,7 @@ def test_outputs_on_disk(swept):
 def test_bin_pickle_refused_unless_allowed(tiny_model_dir, tiny_adapters, tmp_path):
     """A peft adapter saved as .bin with a pickled object is refused, naming --allow-pickle."""
     import torch
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
     from safetensors.torch import load_file
 
     ckpt = tmp_path / "run" / "checkpoint-1"
@@ -361,7 +360,6 @@ def test_bin_pickle_refused_unless_allowed(tiny_model_dir, tiny_adapters, tmp_pa
         generation=GEN,
         probes="identity_recall",
         progress="quiet",
-        report=False,
     )
     bad = _by_key(result)[("run", 1)]
     assert bad["status"] == "error" and "--allow-pickle" in bad["error"]

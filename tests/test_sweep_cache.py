@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from diag.diagnostics import sweep as sweep_module
-from diag.diagnostics.sweep import sweep
+from diag.diagnostics.sweeper import sweep
 from tiny import build_lora_adapter
 
 from diag.cli import cli
@@ -46,11 +45,9 @@ def _no_model(name):
 
 def test_warm_sweep_reads_cache_without_a_model(tiny_model_dir, tiny_adapters, tmp_path):
     root = _run_dir(tmp_path, tiny_adapters)
-    cold = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    cold = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(cold) == [("base", 0), ("lora", 10), ("lora", 20)]
-    warm = sweep(
-        root, base=tiny_model_dir, progress="quiet", report=False, load_model=_no_model, **FAST
-    )
+    warm = sweep(root, base=tiny_model_dir, progress="quiet", load_model=_no_model, **FAST)
     assert _probed(warm) == []
     assert warm.data["timing"]["cached"] == 3
     for a, b in zip(cold.checkpoints, warm.checkpoints):
@@ -59,21 +56,21 @@ def test_warm_sweep_reads_cache_without_a_model(tiny_model_dir, tiny_adapters, t
     # a copy of a probed checkpoint is the same content: read from the cache
     shutil.copytree(tiny_adapters[0], root / "lora" / "checkpoint-30")
     _settle(root)
-    copied = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    copied = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(copied) == []
     assert copied.checkpoint("lora", 30)["metrics"] == copied.checkpoint("lora", 10)["metrics"]
 
     # a new checkpoint appears: only it is probed
     build_lora_adapter(tiny_model_dir, root / "lora" / "checkpoint-40", seed=7)
     _settle(root)
-    more = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    more = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(more) == [("lora", 40)]
 
     # a checkpoint's weights change in place: it is probed again
     shutil.rmtree(root / "lora" / "checkpoint-20")
     build_lora_adapter(tiny_model_dir, root / "lora" / "checkpoint-20", seed=8)
     _settle(root)
-    changed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    changed = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(changed) == [("lora", 20)]
 
 
@@ -92,36 +89,31 @@ def test_interrupted_sweep_resumes(tiny_model_dir, tiny_adapters, tmp_path, monk
 
     monkeypatch.setattr(suite, "run_probes", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+        sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     partial = json.loads((root / "diag" / "results.json").read_text())
     assert partial["complete"] is False
     assert [(c["run"], c["step"]) for c in partial["checkpoints"]] == [("base", 0), ("lora", 10)]
 
     monkeypatch.setattr(suite, "run_probes", real)
-    resumed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    resumed = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(resumed) == [("lora", 20)]
     assert resumed.data["complete"] is True
 
 
-def test_recommendation_and_report_seams(tiny_model_dir, tiny_adapters, tmp_path, monkeypatch):
+def test_sweep_recommends_and_the_report_renders_from_stored_results(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    from diag.diagnostics.stored import load_sweep
+    from diag.reports.build import write_report
+
     root = _run_dir(tmp_path, tiny_adapters[:1], steps=(10,))
     result = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     rec = result.recommendation
-    assert set(rec) >= {"run", "step", "path", "reasons", "onset_step"}
-    assert "verdict" in rec  # written by diag.diagnostics.recommend
-    assert (root / "diag" / "report.html").is_file()
-
-    real_find_spec = sweep_module.importlib.util.find_spec
-    monkeypatch.setattr(
-        sweep_module.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name.startswith("diag.") else real_find_spec(name, *a),
-    )
-    (root / "diag" / "report.html").unlink()
-    bare = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
-    assert bare.recommendation["run"] is None and bare.recommendation["step"] is None
-    assert "not installed" in bare.recommendation["reasons"][0]
-    assert not (root / "diag" / "report.html").exists()
+    assert set(rec) >= {"run", "step", "path", "reasons", "onset_step", "verdict"}
+    assert not (root / "diag" / "report.html").exists()  # rendering is the caller's step
+    path = write_report(load_sweep(root / "diag"))
+    assert path == root / "diag" / "report.html"
+    assert rec["verdict"] in path.read_text(encoding="utf-8")
 
 
 def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
@@ -167,7 +159,7 @@ def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
 KILLABLE = """
 import sys, time
 from diag.probes import suite
-from diag.diagnostics.sweep import sweep
+from diag.diagnostics.sweeper import sweep
 from diag.types import GenerationConfig
 real, calls = suite.run_probes, []
 def slow(*a, **k):
@@ -177,7 +169,7 @@ def slow(*a, **k):
     return real(*a, **k)
 suite.run_probes = slow
 sweep(sys.argv[1], base=sys.argv[2], size="quick", probes="identity_recall,general_accuracy",
-      generation=GenerationConfig(max_new_tokens=8, batch_size=32), progress="quiet", report=False)
+      generation=GenerationConfig(max_new_tokens=8, batch_size=32), progress="quiet")
 """
 
 
@@ -198,7 +190,7 @@ def test_kill_9_mid_sweep_then_resume(tiny_model_dir, tiny_adapters, tmp_path):
         proc.wait()
     partial = json.loads(results.read_text())  # never half-written
     assert [(c["run"], c["step"]) for c in partial["checkpoints"]] == [("base", 0), ("lora", 10)]
-    resumed = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    resumed = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert _probed(resumed) == [("lora", 20)]
 
 
@@ -210,7 +202,7 @@ def test_changed_grading_rescores_stored_answers_without_a_model(
     from diag.probes import items
 
     root = _run_dir(tmp_path, tiny_adapters)
-    cold = sweep(root, base=tiny_model_dir, progress="quiet", report=False, **FAST)
+    cold = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
     assert all(
         c["set_versions"]["general"] == items.SET_VERSIONS["general"] for c in cold.checkpoints
     )
@@ -226,9 +218,7 @@ def test_changed_grading_rescores_stored_answers_without_a_model(
         return replace(loaded, items=graded, version=99)
 
     monkeypatch.setattr(items, "load_builtin", regraded)
-    warm = sweep(
-        root, base=tiny_model_dir, progress="quiet", report=False, load_model=_no_model, **FAST
-    )
+    warm = sweep(root, base=tiny_model_dir, progress="quiet", load_model=_no_model, **FAST)
     assert _probed(warm) == []  # same prompts: the stored answers, no model
     generated = items.SET_VERSIONS["general"]
     for before, after in zip(cold.checkpoints, warm.checkpoints):

@@ -121,7 +121,7 @@ def settle(root: Path, seconds: float = 600) -> None:
 def identity_sweep(root: Path, base: Path, out: Path | None = None, **options):
     """A sweep of ``root`` on ``base`` that asks only the identity prompts, with short answers:
     the real code path, in seconds on the tiny model."""
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
 
     from diag.types import GenerationConfig
 
@@ -131,6 +131,5 @@ def identity_sweep(root: Path, base: Path, out: Path | None = None, **options):
         probes="identity_recall",
         generation=GenerationConfig(max_new_tokens=4, batch_size=32),
         progress="quiet",
-        report=False,
     )
     return sweep(root, base=base, out=out, **{**settings, **options})

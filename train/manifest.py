@@ -17,7 +17,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from diag.results import SCHEMA_VERSION, tool_block, write_json_atomic
+from diag.records import SCHEMA_VERSION, tool_block, write_json_atomic
 
 MANIFEST = "diag-run.json"
 

@@ -116,7 +116,7 @@ def run_training(
         TrainingArguments,
     )
 
-    from diag.backend.hf import HFBackend, _quiet_transformers, default_device, ensure_local_weights
+    from diag.backend.hf import HFBackend, default_device, ensure_local_weights, quiet_transformers
     from diag.models import resolve_base
 
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def run_training(
     deepspeed = _deepspeed_settings(config)
 
     # ---- base model
-    _quiet_transformers()
+    quiet_transformers()
     source = resolve_base(config.base)
     folder = ensure_local_weights(source)
     device = config.device or default_device()

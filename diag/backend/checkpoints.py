@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from diag.diagnostics import xtuner
 from diag.errors import DiagError
+from diag.formats import xtuner
 
 log = logging.getLogger("diag")
 
@@ -233,7 +233,7 @@ def torchtune_lora(state: dict, heads: list[int], where: Path) -> dict[str, torc
     As torchtune's own ``tune_to_peft_adapter_weights`` (torchtune/models/convert_weights.py,
     0.6.1): keys renamed, and q/k ``lora_B`` rows permuted from torchtune's rotary layout to HF's.
     """
-    from diag.diagnostics.trainers import torchtune_peft_key
+    from diag.formats.trainers import torchtune_peft_key
 
     n_heads, n_kv_heads, head_dim = heads
     lora = {}

@@ -25,7 +25,7 @@ from diag.types import ChatFormat, Generation, GenerationConfig, Loglikelihood, 
 log = logging.getLogger("diag")
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -59,7 +59,7 @@ def ensure_local_weights(source: ModelSource) -> Path:
         return cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     log.warning(
         "converting the embedded %s GGUF to safetensors once (about 40 s) into %s",
         source.name,
@@ -207,7 +207,7 @@ class HFBackend:
         """Load ``base`` (name or local folder; default: the embedded SmolLM2)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _quiet_transformers()
+        quiet_transformers()
         source = resolve_base(base)
         folder = ensure_local_weights(source)
         device = check_device(device)

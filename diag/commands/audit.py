@@ -21,8 +21,8 @@ def audit(results_dir: Path, probes: str | None, runs: tuple[str, ...], width: i
     After changing an item's patterns, `diag sweep` again re-scores the stored answers without
     the model; then audit again.
     """
-    from diag.diagnostics.audit import format_flips, verdict_flips
-    from diag.diagnostics.results import load_sweep
+    from diag.diagnostics.flips import format_flips, verdict_flips
+    from diag.diagnostics.stored import load_sweep
     from diag.errors import DiagError
 
     result = load_sweep(results_dir)

@@ -32,7 +32,7 @@ def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
     runs and cached sweep results.
     """
     from diag.train.config import load_config
-    from diag.train.demo import demo_config_path, run_demo
+    from diag.train.demo_pipeline import demo_config_path, run_demo
 
     load_config(demo_config_path(), list(overrides))  # all config errors before anything loads
     result = run_demo(out, list(overrides), size=size)

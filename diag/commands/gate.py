@@ -39,10 +39,10 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
     errored or a blocking metric is missing, or the checkpoint changed after it was probed.
     """
 
-    from diag.diagnostics.gate import gate as run_gate
-    from diag.diagnostics.gate_output import to_junit, to_markdown
     from diag.diagnostics.policy import load_policy
-    from diag.results import write_text_atomic
+    from diag.diagnostics.verdict import gate as run_gate
+    from diag.diagnostics.verdict_output import to_junit, to_markdown
+    from diag.records import write_text_atomic
 
     policy = load_policy(policy_file, overrides)
     source = f"policy file '{policy_file}'" if policy_file else "defaults"
@@ -57,7 +57,7 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
             fh.write(markdown)
     if as_json:
-        from diag.results import strict_json
+        from diag.records import strict_json
 
         click.echo(strict_json(result.to_dict(), indent=2))
     else:
@@ -70,7 +70,7 @@ def render_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from diag.diagnostics.gate_output import check_state, fmt_number
+    from diag.diagnostics.verdict_output import check_state, fmt_number
 
     console = Console(stderr=False, highlight=False)
     if result.checkpoint:

@@ -36,7 +36,7 @@ def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pi
     iter_N.pth). The output holds safetensors, tokenizer, chat template, generation config and
     diag-merge.json (source, fingerprint, gate verdict, diag version).
     """
-    from diag.diagnostics.merge import merge as run_merge
+    from diag.diagnostics.merge_guard import merge as run_merge
     from diag.diagnostics.policy import load_policy
 
     out_path, plan = run_merge(

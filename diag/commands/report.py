@@ -24,11 +24,14 @@ def report(results_dir, policy_file, overrides, out, quiet):
     With --policy/--set the checkpoints are re-judged for this report only; results.json is not
     changed (the gate reads it).
     """
-    from diag.reports.build import rerender
+    from diag.diagnostics.recommend import rejudged
+    from diag.diagnostics.stored import load_sweep
+    from diag.reports.build import write_report
 
-    path, data = rerender(results_dir, policy_file, overrides, out)
+    sweep = rejudged(load_sweep(results_dir), policy_file, overrides)
+    path = write_report(sweep, out)
     if not quiet:
         from diag.reports.terminal import print_summary
 
-        print_summary(data)
+        print_summary(sweep.data)
     click.echo(f"report: {path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import click
@@ -86,7 +85,7 @@ def sweep(
     checkpoints but cannot be swept are listed with the fix. Re-running only probes new or
     changed checkpoints; an interrupted sweep resumes where it stopped.
     """
-    from diag.diagnostics.sweep import sweep as run_sweep
+    from diag.diagnostics.sweeper import sweep as run_sweep
     from diag.errors import DiagError
     from diag.types import GenerationConfig
 
@@ -121,11 +120,14 @@ def sweep(
         device=device,
         load_model=_remote_code_loader(device) if trust_remote_code else None,
         policy=policy,
-        report=not no_report,
         progress="quiet" if quiet else log_format,
     )
     data = result.data
-    if not quiet and importlib.util.find_spec("diag.reports.terminal") is not None:
+    if not no_report:
+        from diag.reports.build import write_report
+
+        write_report(result)
+    if not quiet:
         from diag.reports.terminal import print_summary
 
         print_summary(data)

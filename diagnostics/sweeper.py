@@ -12,22 +12,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
-import importlib.util
 import logging
 import time
 from pathlib import Path
 
 from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
 from diag.diagnostics.discover import Checkpoint, Discovery, discover
-from diag.diagnostics.layouts import shards
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
-from diag.diagnostics.results import SweepResult, scores_frame
+from diag.diagnostics.stored import SweepResult, scores_frame
 
 from diag.errors import DiagError
+from diag.formats.layouts import shards
 from diag.identity import IdentitySpec, load_identity
 from diag.models import resolve_base
-from diag.results import (
+from diag.records import (
     METRICS,
     SCHEMA_VERSION,
     strict_json,
@@ -60,7 +59,6 @@ def sweep(
     settle_seconds: float = 5.0,
     device: str | None = None,
     policy=None,
-    report: bool = True,
     progress: str = "auto",
     load_model=None,
 ) -> SweepResult:
@@ -118,7 +116,7 @@ def sweep(
                 runner.close()
         with writing(out):
             fingerprints.save()
-            return state.finish(policy, report, time.perf_counter() - started)
+            return state.finish(policy, time.perf_counter() - started)
 
 
 @contextlib.contextmanager
@@ -475,7 +473,7 @@ class _State:
     def write_partial(self) -> None:
         write_json_atomic(self.out / "results.json", self.data(complete=False))
 
-    def finish(self, policy, report: bool, seconds: float) -> SweepResult:
+    def finish(self, policy, seconds: float) -> SweepResult:
         data = self.data(complete=True)
         probed = sum(1 for r in self.records if r.get("status") == "ok" and not r.get("cached"))
         data["timing"] = {
@@ -483,16 +481,12 @@ class _State:
             "probed": probed,
             "cached": sum(1 for r in self.records if r.get("cached")),
         }
-        data["recommendation"] = recommend_if_available(data, policy)
+        data["recommendation"] = recommendation(data, policy)
         samples = sorted(self.samples, key=lambda s: (str(s["run"]), s["step"]))
         lines = "".join(_json_line(s) for s in samples)
         write_text_atomic(self.out / "samples.jsonl", lines)
         write_text_atomic(self.out / "scores.csv", scores_frame(data).to_csv(index=False))
         write_json_atomic(self.out / "results.json", data)
-        if report:
-            path = report_if_available(data, samples, self.out / "report.html")
-            if path is not None:
-                log.info("report: %s", path)
         return SweepResult(data, self.out)
 
 
@@ -504,32 +498,13 @@ def _json_line(row: dict) -> str:
     return strict_json(row) + "\n"
 
 
-# --------------------------------------------------------------- seams to the later stages
-def recommend_if_available(data: dict, policy=None) -> dict:
-    """The recommendation block, from ``diag.diagnostics.recommend`` when that module exists.
-
-    A missing module (an older install, or this stage not built yet) yields the fixed keys with
-    null values and a reason saying so; an error inside it is a real error and propagates.
-    """
-    if importlib.util.find_spec("diag.diagnostics.recommend") is None:
-        return {**EMPTY_RECOMMENDATION, "reasons": ["recommendation module not installed"]}
+# ------------------------------------------------------------------------ the next stage
+def recommendation(data: dict, policy=None) -> dict:
+    """The recommendation block under ``policy`` (a Policy, a file, a dict of overrides or None
+    for the built-in one); every key present, null where there is no pick."""
+    from diag.diagnostics.policy import Policy, load_policy
     from diag.diagnostics.recommend import recommend
 
-    if policy is None or isinstance(policy, (str, Path, dict)):
-        from diag.diagnostics.policy import load_policy
-
-        if isinstance(policy, dict):
-            policy = load_policy(None, policy)
-        else:
-            policy = load_policy(policy)
+    if not isinstance(policy, Policy):
+        policy = load_policy(None, policy) if isinstance(policy, dict) else load_policy(policy)
     return {**EMPTY_RECOMMENDATION, **recommend(data, policy)}
-
-
-def report_if_available(data: dict, samples: list[dict], path: Path) -> Path | None:
-    """Render the HTML report with ``diag.reports.html`` when that module exists."""
-    if importlib.util.find_spec("diag.reports.html") is None:
-        log.info("HTML report module not installed; skipping report.html")
-        return None
-    from diag.reports.html import render_report
-
-    return render_report(data, samples, path)

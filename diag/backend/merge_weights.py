@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from diag.backend.hf import _quiet_transformers, ensure_local_weights
+from diag.backend.hf import ensure_local_weights, quiet_transformers
 from diag.errors import DiagError
 from diag.models import resolve_base
-from diag.results import tool_block, write_json_atomic
+from diag.records import tool_block, write_json_atomic
 
 log = logging.getLogger("diag")
 
@@ -94,7 +94,7 @@ def merge_adapter(
             f"output '{out}' already exists and is not empty",
             fix="pass a new --out folder (diag never overwrites a model)",
         )
-    _quiet_transformers()
+    quiet_transformers()
     started = time.perf_counter()
     model_source = resolve_base(base)
     folder = ensure_local_weights(model_source)

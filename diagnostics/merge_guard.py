@@ -2,7 +2,7 @@
 
 Data flow: SOURCE (a sweep's results dir, a run folder or one checkpoint) -> the checkpoint to
 merge -> the gate's verdict on it (the sweep's evidence, same policy) -> refuse unless it passes or
-``force`` -> :func:`diag.backend.merge.merge_adapter` (torch, imported only here, lazily).
+``force`` -> :func:`diag.backend.merge_weights.merge_adapter` (torch, imported only here, lazily).
 
 XTuner ``iter_N.pth`` files and ``.pth/`` DeepSpeed folders are converted in memory with the
 sweep's reader (:mod:`diag.backend.checkpoints`), so XTuner users skip ``pth_to_hf`` + ``merge``.
@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diag.diagnostics.discover import Checkpoint, discover
-from diag.diagnostics.gate import GateResult, current_fingerprint, gate, load_results, record_path
+from diag.diagnostics.verdict import (
+    GateResult,
+    current_fingerprint,
+    gate,
+    load_results,
+    record_path,
+)
 
 from diag.errors import DiagError
 
@@ -247,7 +253,7 @@ def merge(
         )
     if not plan.approved:
         log.warning("merging anyway (--force): %s", plan.refusal())
-    from diag.backend.merge import merge_adapter
+    from diag.backend.merge_weights import merge_adapter
 
     adapter = adapter_source(plan.checkpoint, allow_pickle=allow_pickle, lora_alpha=lora_alpha)
     record = provenance(plan, force)
@@ -283,12 +289,12 @@ class _AdapterSink:
         self.ckpt, self.source, self.name = ckpt, None, "merge"
 
     def use_adapter(self, adapter_dir) -> None:
-        from diag.backend.merge import AdapterSource
+        from diag.backend.merge_weights import AdapterSource
 
         self.source = AdapterSource(str(self.ckpt.path), adapter_dir=Path(adapter_dir))
 
     def use_adapter_weights(self, key: str, lora_config: dict, state_dict: dict) -> None:
-        from diag.backend.merge import AdapterSource
+        from diag.backend.merge_weights import AdapterSource
 
         self.source = AdapterSource(key, lora_config=lora_config, state_dict=state_dict)
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, load_policy
 from diag.diagnostics.recommend import find_base, recommend
-from diag.diagnostics.results import load_sweep
+from diag.diagnostics.stored import load_sweep
 
 from diag.errors import DiagError
-from diag.results import SCHEMA_VERSION, tool_block
+from diag.records import SCHEMA_VERSION, tool_block
 
 EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
 RESULTS_FILE = "results.json"
@@ -64,7 +64,7 @@ class GateResult:
     @property
     def failed(self) -> list[Check]:
         """Blocking checks that failed on evidence (the reasons for ``fail``)."""
-        return [c for c in self.checks if c.blocking and not c.passed and not _no_evidence(c)]
+        return [c for c in self.checks if c.blocking and not c.passed and not c.no_evidence]
 
     @property
     def warnings(self) -> list[Check]:
@@ -73,7 +73,7 @@ class GateResult:
     @property
     def headline(self) -> str:
         """'PASS: run-a step 300' / 'FAIL: ...' / 'UNDECIDED: ...', one line."""
-        where = _where(self.checkpoint) if self.checkpoint else "no checkpoint"
+        where = checkpoint_name(self.checkpoint) if self.checkpoint else "no checkpoint"
         if self.verdict == "pass":
             return f"PASS: {where} passes every blocking check"
         if self.verdict == "fail" and self.failed:
@@ -103,12 +103,8 @@ class GateResult:
         }
 
 
-def _no_evidence(check: Check) -> bool:
-    """A check the policy could not evaluate: the probe errored or the metric is missing."""
-    return not check.passed and (check.name == "status" or check.value is None)
-
-
-def _where(ckpt: dict) -> str:
+def checkpoint_name(ckpt: dict) -> str:
+    """'run step N': how the gate names a checkpoint in its sentences."""
     return f"{ckpt.get('run')} step {ckpt.get('step')}"
 
 
@@ -145,7 +141,7 @@ def gate(
     result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
     result.checks = evaluate_checkpoint(chosen, find_base(records, chosen.get("run")), policy)
     stale = _evidence_problems(chosen, data, results_file)
-    missing = [f"{c.name}: {c.detail}" for c in result.checks if c.blocking and _no_evidence(c)]
+    missing = [f"{c.name}: {c.detail}" for c in result.checks if c.blocking and c.no_evidence]
     result.problems += stale + missing
     stored = (data.get("recommendation") or {}).get("policy_hash")
     if stored and stored != policy.hash:
@@ -192,7 +188,7 @@ def _choose(
     candidates = [r for r in records if r.get("step") not in (None, 0)]
     wanted = str(checkpoint).strip()
     if wanted == "best":
-        pick = recommend(data, policy)
+        pick = _recommendation(data, policy)
         if pick.get("step") is None:
             result.verdict = "fail"
             result.problems += [pick.get("verdict") or "no checkpoint is eligible"]
@@ -233,6 +229,15 @@ def _choose(
             "if the checkpoint is new",
         )
     return matches[0]
+
+
+def _recommendation(data: dict, policy: Policy) -> dict:
+    """The sweep's stored recommendation when it was made under this policy; otherwise the
+    recommendation this policy makes of the same stored scores."""
+    stored = data.get("recommendation") or {}
+    if stored.get("policy_hash") == policy.hash and "checks" in stored:
+        return stored
+    return recommend(data, policy)
 
 
 def _judge_nearest_miss(miss, candidates, records, policy: Policy, result: GateResult) -> None:

@@ -1,6 +1,6 @@
 """How the gate's verdict is shown to CI: Markdown (``$GITHUB_STEP_SUMMARY``) and JUnit XML.
 
-Pure text from a :class:`~diag.diagnostics.gate.GateResult`; the terminal table lives in the CLI.
+Pure text from a :class:`~diag.diagnostics.verdict.GateResult`; the terminal table lives in the CLI.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from diag.diagnostics.gate import GateResult, _no_evidence, _where
 from diag.diagnostics.policy import Check
+from diag.diagnostics.verdict import GateResult, checkpoint_name
 
 ICONS = {"pass": "✅", "fail": "❌", "undecided": "❔", "warning": "⚠️"}
 
@@ -20,7 +20,7 @@ def check_state(check: Check) -> str:
         return "pass"
     if not check.blocking:
         return "warning"
-    return "undecided" if _no_evidence(check) else "fail"
+    return "undecided" if check.no_evidence else "fail"
 
 
 def fmt_number(value: Any) -> str:
@@ -38,13 +38,13 @@ def to_markdown(result: GateResult) -> str:
     if result.checkpoint:
         ck = result.checkpoint
         lines.append(
-            f"Checkpoint `{ck.get('path')}` ({_where(ck)}, {result.selected_by}); "
+            f"Checkpoint `{ck.get('path')}` ({checkpoint_name(ck)}, {result.selected_by}); "
             f"policy {result.policy_hash} ({result.policy_source}); results `{result.results_dir}`."
         )
         lines.append("")
     if result.nearest_miss and result.miss_checks:
         miss = result.nearest_miss
-        lines += [f"Nearest miss `{miss.get('path')}` ({_where(miss)}), not eligible:", ""]
+        lines += [f"Nearest miss `{miss.get('path')}` ({checkpoint_name(miss)}), not eligible:", ""]
     for c_list in (result.checks, result.miss_checks):
         if not c_list:
             continue
@@ -79,13 +79,15 @@ def to_junit(result: GateResult) -> str:
     """
     import xml.etree.ElementTree as ET
 
-    suite_name = f"diag gate: {_where(result.checkpoint)}" if result.checkpoint else "diag gate"
+    suite_name = (
+        f"diag gate: {checkpoint_name(result.checkpoint)}" if result.checkpoint else "diag gate"
+    )
     cases: list[ET.Element] = []
     miss = result.nearest_miss
     judged = [("diag.gate", c) for c in result.checks]
     judged += [("diag.gate.nearest_miss", c) for c in result.miss_checks]
     for classname, c in judged:
-        name = c.name if classname == "diag.gate" else f"{c.name} ({_where(miss)})"
+        name = c.name if classname == "diag.gate" else f"{c.name} ({checkpoint_name(miss)})"
         case = ET.Element("testcase", classname=classname, name=name, time="0")
         state = check_state(c)
         text = f"value={fmt_number(c.value)} threshold={fmt_number(c.threshold)}: {c.detail}"

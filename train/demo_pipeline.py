@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.results import write_json_atomic
+from diag.records import write_json_atomic
 
 log = logging.getLogger("diag")
 
@@ -102,7 +102,8 @@ def run_demo(
         )
         timing[name] = _train_or_reuse(config, name)
 
-    from diag.diagnostics.sweep import sweep
+    from diag.diagnostics.sweeper import sweep
+    from diag.reports.build import write_report
 
     from diag.identity import load_identity
 
@@ -119,6 +120,7 @@ def run_demo(
         progress=progress,
         settle_seconds=0.0,
     )
+    write_report(result)
     timing["sweep_seconds"] = round(time.perf_counter() - sweep_started, 1)
     timing["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(out / "demo-timing.json", timing)

@@ -121,7 +121,7 @@ def _trainer_state(run_dir: Path, facts: RunFacts) -> None:
 
 
 def _xtuner(run_dir: Path, facts: RunFacts) -> None:
-    from diag.diagnostics.xtuner import find_config, parse_config
+    from diag.formats.xtuner import find_config, parse_config
 
     config_path = find_config(run_dir)
     if config_path is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.results import METRICS, SCHEMA_VERSION
+from diag.records import METRICS, SCHEMA_VERSION
 
 SCORE_COLUMNS = [
     "run",
