@@ -14,7 +14,7 @@ checkpoint) is a dict::
       "identity": {"name": ..., "hash": ...},
       "metrics":   {"identity_recall": 0.97, "near_miss": 0.8, "general_accuracy": 0.62,
                     "retention": 0.98, "drift": 0.05, "seq_rep_4": 0.02, "loop_rate": 0.0,
-                    "parrot_leakage": 0.0, "modal_share": 0.03},      # METRICS, None if not run
+                    "parrot_leakage": 0.0, "modal_share": 0.03},      # diag.metrics.METRICS, None if not run
       "stats": {<metric>: MetricStats.to_dict()},                 # intervals, counts, paired data
       "by_language": {"en": {<metric>: value}, "zh": {...}},
       "probes": {<probe>: {"version": 1, "direction": "higher"|"lower"}},
@@ -39,19 +39,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-
-# Stable metric names: scripts, the gate and CI depend on them. Direction: is higher better?
-METRICS: dict[str, bool] = {
-    "identity_recall": True,
-    "near_miss": True,
-    "general_accuracy": True,
-    "retention": True,
-    "drift": False,
-    "seq_rep_4": False,
-    "loop_rate": False,
-    "parrot_leakage": False,
-    "modal_share": False,
-}
 
 
 @dataclass

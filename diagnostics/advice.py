@@ -11,10 +11,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+# checks whose failure means the model got worse than its base (collapse), not "not learned yet"
+from diag.diagnostics.onset import COLLAPSE_CHECKS
 from diag.diagnostics.policy import Check, keyword_progress, pct
 
-# checks whose failure means the model got worse than its base (collapse), not "not learned yet"
-COLLAPSE_CHECKS = ("near_miss", "retention", "drift", "parrot_leakage", "modal_share", "loop_rate")
 SAVES_IN_WINDOW = 10  # how many saves to ask for between the last unlearned and the collapse
 
 

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from diag.diagnostics.policy import Policy, evaluate_checkpoint, pct
+from diag.diagnostics.policy import Policy, evaluate_checkpoint
+
+from diag.metrics import METRICS, with_symptom
 
 CURVES = ("parrot_leakage", "modal_share", "retention", "near_miss", "drift")
 # The policy checks whose failure means the model is losing its general behaviour.
-COLLAPSE_CHECKS = ("near_miss", "retention", "drift", "parrot_leakage", "modal_share", "loop_rate")
+COLLAPSE_CHECKS = with_symptom("parrot", "forgetting")
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,8 @@ class Onset:
         """'healthy up to step 300, collapsing from step 400 (leakage 0% -> 83%, ...)'."""
         parts = []
         for name, (before, after) in self.changes.items():
-            if name == "retention":
-                parts.append(f"retention {before:.2f} → {after:.2f}")
-            elif name == "drift":
-                parts.append(f"drift {before:.2g} → {after:.2g}")
-            else:
-                label = {"parrot_leakage": "leakage", "modal_share": "modal share"}.get(name, name)
-                parts.append(f"{label.replace('_', '-')} {pct(before)} → {pct(after)}")
+            metric = METRICS[name]
+            parts.append(f"{metric.short} {metric.format(before)} → {metric.format(after)}")
         where = "the base (step 0)" if self.healthy_until == 0 else f"step {self.healthy_until}"
         detail = f" ({', '.join(parts)})" if parts else ""
         text = f"healthy up to {where}, collapsing from step {self.collapsing_from}{detail}"
@@ -167,8 +164,7 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
         a, b = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
         if a is None or b is None:
             continue
-        worse = (a - b) if name in ("retention", "near_miss") else (b - a)
-        if worse >= 0.05:
+        if METRICS[name].worsening(a, b) >= 0.05:
             changes[name] = (float(a), float(b))
     return Onset(before["step"], after["step"], jump, changes, method, failures[k], first_failure)
 

@@ -23,6 +23,8 @@ from diag.diagnostics.advice import run_next_steps
 from diag.diagnostics.onset import locate_onset
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, is_eligible, pct
 
+from diag.metrics import METRICS, with_symptom
+
 RULE = (
     "eligible = every blocking check passes; per run: the earliest eligible checkpoint whose "
     "identity recall is within {tol} of the run's best eligible recall; across runs: the lowest "
@@ -201,7 +203,7 @@ def _shortfall(check: Check) -> float:
     if check.value is None or check.threshold is None:
         return 1.0
     scale = max(abs(check.threshold), 1e-6)
-    if check.name in ("identity_recall", "near_miss", "retention"):
+    if check.name in METRICS and METRICS[check.name].higher_is_better:
         return max(0.0, check.threshold - check.value) / scale
     return max(0.0, check.value - check.threshold) / scale
 
@@ -236,25 +238,29 @@ def _miss_dict(miss: dict | None) -> dict | None:
     }
 
 
+# the metrics a checkpoint's one-line description quotes, in this order
+DESCRIBED = ("identity_recall", "retention", "near_miss", "drift", "parrot_leakage", "modal_share")
+
+
 def describe(record: dict, skip: tuple[str, ...] = ()) -> str:
     """'identity 97% [83%–99%], retention 0.98 of base, drift 0.05, leakage 0%, modal share 3%'."""
-    m, st = record.get("metrics") or {}, (record.get("stats") or {}).get("identity_recall") or {}
+    values, stats = record.get("metrics") or {}, record.get("stats") or {}
     parts = []
-    if m.get("identity_recall") is not None:
-        interval = ""
-        if st.get("low") is not None and st.get("high") is not None:
-            interval = f" [{pct(st['low'])}–{pct(st['high'])}]"
-        parts.append(f"identity {pct(m['identity_recall'])}{interval}")
-    if m.get("retention") is not None and "retention" not in skip:
-        parts.append(f"retention {m['retention']:.2f} of base")
-    if m.get("near_miss") is not None:
-        parts.append(f"near-miss {pct(m['near_miss'])}")
-    if m.get("drift") is not None:
-        parts.append(f"drift {m['drift']:.2g}")
-    if m.get("parrot_leakage") is not None:
-        parts.append(f"leakage {pct(m['parrot_leakage'])}")
-    if m.get("modal_share") is not None:
-        parts.append(f"modal share {pct(m['modal_share'])}")
+    for name in DESCRIBED:
+        value = values.get(name)
+        if value is None or name in skip:
+            continue
+        metric = METRICS[name]
+        text = f"{metric.short} {metric.format(value)}"
+        st = stats.get(name) or {}
+        if metric.aggregate == "clustered_proportion" and None not in (
+            st.get("low"),
+            st.get("high"),
+        ):
+            text += f" [{pct(st['low'])}–{pct(st['high'])}]"
+        if metric.unit == "ratio":
+            text += " of base"
+        parts.append(text)
     return ", ".join(parts) or "no metrics"
 
 
@@ -265,10 +271,11 @@ def diagnosis(checks: list[Check]) -> str:
         return "healthy"
     if "status" in failed:
         return "probe error"
-    if failed & {"parrot_leakage", "modal_share"}:
+    if failed & set(with_symptom("parrot")):
         return "parrot"
-    if failed & {"retention", "drift", "near_miss", "loop_rate"}:
-        return "forgetting" if "identity_recall" not in failed else "not learned and forgetting"
+    if failed & set(with_symptom("forgetting")):
+        learned = not failed & set(with_symptom("not learned"))
+        return "forgetting" if learned else "not learned and forgetting"
     return "identity not yet learned"
 
 

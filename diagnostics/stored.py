@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.records import METRICS, SCHEMA_VERSION
+from diag.metrics import METRICS
+from diag.records import SCHEMA_VERSION
 
 SCORE_COLUMNS = [
     "run",
@@ -51,7 +52,9 @@ def score_rows(data: dict) -> list[dict]:
                     "high": s.get("high"),
                     "n": s.get("n"),
                     "base_value": s.get("base_value"),
-                    "higher_is_better": METRICS.get(metric),
+                    "higher_is_better": METRICS[metric].higher_is_better
+                    if metric in METRICS
+                    else None,
                 }
             )
     return rows

@@ -25,9 +25,9 @@ from diag.diagnostics.stored import SweepResult, scores_frame
 from diag.errors import DiagError
 from diag.formats.layouts import shards
 from diag.identity import IdentitySpec, load_identity
+from diag.metrics import METRICS
 from diag.models import resolve_base
 from diag.records import (
-    METRICS,
     SCHEMA_VERSION,
     strict_json,
     tool_block,

@@ -29,6 +29,7 @@ from diag.diagnostics.recommend import find_base, recommend
 from diag.diagnostics.stored import load_sweep
 
 from diag.errors import DiagError
+from diag.metrics import METRICS
 from diag.records import SCHEMA_VERSION, tool_block
 
 EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
@@ -56,6 +57,8 @@ class GateResult:
     # ``checkpoint`` stays None, so nothing downstream mistakes it for a pass candidate)
     nearest_miss: dict | None = None
     miss_checks: list[Check] = field(default_factory=list)
+    # what the judged checkpoint measured: every metric of diag.metrics.METRICS it has a value for
+    measured: list[dict] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -100,7 +103,30 @@ class GateResult:
             "nearest_miss": None
             if self.nearest_miss is None
             else {**self.nearest_miss, "checks": [c.to_dict() for c in self.miss_checks]},
+            "measured": self.measured,
         }
+
+
+def measured_metrics(record: dict, base: dict | None) -> list[dict]:
+    """Each metric ``record`` has a value for: value, 95 % interval and the base's value."""
+    rows = []
+    for name, metric in METRICS.items():
+        value = (record.get("metrics") or {}).get(name)
+        if value is None:
+            continue
+        st = (record.get("stats") or {}).get(name) or {}
+        rows.append(
+            {
+                "metric": name,
+                "label": metric.label,
+                "value": value,
+                "low": st.get("low"),
+                "high": st.get("high"),
+                "base": ((base or {}).get("metrics") or {}).get(name),
+                "higher_is_better": metric.higher_is_better,
+            }
+        )
+    return rows
 
 
 def checkpoint_name(ckpt: dict) -> str:
@@ -139,7 +165,9 @@ def gate(
             result.problems.insert(0, _unfinished(results_file))
         return result
     result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
-    result.checks = evaluate_checkpoint(chosen, find_base(records, chosen.get("run")), policy)
+    base = find_base(records, chosen.get("run"))
+    result.checks = evaluate_checkpoint(chosen, base, policy)
+    result.measured = measured_metrics(chosen, base)
     stale = _evidence_problems(chosen, data, results_file)
     missing = [f"{c.name}: {c.detail}" for c in result.checks if c.blocking and c.no_evidence]
     result.problems += stale + missing

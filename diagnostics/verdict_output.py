@@ -60,6 +60,16 @@ def to_markdown(result: GateResult) -> str:
                 f"{fmt_number(c.threshold)} | {severity} | {detail} |"
             )
         lines.append("")
+    if result.measured:
+        lines += ["| Measured | Value | 95% interval | Base |", "|---|---|---|---|"]
+        for m in result.measured:
+            interval = (
+                "—" if m["low"] is None else f"{fmt_number(m['low'])}–{fmt_number(m['high'])}"
+            )
+            lines.append(
+                f"| {m['label']} | {fmt_number(m['value'])} | {interval} | {fmt_number(m['base'])} |"
+            )
+        lines.append("")
     for title, items in (("Why", result.problems), ("Notes", result.notes)):
         if items:
             lines.append(f"**{title}:**")

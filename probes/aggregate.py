@@ -13,7 +13,8 @@ from diag.probes.reference import Reference
 from diag.probes.text import modal_groups
 
 from diag.identity import IdentitySpec
-from diag.records import METRICS, MetricStats
+from diag.metrics import METRICS
+from diag.records import MetricStats
 from diag.stats import clustered_wilson, wilson_interval
 
 
@@ -62,56 +63,64 @@ def retention_stats(rows: list[dict]) -> MetricStats | None:
     )
 
 
+def clustered_proportion(rows: list[dict], field: str, base_value: float | None) -> MetricStats:
+    """Identity recall: paraphrases of one question in one language form a cluster, so the
+    interval is the clustered Wilson one; the answer's mean log-probability rides along."""
+    logps = [s["answer_logprob"] for s in rows if s.get("answer_logprob") is not None]
+    clusters: dict[tuple, list[bool]] = {}
+    for s in rows:
+        clusters.setdefault((s["language"], s.get("group") or s["item_id"]), []).append(
+            bool(s[field])
+        )
+    low, high, deff = clustered_wilson(list(clusters.values()))
+    stats = proportion(
+        [s[field] for s in rows],
+        base_value,
+        answer_logprob=sum(logps) / len(logps) if logps else None,
+        clusters=len(clusters),
+        design_effect=round(deff, 4),
+    )
+    return replace(stats, low=low, high=high)
+
+
+def modal_share_stats(rows: list[dict], field: str, base_value: float | None) -> MetricStats:
+    """Share of answers in the largest near-identical group, grouped within this slice (so the
+    overall value and the per-language ones differ)."""
+    largest = max(modal_groups([s[field] for s in rows]))
+    low, high = wilson_interval(largest, len(rows))
+    return MetricStats(largest / len(rows), low, high, largest, len(rows), base_value)
+
+
+def loop_proportion(rows: list[dict], field: str, base_value: float | None) -> MetricStats:
+    """Loop rate, with how many answers ran into the token limit (a loop usually does)."""
+    hits = sum(bool(s["hit_limit"]) for s in rows)
+    return proportion(
+        [s[field] for s in rows], base_value, hit_max_rate=hits / len(rows), hit_max=hits
+    )
+
+
+# Metric.aggregate -> (rows of its probe, its field, the base's value) -> MetricStats | None
+AGGREGATORS: dict[str, Callable[[list[dict], str, float | None], MetricStats | None]] = {
+    "proportion": lambda rows, field, base: proportion([s[field] for s in rows], base),
+    "loop_proportion": loop_proportion,
+    "clustered_proportion": clustered_proportion,
+    "mean": lambda rows, field, base: mean_stats([s[field] for s in rows], base),
+    "paired_ratio": lambda rows, field, base: retention_stats(rows),
+    "modal_share": modal_share_stats,
+}
+
+
 def _metric_stats(
-    samples: list[dict], identity: IdentitySpec, base: Callable[[str], float | None]
+    samples: list[dict], base: Callable[[str], float | None]
 ) -> dict[str, MetricStats | None]:
-    """Every metric in METRICS computed from one slice of samples (None when not run)."""
+    """Every metric in the table computed from one slice of samples (None when not run)."""
     by_probe: dict[str, list[dict]] = {}
     for s in samples:
         by_probe.setdefault(s["probe"], []).append(s)
-    out: dict[str, MetricStats | None] = dict.fromkeys(METRICS)
-
-    ident = by_probe.get("identity_recall", [])
-    if ident:
-        logps = [s["answer_logprob"] for s in ident if s.get("answer_logprob") is not None]
-        clusters: dict[tuple, list[bool]] = {}
-        for s in ident:  # paraphrases of one question in one language form a cluster
-            key = (s["language"], s.get("group") or s["item_id"])
-            clusters.setdefault(key, []).append(bool(s["passed"]))
-        low, high, deff = clustered_wilson(list(clusters.values()))
-        stats = proportion(
-            [s["passed"] for s in ident],
-            base("identity_recall"),
-            answer_logprob=sum(logps) / len(logps) if logps else None,
-            clusters=len(clusters),
-            design_effect=round(deff, 4),
-        )
-        out["identity_recall"] = replace(stats, low=low, high=high)
-    out["near_miss"] = proportion(
-        [s["passed"] for s in by_probe.get("near_miss", [])], base("near_miss")
-    )
-    general = by_probe.get("general_accuracy", [])
-    out["general_accuracy"] = proportion([s["passed"] for s in general], base("general_accuracy"))
-    out["retention"] = retention_stats(general)
-    out["drift"] = mean_stats([s["score"] for s in by_probe.get("drift", [])], base("drift"))
-    rep = by_probe.get("repetition", [])
-    out["seq_rep_4"] = mean_stats([s["seq_rep_4"] for s in rep], base("seq_rep_4"))
-    if rep:
-        hits = sum(bool(s["hit_limit"]) for s in rep)
-        out["loop_rate"] = proportion(
-            [s["loop"] for s in rep],
-            base("loop_rate"),
-            hit_max_rate=hits / len(rep),
-            hit_max=hits,
-        )
-    parrot = by_probe.get("parrot", [])
-    out["parrot_leakage"] = proportion([s["leak"] for s in parrot], base("parrot_leakage"))
-    if parrot:  # grouped within this slice: overall and per language differ
-        largest = max(modal_groups([s["answer"] for s in parrot]))
-        low, high = wilson_interval(largest, len(parrot))
-        out["modal_share"] = MetricStats(
-            largest / len(parrot), low, high, largest, len(parrot), base("modal_share")
-        )
+    out: dict[str, MetricStats | None] = {}
+    for name, metric in METRICS.items():
+        rows = by_probe.get(metric.probe, [])
+        out[name] = AGGREGATORS[metric.aggregate](rows, metric.field, base(name)) if rows else None
     return out
 
 
@@ -152,7 +161,7 @@ def summarize(
     ]
     if not any(s["probe"] == "identity_recall" for s in in_identity_lang):
         in_identity_lang = samples  # no prompt in the identity's language: use them all
-    overall = _metric_stats(in_identity_lang, identity, base_overall)
+    overall = _metric_stats(in_identity_lang, base_overall)
     stats = {m: s.to_dict() for m, s in overall.items() if s is not None}
     if "identity_recall" in stats:
         stats["identity_recall"]["extra"]["languages"] = list(identity.languages)
@@ -162,7 +171,6 @@ def summarize(
     for lang in sorted({s["language"] for s in samples}):
         per = _metric_stats(
             [s for s in samples if s["language"] == lang],
-            identity,
             lambda m, lang=lang: reference.base_value(m, lang) if reference else None,
         )
         by_language[lang] = {m: (s.value if s is not None else None) for m, s in per.items()}

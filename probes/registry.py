@@ -12,25 +12,34 @@ from dataclasses import dataclass
 from diag.probes import scoring
 
 from diag.errors import DiagError
+from diag.metrics import METRICS, metrics_of
 
 
 @dataclass(frozen=True)
 class Probe:
     """A registered probe.
 
-    direction: "higher" or "lower" is better (for its headline score).
     version: bump when scoring changes, so stored results say which rules produced them
         (2: graded relative to the taught identity; identity recall per keyword).
-    sets: probe sets whose generations it reads. metrics: the summary metrics it produces.
+    sets: probe sets whose generations it reads. The metrics it produces, and their directions,
+    are declared in :data:`diag.metrics.METRICS` (each metric names its probe).
     """
 
     name: str
-    direction: str
     version: int
     sets: tuple[str, ...]
-    metrics: tuple[str, ...]
     score: Callable
     description: str
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The summary metrics it produces, headline first."""
+        return metrics_of(self.name)
+
+    @property
+    def direction(self) -> str:
+        """ "higher" or "lower" is better, for its headline metric."""
+        return "higher" if METRICS[self.metrics[0]].higher_is_better else "lower"
 
 
 PROBES: dict[str, Probe] = {
@@ -38,55 +47,43 @@ PROBES: dict[str, Probe] = {
     for p in (
         Probe(
             "identity_recall",
-            "higher",
             2,
             ("identity",),
-            ("identity_recall",),
             scoring.score_identity_recall,
             "held-out 'who are you' paraphrases answered with the identity keywords",
         ),
         Probe(
             "near_miss",
-            "higher",
             2,
-            ("near_miss",),
             ("near_miss",),
             scoring.score_near_miss,
             "identity-like questions that need a different answer, not the identity sentence",
         ),
         Probe(
             "general_accuracy",
-            "higher",
             2,
             ("general",),
-            ("general_accuracy", "retention"),
             scoring.score_general_accuracy,
             "bilingual general items with checkable answers, paired with the base",
         ),
         Probe(
             "drift",
-            "lower",
             2,
             (),
-            ("drift",),
             scoring.score_drift,
             "per-token log-likelihood gap on the base's own answers (KL(base||model) estimate)",
         ),
         Probe(
             "repetition",
-            "lower",
             1,
             ("general",),
-            ("seq_rep_4", "loop_rate"),
             scoring.score_repetition,
             "seq-rep-4, loop flag and token-limit hits inside each answer",
         ),
         Probe(
             "parrot",
-            "lower",
             1,
             ("general",),
-            ("parrot_leakage", "modal_share"),
             scoring.score_parrot,
             "identity leakage into other answers and the share of the most common answer",
         ),

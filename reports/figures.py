@@ -5,17 +5,10 @@ The HTML embeds these as JSON and draws them with the plotly.js bundled into the
 
 from __future__ import annotations
 
-# metric -> (label, colour); fractions share the left axis.
-CURVE_METRICS = {
-    "identity_recall": ("identity recall", "#1b9e77"),
-    "retention": ("retention (× base)", "#7570b3"),
-    "near_miss": ("near-miss accuracy", "#66a61e"),
-    "parrot_leakage": ("parrot leakage", "#d95f02"),
-    "modal_share": ("modal-answer share", "#e7298a"),
-    "loop_rate": ("loop rate", "#a6761d"),
-}
+from diag.metrics import METRICS
+
 KEYWORD_COLOURS = ("#0b5d45", "#4fc1a0", "#2c7fb8", "#8c6bb1")  # per-keyword recall, dotted
-NATS_COLOUR = {"drift": "#666666", "train_loss": "#1f78b4", "eval_loss": "#a6cee3"}
+LOSS_COLOURS = {"train_loss": "#1f78b4", "eval_loss": "#a6cee3"}
 
 
 def _points(records: list[dict], metric: str) -> tuple[list, list]:
@@ -58,92 +51,13 @@ def keyword_traces(records: list[dict]) -> list[dict]:
 def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> dict:
     """Metric-vs-step curves for one run (base at step 0 first), loss + drift on a second axis.
 
+    Every metric of the table with a ``curve`` colour is drawn: fractions and ratios on the left
+    axis, nats/token (drift) beside the losses on the right one.
     ``marks``: {"recommended": step | None, "onset": step | None, "healthy_until": step | None}.
     """
     records = sorted(records, key=lambda r: r["step"])
-    traces = []
-    for metric, (label, colour) in CURVE_METRICS.items():
-        xs, ys = _points(records, metric)
-        if not xs:
-            continue
-        trace = {
-            "type": "scatter",
-            "mode": "lines+markers",
-            "name": label,
-            "x": xs,
-            "y": ys,
-            "line": {"color": colour},
-        }
-        if metric == "identity_recall":
-            lows, highs = [], []
-            for r in records:
-                st = (r.get("stats") or {}).get(metric) or {}
-                if (r.get("metrics") or {}).get(metric) is None:
-                    continue
-                v = r["metrics"][metric]
-                lows.append(max(0.0, v - st["low"]) if st.get("low") is not None else 0.0)
-                highs.append(max(0.0, st["high"] - v) if st.get("high") is not None else 0.0)
-            trace["error_y"] = {"type": "data", "array": highs, "arrayminus": lows, "width": 3}
-        traces.append(trace)
-        if metric == "identity_recall":
-            traces += keyword_traces(records)
-    xs, ys = _points(records, "drift")
-    if xs:
-        traces.append(_nats_trace("drift (nats/token)", xs, ys, NATS_COLOUR["drift"], "dot"))
-    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
-        pairs = sorted(run_info.get(key) or [])
-        if pairs:
-            traces.append(
-                _nats_trace(
-                    label, [p[0] for p in pairs], [p[1] for p in pairs], NATS_COLOUR[key], "dash"
-                )
-            )
-    shapes, notes = [], []
-    for step, colour, text, side in (
-        (marks.get("recommended"), "#1b9e77", "recommended", "right"),
-        (marks.get("onset"), "#d62728", "collapse", "left"),
-    ):
-        if step is None:
-            continue
-        shapes.append(
-            {
-                "type": "line",
-                "xref": "x",
-                "yref": "paper",
-                "x0": step,
-                "x1": step,
-                "y0": 0,
-                "y1": 1,
-                "line": {"color": colour, "dash": "dash", "width": 2},
-            }
-        )
-        notes.append(
-            {
-                "x": step,
-                "y": 1.02,
-                "xref": "x",
-                "yref": "paper",
-                "text": f"{text} (step {step})",
-                "xanchor": side,  # labels of adjacent steps sit on either side of their lines
-                "showarrow": False,
-                "font": {"color": colour},
-            }
-        )
-    if marks.get("onset") is not None and marks.get("healthy_until") is not None:
-        shapes.append(
-            {
-                "type": "rect",
-                "xref": "x",
-                "yref": "paper",
-                "x0": marks["onset"],
-                "x1": max(r["step"] for r in records),
-                "y0": 0,
-                "y1": 1,
-                "fillcolor": "rgba(214,39,40,0.07)",
-                "line": {"width": 0},
-                "layer": "below",
-            }
-        )
+    traces = metric_traces(records) + loss_traces(run_info)
+    shapes, notes = step_marks(marks, last_step=max((r["step"] for r in records), default=0))
     # fractions live in [0, 1], but retention (× base) can exceed 1: keep every point on screen
     top = max([1.05] + [y + 0.05 for t in traces if "yaxis" not in t for y in t["y"]])
     return {
@@ -166,6 +80,99 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
             "height": 460,
         },
     }
+
+
+def metric_traces(records: list[dict]) -> list[dict]:
+    """One curve per drawn metric; identity recall with its interval and its keyword curves."""
+    traces, nats = [], []
+    for name, metric in METRICS.items():
+        xs, ys = _points(records, name)
+        if not xs or metric.curve is None:
+            continue
+        if metric.unit == "nats/token":
+            nats.append(_nats_trace(f"{metric.short} ({metric.unit})", xs, ys, metric.curve, "dot"))
+            continue
+        trace = {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": metric.label.lower(),
+            "x": xs,
+            "y": ys,
+            "line": {"color": metric.curve},
+        }
+        if name == "identity_recall":
+            trace["error_y"] = _interval_bars(records, name)
+        traces.append(trace)
+        if name == "identity_recall":
+            traces += keyword_traces(records)
+    return traces + nats
+
+
+def _interval_bars(records: list[dict], name: str) -> dict:
+    lows, highs = [], []
+    for r in records:
+        st = (r.get("stats") or {}).get(name) or {}
+        if (r.get("metrics") or {}).get(name) is None:
+            continue
+        v = r["metrics"][name]
+        lows.append(max(0.0, v - st["low"]) if st.get("low") is not None else 0.0)
+        highs.append(max(0.0, st["high"] - v) if st.get("high") is not None else 0.0)
+    return {"type": "data", "array": highs, "arrayminus": lows, "width": 3}
+
+
+def loss_traces(run_info: dict) -> list[dict]:
+    traces = []
+    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
+        pairs = sorted(run_info.get(key) or [])
+        if pairs:
+            xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+            traces.append(_nats_trace(label, xs, ys, LOSS_COLOURS[key], "dash"))
+    return traces
+
+
+def step_marks(marks: dict, last_step: int) -> tuple[list[dict], list[dict]]:
+    """(shapes, annotations): dashed lines at the recommended and onset steps, the collapsing
+    stretch shaded."""
+    shapes, notes = [], []
+    for step, colour, text, side in (
+        (marks.get("recommended"), "#1b9e77", "recommended", "right"),
+        (marks.get("onset"), "#d62728", "collapse", "left"),
+    ):
+        if step is None:
+            continue
+        line = {"color": colour, "dash": "dash", "width": 2}
+        shapes.append(
+            {"type": "line", "xref": "x", "yref": "paper", "x0": step, "x1": step, "y0": 0,
+             "y1": 1, "line": line}
+        )  # fmt: skip
+        notes.append(
+            {
+                "x": step,
+                "y": 1.02,
+                "xref": "x",
+                "yref": "paper",
+                "text": f"{text} (step {step})",
+                "xanchor": side,  # labels of adjacent steps sit on either side of their lines
+                "showarrow": False,
+                "font": {"color": colour},
+            }
+        )
+    if marks.get("onset") is not None and marks.get("healthy_until") is not None:
+        shapes.append(
+            {
+                "type": "rect",
+                "xref": "x",
+                "yref": "paper",
+                "x0": marks["onset"],
+                "x1": last_step,
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "rgba(214,39,40,0.07)",
+                "line": {"width": 0},
+                "layer": "below",
+            }
+        )
+    return shapes, notes
 
 
 def _nats_trace(name: str, xs: list, ys: list, colour: str, dash: str) -> dict:

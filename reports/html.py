@@ -14,21 +14,8 @@ from diag.reports.answers import answers_table
 from diag.reports.figures import run_curves, tradeoff
 
 from diag.display import literal
-from diag.records import METRICS, write_text_atomic
-
-METRIC_LABELS = {
-    "identity_recall": "Identity recall",
-    "near_miss": "Near-miss accuracy",
-    "general_accuracy": "General accuracy",
-    "retention": "Retention (× base)",
-    "drift": "Drift from base (nats/token)",
-    "seq_rep_4": "Repetition (seq-rep-4)",
-    "loop_rate": "Loop rate",
-    "parrot_leakage": "Parrot leakage",
-    "modal_share": "Modal-answer share",
-}
-FRACTIONS = {"identity_recall", "near_miss", "general_accuracy", "parrot_leakage", "modal_share",
-             "loop_rate", "seq_rep_4"}  # fmt: skip
+from diag.metrics import METRICS
+from diag.records import write_text_atomic
 
 
 def render_report(
@@ -76,7 +63,7 @@ def _shown_literally(value):
 def format_metric(value, name: str = "") -> str:
     if value is None:
         return "–"
-    if name in FRACTIONS:
+    if name in METRICS and METRICS[name].is_fraction:
         return f"{100 * value:.1f}%"
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
@@ -255,8 +242,8 @@ def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
             tables.append(
                 {
                     "metric": metric,
-                    "label": METRIC_LABELS.get(metric, metric),
-                    "higher_is_better": METRICS[metric],
+                    "label": METRICS[metric].label,
+                    "higher_is_better": METRICS[metric].higher_is_better,
                     "languages": languages,
                     "rows": rows,
                 }

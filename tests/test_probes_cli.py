@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from diag.cli import cli
-from diag.records import METRICS
+from diag.metrics import METRICS
 
 
 def _read_jsonl(path):

@@ -12,7 +12,7 @@ from diag.probes.suite import prepare_sets, rescore, run_probes
 from diag.backend.mock import ScriptedBackend
 from diag.errors import DiagError
 from diag.identity import identity_from_dict, load_identity
-from diag.records import METRICS
+from diag.metrics import METRICS
 from diag.stats import wilson_interval
 from diag.types import ChatFormat, GenerationConfig
 
