@@ -97,30 +97,73 @@ def run_training(
 
     Refuses an ``output_dir`` that already holds checkpoints, so nothing trained is overwritten.
     """
+    _import_training_libraries()  # before the clock starts: total_seconds never counted imports
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+
+    # ---- setup: the run folder, identity, deepspeed, base model, data
+    identity, chat, deepspeed = _setup(config, out)
+    source, device, tokenizer, model = _load_base_model(config)
+    conversations, examples, data_info = _prepare_data(
+        config, identity, chat, source, device, tokenizer, model
+    )
+    manifest_args = dict(
+        config=config,
+        source=source,
+        identity=identity,
+        chat=chat,
+        data=data_info,
+        deepspeed=deepspeed,
+    )
+    _write_run_start(out, conversations, manifest_args)
+
+    # ---- train
+    model = _model_to_train(config, model)
+    args = _training_arguments(config, out, device, deepspeed)
+    all_callbacks, probe_cb = _trainer_callbacks(
+        config, identity, chat, label or out.name, callbacks
+    )
+    trainer, train_seconds = _train(config, model, args, examples, tokenizer, all_callbacks)
+
+    # ---- save: the final manifest (the checkpoints are already on disk)
+    probes = _collected_probes(probe_cb, callbacks)
+    return _finish_run(out, trainer, train_seconds, started, probes, manifest_args)
+
+
+def _import_training_libraries() -> None:
+    """Import torch, transformers and the training modules, in this order, before the run starts.
+
+    The steps below import the names they use again, from the module cache. Importing them all
+    here keeps import time and import-time warnings ahead of the run's own work and messages.
+    """
     import torch
 
-    if (
-        not torch.cuda.is_available()
-    ):  # deepspeed (if installed) warns on import that it found no GPU
+    if not torch.cuda.is_available():  # deepspeed (if installed) warns on import: no GPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import transformers
-    from diag.train.callbacks import ParrotStopCallback, RichProgressCallback
-    from diag.train.dataset import PadCollator, data_hash, tokenize_all
-    from diag.train.manifest import write_manifest
-    from transformers import (
+    import transformers  # noqa: F401
+    from diag.train.callbacks import ParrotStopCallback, RichProgressCallback  # noqa: F401
+    from diag.train.dataset import PadCollator, data_hash, tokenize_all  # noqa: F401
+    from diag.train.manifest import write_manifest  # noqa: F401
+    from diag.train.save_schedule import SaveEvery  # noqa: F401
+    from transformers import (  # noqa: F401
         AutoModelForCausalLM,
         AutoTokenizer,
         PrinterCallback,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
-    from diag.backend.hf import HFBackend, default_device, ensure_local_weights, quiet_transformers
-    from diag.models import resolve_base
+    from diag.backend.hf import (  # noqa: F401
+        HFBackend,
+        default_device,
+        ensure_local_weights,
+        quiet_transformers,
+    )
+    from diag.models import resolve_base  # noqa: F401
 
-    started = time.perf_counter()
-    out = Path(config.output_dir)
+
+def _setup(config: TrainConfig, out: Path) -> tuple:
+    """Refuse a used ``out``; return the identity, chat format and DeepSpeed settings."""
     if existing_checkpoints(out):
         raise DiagError(
             f"output_dir '{out}' already holds checkpoints",
@@ -134,9 +177,17 @@ def run_training(
             "phase) may be among them -- the trap this tool exists for. Default keeps all.",
             config.keep,
         )
-    deepspeed = _deepspeed_settings(config)
+    return identity, chat, _deepspeed_settings(config)
 
-    # ---- base model
+
+def _load_base_model(config: TrainConfig) -> tuple:
+    """The base model's source, the device, and its tokenizer and float32 model on that device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diag.backend.hf import default_device, ensure_local_weights, quiet_transformers
+    from diag.models import resolve_base
+
     quiet_transformers()
     source = resolve_base(config.base)
     folder = ensure_local_weights(source)
@@ -148,8 +199,18 @@ def run_training(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    return source, device, tokenizer, model
 
-    # ---- data (self-rehearsal runs the base before any adapter exists)
+
+def _prepare_data(
+    config: TrainConfig, identity, chat: ChatFormat, source, device: str, tokenizer, model
+) -> tuple[list[dict], list, dict]:
+    """The conversations, their tokenized examples, and the manifest's description of the data."""
+    from diag.train.dataset import data_hash, tokenize_all
+
+    from diag.backend.hf import HFBackend
+
+    # self-rehearsal runs the base before any adapter exists
     base_lm = (
         HFBackend(model, tokenizer, source.name, device)
         if config.mix.general_ratio > 0 and config.mix.rehearsal
@@ -159,36 +220,36 @@ def run_training(
     examples, dropped = tokenize_all(
         tokenizer, conversations, config.system, config.data.max_length
     )
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = "right"  # HFBackend pads on the left, for generation
     data_info.update(
         hash=data_hash(conversations),
         examples=len(examples),
         dropped_too_long=dropped,
         max_length=config.data.max_length,
     )
+    return conversations, examples, data_info
+
+
+def _write_run_start(out: Path, conversations: list[dict], manifest_args: dict) -> None:
+    """Create the run folder with the training data and a ``running`` manifest."""
+    from diag.train.manifest import write_manifest
+
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train-data.jsonl", "w", encoding="utf-8") as fh:
         for conv in conversations:
             fh.write(json.dumps(conv, ensure_ascii=False) + "\n")
-    manifest_args = dict(
-        config=config,
-        source=source,
-        identity=identity,
-        chat=chat,
-        data=data_info,
-        deepspeed=deepspeed,
-    )
     write_manifest(out, status="running", **manifest_args)
 
-    # ---- model to train
+
+def _model_to_train(config: TrainConfig, model):
+    """``model`` with a LoRA adapter (``method: lora``) or as is, in training mode."""
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = config.lora
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", FutureWarning
-            )  # peft calls a deprecated transformers API
+            # peft calls a deprecated transformers API
+            warnings.simplefilter("ignore", FutureWarning)
             model = get_peft_model(
                 model,
                 LoraConfig(
@@ -200,9 +261,16 @@ def run_training(
                 ),
             )
     model.train()
+    return model
+
+
+def _training_arguments(config: TrainConfig, out: Path, device: str, deepspeed: dict | None):
+    """The ``TrainingArguments`` for this run: Trainer's checkpoint layout in ``out``."""
+    import torch
+    from transformers import TrainingArguments
 
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(out),
         max_steps=config.max_steps if config.max_steps is not None else -1,
         num_train_epochs=config.epochs or 1.0,
@@ -227,16 +295,19 @@ def run_training(
         deepspeed=deepspeed["config"] if deepspeed and deepspeed["used"] else None,
     )
 
-    class SaveEvery(TrainerCallback):
-        """Checkpoint every save_every steps and at the final step. Trainer alone would not: a
-        resumed run keeps the interval stored in the checkpoint's trainer_state.json."""
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % config.save_every == 0 or state.global_step >= state.max_steps:
-                control.should_save = True
+def _trainer_callbacks(
+    config: TrainConfig, identity, chat: ChatFormat, label: str, callbacks: list | None
+) -> tuple[list, object | None]:
+    """Progress bar, save schedule, the caller's callbacks, then the parrot probe if asked for.
+
+    Returns them all and the probe callback (None when ``probe_every`` is unset).
+    """
+    from diag.train.callbacks import ParrotStopCallback, RichProgressCallback
+    from diag.train.save_schedule import SaveEvery
 
     probe_cb = None
-    all_callbacks = [RichProgressCallback(label or out.name), SaveEvery(), *(callbacks or [])]
+    all_callbacks = [RichProgressCallback(label), SaveEvery(config.save_every), *(callbacks or [])]
     if config.probe_every:
         probe_cb = ParrotStopCallback(
             identity,
@@ -246,6 +317,15 @@ def run_training(
             chat=chat,
         )
         all_callbacks.append(probe_cb)
+    return all_callbacks, probe_cb
+
+
+def _train(config: TrainConfig, model, args, examples: list, tokenizer, all_callbacks: list):
+    """Run transformers' ``Trainer``; returns it and the seconds ``train()`` took."""
+    import transformers
+    from diag.train.dataset import PadCollator
+    from transformers import PrinterCallback, Trainer
+
     transformers.logging.set_verbosity_error()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation notes from inside transformers
@@ -262,11 +342,28 @@ def run_training(
         # resume: the checkpoint's weights, step and data position; its optimizer state too when
         # it was saved (save_optimizer: true), else Adam starts afresh from those weights
         trainer.train(resume_from_checkpoint=config.resume_from)
-    train_seconds = time.perf_counter() - train_started
+    return trainer, time.perf_counter() - train_started
 
+
+def _collected_probes(probe_cb, callbacks: list | None) -> list[dict]:
+    """The in-training probe records: the recipe's own probe's, then any caller callback's."""
     probes = list(probe_cb.history) if probe_cb else []
     for cb in callbacks or []:
         probes += list(getattr(cb, "history", []))
+    return probes
+
+
+def _finish_run(
+    out: Path,
+    trainer,
+    train_seconds: float,
+    started: float,
+    probes: list[dict],
+    manifest_args: dict,
+) -> TrainResult:
+    """The run's result, after writing the final manifest (complete or stopped on parrot)."""
+    from diag.train.manifest import write_manifest
+
     stopped = any(p.get("stopped") for p in probes)
     steps = trainer.state.global_step
     result = TrainResult(out, existing_checkpoints(out), steps, train_seconds, stopped, probes)

@@ -1,0 +1,22 @@
+"""The recipe's checkpoint schedule: every ``save_every`` steps and at the final step.
+
+A module of its own because it subclasses transformers' ``TrainerCallback``, and
+:mod:`diag.train.recipe` must import transformers only inside functions (``diag --help`` never
+imports torch); the recipe imports this module when a run starts.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+
+class SaveEvery(TrainerCallback):
+    """Checkpoint every ``every`` steps and at the final step. Trainer alone would not: a
+    resumed run keeps the interval stored in the checkpoint's trainer_state.json."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+            control.should_save = True
