@@ -51,6 +51,10 @@ class GenerationConfig:
         return asdict(self)
 
 
+# The probe suite's decoding settings: what `diag probe` and `diag sweep` use unless told.
+DEFAULT_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=64)
+
+
 @dataclass(frozen=True)
 class Generation:
     """One generated answer."""

@@ -25,13 +25,12 @@ from diag.probes.scoring import Records, score_graded
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
 from diag.records import SCHEMA_VERSION, tool_block
-from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
+from diag.types import DEFAULT_GENERATION, ChatFormat, GenerationConfig, LoglikelihoodRequest
 
 # 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
 # most of the suite's cost on a CPU. Batches of 64: a CPU's matrix kernels are about twice as
 # fast per token at 64 rows as at 16 (benchmarks/bench_probes.py), and finished rows leave the
 # batch, so a large batch costs no padding.
-DEFAULT_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=64)
 
 __all__ = ["ProbeRun", "Reference", "rescore", "run_probes", "identity_probe_prompts"]
 identity_probe_prompts = probe_items.identity_probe_prompts

@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 from click.testing import CliRunner
+from diag.diagnostics.sweeper import sweep
+from diag.probes.aggregate import AGGREGATORS
+from diag.probes.registry import PROBES
 from test_sweep_cache import GEN, _run_dir
 
 from diag.cli import cli
-from diag.diagnostics.sweeper import sweep
 from diag.metrics import AGGREGATIONS, METRICS, Metric, markdown_table
-from diag.probes.aggregate import AGGREGATORS
-from diag.probes.registry import PROBES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "probes.md"
 

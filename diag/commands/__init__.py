@@ -1,8 +1,11 @@
 """One module per CLI sub-command; each imports only click and light diag modules at top level."""
 
+import functools
 from pathlib import Path
 
 import click
+
+from diag.types import DEFAULT_GENERATION, GenerationConfig
 
 
 def probe_set_options(command):
@@ -58,3 +61,43 @@ def policy_options(purpose: str):
         )(command)
 
     return decorate
+
+
+def generation_options(command):
+    """--max-new-tokens, --batch-size (defaults: the suite's DEFAULT_GENERATION), --device and
+    --trust-remote-code: how a command runs the model (probe, sweep).
+
+    The command receives ``generation`` (a GenerationConfig), ``device`` and
+    ``trust_remote_code``; the two numbers are validated here, once.
+    """
+
+    @functools.wraps(command)
+    def with_generation(*args, max_new_tokens, batch_size, **kwargs):
+        generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return command(*args, generation=generation, **kwargs)
+
+    options = [
+        click.option(
+            "--max-new-tokens",
+            type=click.IntRange(min=1),
+            default=DEFAULT_GENERATION.max_new_tokens,
+            show_default=True,
+            help="Answer length limit (tokens).",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=DEFAULT_GENERATION.batch_size,
+            show_default=True,
+            help="Prompts per generation batch.",
+        ),
+        click.option("--device", help="cpu, cuda or mps (default: the best available)."),
+        click.option(
+            "--trust-remote-code",
+            is_flag=True,
+            help="Allow a base model that ships its own Python code.",
+        ),
+    ]
+    for option in reversed(options):
+        with_generation = option(with_generation)
+    return with_generation

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from diag.commands import probe_set_options
+from diag.commands import generation_options, probe_set_options
 
 
 @click.command()
@@ -15,21 +15,12 @@ from diag.commands import probe_set_options
 @click.option("--base", help="Base model for an adapter (default: from adapter_config.json).")
 @probe_set_options
 @click.option("--system", help="System prompt to send (default: the chat template's own).")
-@click.option(
-    "--max-new-tokens", type=int, default=48, show_default=True, help="Answer length limit."
-)
-@click.option(
-    "--batch-size", type=int, default=64, show_default=True, help="Prompts per generation batch."
-)
+@generation_options
 @click.option(
     "--reference",
     "reference_file",
     type=click.Path(path_type=Path),
     help="Base reference.json from an earlier run (skips re-probing the base for an adapter).",
-)
-@click.option("--device", help="cpu, cuda or mps (default: the best available).")
-@click.option(
-    "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
 )
 @click.option(
     "--out",
@@ -47,11 +38,10 @@ def probe(
     size,
     languages,
     system,
-    max_new_tokens,
-    batch_size,
-    reference_file,
+    generation,
     device,
     trust_remote_code,
+    reference_file,
     out,
 ):
     """Score one model: identity recall, near-miss, general accuracy, drift, repetition, parrot.
@@ -63,16 +53,13 @@ def probe(
     from diag.identity import load_identity
     from diag.probes.registry import resolve_probes
     from diag.probes.suite import prepare_sets
-    from diag.types import ChatFormat, GenerationConfig
+    from diag.types import ChatFormat
 
     spec = load_identity(identity)
     names = resolve_probes(probes)  # fail on a typo before loading any model
     prepare_sets(spec, size, probe_files, languages)  # and on a bad probe file or language
-    if max_new_tokens < 1 or batch_size < 1:
-        raise DiagError("--max-new-tokens and --batch-size must be at least 1")
     base_name, adapter = _resolve_model(model, base)
     chat = ChatFormat(system=system)
-    generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     reference = None
     if reference_file is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from diag.commands import policy_options, probe_set_options
+from diag.commands import generation_options, policy_options, probe_set_options
 
 
 @click.command()
@@ -24,8 +24,7 @@ from diag.commands import policy_options, probe_set_options
     help="Prompt template for every checkpoint: a format string with {input}, or an XTuner "
     "template name such as internlm2_chat (default: as trained).",
 )
-@click.option("--max-new-tokens", type=int, help="Answer length limit (default: the suite's).")
-@click.option("--batch-size", type=int, help="Prompts per generation batch (default: 64).")
+@generation_options
 @click.option("--lora-alpha", type=float, help="LoRA alpha for XTuner/DeepSpeed weights.")
 @click.option(
     "--allow-pickle",
@@ -39,10 +38,6 @@ from diag.commands import policy_options, probe_set_options
     show_default=True,
     help="Skip checkpoints modified more recently than this (still being written).",
 )
-@click.option("--device", help="cpu, cuda or mps (default: the best available).")
-@click.option(
-    "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
-)
 @policy_options("for the recommendation; default: the built-in policy")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")
@@ -54,28 +49,7 @@ from diag.commands import policy_options, probe_set_options
     help="Progress as a rich display or one plain line per checkpoint (CI logs).",
 )
 def sweep(
-    runs_dir,
-    base,
-    identity,
-    out,
-    probes,
-    probe_files,
-    size,
-    languages,
-    system,
-    template,
-    max_new_tokens,
-    batch_size,
-    lora_alpha,
-    allow_pickle,
-    settle_seconds,
-    device,
-    trust_remote_code,
-    policy_file,
-    overrides,
-    no_report,
-    quiet,
-    log_format,
+    runs_dir, trust_remote_code, policy_file, overrides, no_report, quiet, log_format, **options
 ):
     """Probe every checkpoint under RUNS_DIR against its base model; cached and resumable.
 
@@ -86,43 +60,14 @@ def sweep(
     changed checkpoints; an interrupted sweep resumes where it stopped.
     """
     from diag.diagnostics.sweeper import sweep as run_sweep
-    from diag.errors import DiagError
-    from diag.types import GenerationConfig
 
-    if (max_new_tokens is not None and max_new_tokens < 1) or (
-        batch_size is not None and batch_size < 1
-    ):
-        raise DiagError("--max-new-tokens and --batch-size must be at least 1")
-    generation = None
-    if max_new_tokens is not None or batch_size is not None:
-        from diag.probes.suite import DEFAULT_GENERATION
-
-        generation = GenerationConfig(
-            max_new_tokens=max_new_tokens or DEFAULT_GENERATION.max_new_tokens,
-            batch_size=batch_size or DEFAULT_GENERATION.batch_size,
-        )
-    policy = _policy(policy_file, overrides)
     result = run_sweep(
         runs_dir,
-        base=base,
-        identity=identity,
-        out=out,
-        probes=probes,
-        probe_files=probe_files,
-        size=size,
-        languages=languages,
-        generation=generation,
-        system=system,
-        template=template,
-        lora_alpha=lora_alpha,
-        allow_pickle=allow_pickle,
-        settle_seconds=settle_seconds,
-        device=device,
-        load_model=_remote_code_loader(device) if trust_remote_code else None,
-        policy=policy,
+        load_model=_remote_code_loader(options["device"]) if trust_remote_code else None,
+        policy=_policy(policy_file, overrides),
         progress="quiet" if quiet else log_format,
+        **options,
     )
-    data = result.data
     if not no_report:
         from diag.reports.build import write_report
 
@@ -130,9 +75,15 @@ def sweep(
     if not quiet:
         from diag.reports.terminal import print_summary
 
-        print_summary(data)
+        print_summary(result.data)
+    _print_outcome(result)
+
+
+def _print_outcome(result) -> None:
+    """What was not swept and why, the failed checkpoints, then one line of totals."""
     from diag.display import literal
 
+    data = result.data
     for skipped in data.get("skipped", []):
         fix = f" (fix: {skipped['fix']})" if skipped.get("fix") else ""
         click.echo(literal(f"skipped {skipped['path']}: {skipped['reason']}{fix}"), err=True)
