@@ -108,13 +108,7 @@ def run_probes(
     if reference is not None:
         _check_reference(reference, chat, identity)
 
-    wanted_sets = {s for n in names for s in PROBES[n].sets}
-    if "drift" in names and reference is None:
-        wanted_sets.add("general")  # the base's answers to general prompts are the drift texts
-    wanted_sets.update(k for k in sets if k.startswith("custom:"))
-    order = [s for s in sets if s in wanted_sets]
-    jobs = [(s, item) for s in order for item in sets[s].items]
-
+    order = _sets_to_ask(names, sets, reference)
     meta = {
         "kind": "meta",
         "model": {"base": lm.name, "adapter": getattr(lm, "active_adapter", None)},
@@ -129,21 +123,43 @@ def run_probes(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     records: list[dict] = [meta]
+    records += _generations(lm, order, sets, generation, say)
+    requests = _likelihood_requests(names, records, sets, identity, reference)
+    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say)
+    return rescore(records, identity, reference)
+
+
+def _sets_to_ask(names: list[str], sets: dict, reference: Reference | None) -> list[str]:
+    """The probe sets whose prompts are generated, in the suite's order."""
+    wanted = {s for n in names for s in PROBES[n].sets}
+    if "drift" in names and reference is None:
+        wanted.add("general")  # the base's answers to general prompts are the drift texts
+    wanted.update(k for k in sets if k.startswith("custom:"))
+    return [s for s in sets if s in wanted]
+
+
+def _generations(lm, order: list[str], sets: dict, generation, say) -> list[dict]:
+    """Every prompt of the ``order`` sets answered in one batched call: one ``generation``
+    record per (set, item)."""
+    jobs = [(s, item) for s in order for item in sets[s].items]
     say(f"generating {len(jobs)} answers ({', '.join(order)})")
     answers = lm.generate([item.prompt for _, item in jobs], generation) if jobs else []
-    for (set_name, item), gen in zip(jobs, answers):
-        records.append(
-            {
-                "kind": "generation",
-                "set": set_name,
-                **item.to_dict(),
-                "text": gen.text,
-                "new_tokens": gen.new_tokens,
-                "hit_limit": gen.hit_limit,
-                "prompt_tokens": gen.prompt_tokens,
-            }
-        )
+    return [
+        {
+            "kind": "generation",
+            "set": set_name,
+            **item.to_dict(),
+            "text": gen.text,
+            "new_tokens": gen.new_tokens,
+            "hit_limit": gen.hit_limit,
+            "prompt_tokens": gen.prompt_tokens,
+        }
+        for (set_name, item), gen in zip(jobs, answers)
+    ]
 
+
+def _likelihood_requests(names, records, sets, identity, reference) -> list[tuple[str, dict]]:
+    """(set, request) pairs: the identity answer after each identity prompt, the drift texts."""
     requests: list[tuple[str, dict]] = []
     if "identity_recall" in names:
         for item in sets["identity"].items:
@@ -153,24 +169,28 @@ def run_probes(
     if "drift" in names:
         for d in _drift_texts(records, sets, reference):
             requests.append(("drift", d))
-    if requests:
-        say(f"scoring {len(requests)} log-likelihoods")
-        lls = lm.loglikelihood(
-            [LoglikelihoodRequest(r["prompt"], r["continuation"]) for _, r in requests],
-            chat=chat,
-            batch_size=generation.batch_size,
-        )
-        for (set_name, req), ll in zip(requests, lls):
-            records.append(
-                {
-                    "kind": "loglikelihood",
-                    "set": set_name,
-                    **req,
-                    "logprob": ll.logprob,
-                    "tokens": ll.tokens,
-                }
-            )
-    return rescore(records, identity, reference)
+    return requests
+
+
+def _loglikelihoods(lm, requests, chat: ChatFormat, batch_size: int, say) -> list[dict]:
+    if not requests:
+        return []
+    say(f"scoring {len(requests)} log-likelihoods")
+    lls = lm.loglikelihood(
+        [LoglikelihoodRequest(r["prompt"], r["continuation"]) for _, r in requests],
+        chat=chat,
+        batch_size=batch_size,
+    )
+    return [
+        {
+            "kind": "loglikelihood",
+            "set": set_name,
+            **req,
+            "logprob": ll.logprob,
+            "tokens": ll.tokens,
+        }
+        for (set_name, req), ll in zip(requests, lls)
+    ]
 
 
 def _drift_texts(records, sets, reference) -> list[dict]:

@@ -10,14 +10,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from diag.identity import normalize  # one definition: the identity's keyword match uses it too
+
 _CJK = "\u2e80-\u2fff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\s\W{_CJK}]+|[^\w\s]")
 _CJK_CHAR = re.compile(rf"[{_CJK}]")
-
-
-def normalize(text: str) -> str:
-    """NFKC (full-width -> half-width), lower-case, collapse whitespace."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
 def tokens(text: str) -> list[str]:
