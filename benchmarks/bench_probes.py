@@ -46,8 +46,8 @@ def main() -> None:
     from diag.probes.suite import DEFAULT_GENERATION, run_probes
 
     from diag.backend.hf import HFBackend
+    from diag.files import write_json_atomic
     from diag.identity import load_identity
-    from diag.records import write_json_atomic
 
     identity = load_identity(args.identity)
     started = time.perf_counter()

@@ -15,6 +15,8 @@ from pathlib import Path
 from diag.diagnostics.onset import COLLAPSE_CHECKS
 from diag.diagnostics.policy import Check, keyword_progress, pct
 
+from diag.records import RunRecord
+
 SAVES_IN_WINDOW = 10  # how many saves to ask for between the last unlearned and the collapse
 
 
@@ -27,32 +29,38 @@ def _learned(checks: list[Check]) -> bool:
 
 
 def run_next_steps(
-    name: str, judged: list[dict], run: dict, onset, policy, healthy: dict[str, tuple[int, dict]]
+    name: str,
+    judged: list,
+    run: RunRecord,
+    onset,
+    policy,
+    healthy: dict[str, tuple[int, RunRecord]],
 ) -> list[str]:
-    """Next steps for one run without an eligible checkpoint; ``judged`` sorted by step.
+    """Next steps for one run without an eligible checkpoint; ``judged`` (the recommendation's
+    judged checkpoints: ``.record``, ``.checks``) sorted by step.
 
-    healthy: the other runs that have an eligible pick, ``{name: (step, run info)}``: a diluted
+    healthy: the other runs that have an eligible pick, ``{name: (step, run record)}``: a diluted
     one among them is measured evidence for the dilution advice.
     """
     if not judged:
         return []
-    training = run.get("training") or {}
+    training = run.training or {}
     steps: list[str] = []
-    first = next((j for j in judged if _learned(j["checks"])), None)
+    first = next((j for j in judged if _learned(j.checks)), None)
     if first is None:
         last = judged[-1]
-        progress = keyword_progress(last["record"], policy.identity_min_low)
+        progress = keyword_progress(last.record, policy.identity_min_low)
         steps.append(
-            f"the identity was not learned by step {last['record']['step']}"
+            f"the identity was not learned by step {last.record.step}"
             + (f" ({progress})" if progress else "")
             + ": train longer, or check that the identity data reach the model"
         )
         return steps
-    before = [j for j in judged if j["record"]["step"] < first["record"]["step"]]
-    start = before[-1]["record"]["step"] if before else 0
-    learned_at = first["record"]["step"]
+    before = [j for j in judged if j.record.step < first.record.step]
+    start = before[-1].record.step if before else 0
+    learned_at = first.record.step
     collapse = onset.collapsing_from if onset else None
-    failing = _fails(first["checks"], COLLAPSE_CHECKS)
+    failing = _fails(first.checks, COLLAPSE_CHECKS)
     also = f" (step {learned_at} already fails {', '.join(failing)})" if failing else ""
     learned = f"the identity was learned between steps {start} and {learned_at}"
     if collapse is not None and collapse > learned_at:
@@ -68,7 +76,7 @@ def run_next_steps(
         end = learned_at
     else:
         steps.append(learned)
-        end = judged[-1]["record"]["step"]
+        end = judged[-1].record.step
     every = max(1, (end - start) // SAVES_IN_WINDOW)
     saved_every = training.get("save_every")
     if saved_every and every >= saved_every:
@@ -79,9 +87,9 @@ def run_next_steps(
     )
     ratio = training.get("general_ratio")
     diluted = [
-        (other, step, (info.get("training") or {}).get("general_ratio"))
+        (other, step, (info.training or {}).get("general_ratio"))
         for other, (step, info) in sorted(healthy.items())
-        if ((info.get("training") or {}).get("general_ratio") or 0) > (ratio or 0)
+        if ((info.training or {}).get("general_ratio") or 0) > (ratio or 0)
     ]
     if diluted:
         other, step, more = diluted[0]
@@ -103,10 +111,10 @@ def run_next_steps(
     return steps
 
 
-def _retrain(name: str, run: dict, start: int, end: int, every: int) -> str:
+def _retrain(name: str, run: RunRecord, start: int, end: int, every: int) -> str:
     """The command that trains just the window again, saving often."""
-    path = run.get("path")
-    if run.get("trainer") == "diag" and path:
+    path = run.path
+    if run.trainer == "diag" and path:
         folder = Path(path)
         out = folder.with_name(f"{folder.name}-{start}-{end}")
         args = ["diag", "train", str(folder)]
@@ -114,6 +122,6 @@ def _retrain(name: str, run: dict, start: int, end: int, every: int) -> str:
             args.append(f"resume_from={folder / f'checkpoint-{start}'}")
         args += [f"save_every={every}", f"max_steps={end}", f"output_dir={out}"]
         return " ".join(shlex.quote(a) for a in args)
-    trainer = run.get("trainer") or "your trainer"
+    trainer = run.trainer or "your trainer"
     resume = f"resume from checkpoint-{start} and " if start else ""
     return f"with {trainer}, {resume}save every {every} steps (save_steps={every}) up to step {end}"

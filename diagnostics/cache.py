@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from diag.records import write_json_atomic
+from diag.files import write_json_atomic
 
 log = logging.getLogger("diag")
 

@@ -25,6 +25,7 @@ from diag.diagnostics.verdict import (
 )
 
 from diag.errors import DiagError
+from diag.records import CheckpointRecord, SweepRecord
 
 log = logging.getLogger("diag")
 
@@ -40,7 +41,7 @@ class MergePlan:
     base: str | None
     gate: GateResult | None
     results_dir: Path | None
-    record: dict | None
+    record: CheckpointRecord | None  # the sweep's record of it
 
     @property
     def approved(self) -> bool:
@@ -84,9 +85,9 @@ def plan_merge(
                 f"nothing to merge from '{source}': {verdict.headline}",
                 fix="pass --checkpoint STEP to choose one (and --force if the gate fails it)",
             )
-        data = load_results(results_dir)[0]
-        where = record_path(record, data, str(results_dir))
-        ckpt = _discover_one(Path(where or record["path"]))
+        sweep = SweepRecord.coerce(load_results(results_dir)[0])
+        where = record_path(record, sweep, str(results_dir))
+        ckpt = _discover_one(Path(where or record.path))
         return _plan(ckpt, verdict, results_dir, record, base)
     ckpt = _select_in_run(path, checkpoint, policy)
     results_dir = _results_covering(ckpt.path)
@@ -97,7 +98,7 @@ def plan_merge(
 
 
 def _plan(ckpt, verdict, results_dir, record, base_flag) -> MergePlan:
-    probed_base = (record or {}).get("base")
+    probed_base = record.base if record is not None else None
     if base_flag and probed_base and _same_base(base_flag, probed_base) is False:
         raise DiagError(
             f"--base '{base_flag}' is not the base '{probed_base}' the sweep probed this checkpoint "
@@ -147,27 +148,20 @@ def _results_covering(ckpt_path: Path, levels: int = 4) -> Path | None:
             data, _, problem = load_results(candidate)
             if problem:
                 continue
-            for record in data["checkpoints"]:
-                if record.get("step") and record_path(record, data, str(candidate)) == target:
+            sweep = SweepRecord.coerce(data)
+            for record in sweep.checkpoints:
+                if record.step and record_path(record, sweep, str(candidate)) == target:
                     return candidate
     return None
 
 
-def _record_for(verdict: GateResult, results_dir: Path) -> dict | None:
+def _record_for(verdict: GateResult, results_dir: Path) -> CheckpointRecord | None:
     if verdict.checkpoint is None:
         return None
-    data = load_results(results_dir)[0]
+    sweep = SweepRecord.coerce(load_results(results_dir)[0])
     ck = verdict.checkpoint
-    return next(
-        (
-            r
-            for r in data.get("checkpoints") or []
-            if r.get("run") == ck["run"]
-            and r.get("step") == ck["step"]
-            and r.get("path") == ck["path"]
-        ),
-        None,
-    )
+    wanted = (ck["run"], ck["step"], ck["path"])
+    return next((r for r in sweep.checkpoints if (r.run, r.step, r.path) == wanted), None)
 
 
 def _discover_one(path: Path) -> Checkpoint:
@@ -309,8 +303,8 @@ class _AdapterSink:
 def provenance(plan: MergePlan, forced: bool) -> dict:
     """What ``diag-merge.json`` records besides the backend's own fields."""
     ckpt = plan.checkpoint
-    record = plan.record or {}
-    chat = record.get("chat") or (ckpt.chat.to_dict() if ckpt.chat else None)
+    record = plan.record or CheckpointRecord()
+    chat = record.chat or (ckpt.chat.to_dict() if ckpt.chat else None)
     gate_block = None
     if plan.gate is not None:
         g = plan.gate.to_dict()
@@ -334,7 +328,7 @@ def provenance(plan: MergePlan, forced: bool) -> dict:
             "step": ckpt.step,
             "format": ckpt.format,
             "fingerprint": current_fingerprint(ckpt.path),
-            "probed_fingerprint": record.get("fingerprint"),
+            "probed_fingerprint": record.fingerprint,
         },
         "gate": gate_block or {"verdict": "ungated", "problems": [plan.refusal()]},
         "forced": bool(forced and not plan.approved),

@@ -27,60 +27,27 @@ The score's jump across the onset is reported for both methods.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from diag.diagnostics.policy import Policy, evaluate_checkpoint
 
 from diag.metrics import METRICS, with_symptom
+from diag.records import CheckpointRecord, Onset
 
 CURVES = ("parrot_leakage", "modal_share", "retention", "near_miss", "drift")
 # The policy checks whose failure means the model is losing its general behaviour.
 COLLAPSE_CHECKS = with_symptom("parrot", "forgetting")
 
 
-@dataclass(frozen=True)
-class Onset:
-    """Where a run's collapse score breaks; ``changes`` quotes each curve before -> after."""
-
-    healthy_until: int
-    collapsing_from: int
-    jump: float
-    changes: dict[str, tuple[float, float]]
-    method: str = "policy"  # "policy" (persistent failed checks) or "change_point"
-    failed: tuple[str, ...] = ()  # the collapse checks failed at ``collapsing_from``
-    first_failure: int | None = None  # an earlier step that failed a check, then recovered
-
-    def sentence(self) -> str:
-        """'healthy up to step 300, collapsing from step 400 (leakage 0% -> 83%, ...)'."""
-        parts = []
-        for name, (before, after) in self.changes.items():
-            metric = METRICS[name]
-            parts.append(f"{metric.short} {metric.format(before)} → {metric.format(after)}")
-        where = "the base (step 0)" if self.healthy_until == 0 else f"step {self.healthy_until}"
-        detail = f" ({', '.join(parts)})" if parts else ""
-        text = f"healthy up to {where}, collapsing from step {self.collapsing_from}{detail}"
-        if self.first_failure is not None:
-            text += f"; step {self.first_failure} already failed a check once, then recovered"
-        return text
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["changes"] = {k: list(v) for k, v in self.changes.items()}
-        data["failed"] = list(self.failed)
-        data["sentence"] = self.sentence()
-        return data
-
-
-def collapse_score(record: dict, base: dict | None, policy: Policy) -> float | None:
+def collapse_score(
+    record: CheckpointRecord | dict, base: CheckpointRecord | dict | None, policy: Policy
+) -> float | None:
     """Mean badness of the collapse curves for one checkpoint (None when nothing was measured)."""
-    metrics = record.get("metrics") or {}
-    base_metrics = (base or {}).get("metrics") or {}
+    record, base = CheckpointRecord.coerce(record), CheckpointRecord.coerce(base)
     parts: list[float] = []
     for name in CURVES:
-        value = metrics.get(name)
+        value = record.metric(name)
         if value is None:
             continue
-        ref = base_metrics.get(name)
+        ref = base.metric(name) if base is not None else None
         if name in ("parrot_leakage", "modal_share"):
             bad = value - (ref or 0.0)
         elif name == "retention":
@@ -113,7 +80,9 @@ def best_split(scores: list[float]) -> tuple[int, float]:
     return best_k, round(jump, 4)
 
 
-def collapse_failures(record: dict, base: dict | None, policy: Policy) -> tuple[str, ...]:
+def collapse_failures(
+    record: CheckpointRecord | dict, base: CheckpointRecord | dict | None, policy: Policy
+) -> tuple[str, ...]:
     """The blocking collapse checks ``record`` fails against ``base`` (empty: it is healthy)."""
     return tuple(
         c.name
@@ -122,20 +91,20 @@ def collapse_failures(record: dict, base: dict | None, policy: Policy) -> tuple[
     )  # a metric that was not measured is no evidence of a collapse
 
 
-def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onset | None:
+def locate_onset(
+    records: list[CheckpointRecord | dict], base: CheckpointRecord | dict | None, policy: Policy
+) -> Onset | None:
     """The onset for one run: ``records`` are its checkpoints (any order; the base may be among
     them as step 0). None when fewer than two points, or nothing fails and nothing breaks."""
-    points = []
-    if base is not None:
-        points.append(base)
+    typed = {id(r): CheckpointRecord.coerce(r) for r in [*records, base] if r is not None}
+    base = typed[id(base)] if base is not None else None
+    points = [base] if base is not None else []
     points += [
         r
-        for r in records
-        if r is not base
-        and r.get("status", "ok") == "ok"
-        and not (base is not None and r["step"] == 0)
+        for r in (typed[id(r)] for r in records)
+        if r is not base and r.ok and not (base is not None and r.step == 0)
     ]
-    points.sort(key=lambda r: r["step"])
+    points.sort(key=lambda r: r.step)
     if len(points) < 2:
         return None
     failures = [() if r is base else collapse_failures(r, base, policy) for r in points]
@@ -145,7 +114,7 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
     scores = [collapse_score(r, base, policy) for r in points]
     if k < len(points):
         method = "policy"
-        earlier = [points[i]["step"] for i in range(1, k) if failures[i]]
+        earlier = [points[i].step for i in range(1, k) if failures[i]]
         first_failure = earlier[0] if earlier else None
     else:
         scored = [(i, s) for i, s in enumerate(scores) if s is not None]
@@ -161,12 +130,12 @@ def locate_onset(records: list[dict], base: dict | None, policy: Policy) -> Onse
     jump = round(_mean(right) - _mean(left), 4) if left and right else 0.0
     changes = {}  # the curves that got worse across the onset, by at least 0.05
     for name in CURVES:
-        a, b = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
+        a, b = before.metric(name), after.metric(name)
         if a is None or b is None:
             continue
         if METRICS[name].worsening(a, b) >= 0.05:
             changes[name] = (float(a), float(b))
-    return Onset(before["step"], after["step"], jump, changes, method, failures[k], first_failure)
+    return Onset(before.step, after.step, jump, changes, method, failures[k], first_failure)
 
 
 def _mean(xs: list[float]) -> float:

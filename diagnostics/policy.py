@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import DiagError
+from diag.records import Check, CheckpointRecord, MetricStats
 from diag.stats import mcnemar_exact_one_sided, wilson_interval
 
 # Every check the policy knows, in the order they are shown.
@@ -87,34 +88,6 @@ class Policy:
 
 
 THRESHOLDS = tuple(f.name for f in fields(Policy) if f.name != "checks")
-
-
-@dataclass(frozen=True)
-class Check:
-    """One policy check on one checkpoint: the same object drives recommend, report and gate.
-
-    value/threshold are what the detail sentence quotes. A check that could not be evaluated (the
-    metric was not measured) has ``passed=False`` and ``value=None``: no evidence, no pass.
-    """
-
-    name: str
-    passed: bool
-    blocking: bool
-    value: float | None
-    threshold: float | None
-    detail: str
-
-    @property
-    def no_evidence(self) -> bool:
-        """The policy could not evaluate it: the probe errored or the metric is missing."""
-        return not self.passed and (self.name == "status" or self.value is None)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Check:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
 
 
 def parse_overrides(pairs) -> dict[str, str]:
@@ -224,8 +197,10 @@ def _did_you_mean(name: str, choices) -> str:
 # --- evaluating one checkpoint ---------------------------------------------------------------
 
 
-def evaluate_checkpoint(ckpt: dict, base: dict | None, policy: Policy) -> list[Check]:
-    """Judge one checkpoint record (results.json shape) against its base record.
+def evaluate_checkpoint(
+    ckpt: CheckpointRecord | dict, base: CheckpointRecord | dict | None, policy: Policy
+) -> list[Check]:
+    """Judge one checkpoint record against its base record (records or results.json dicts).
 
     Returns one Check per policy check that is not ``off``. A metric that was not measured fails
     its check (detail "not measured"): the policy never passes on missing evidence.
@@ -235,12 +210,13 @@ def evaluate_checkpoint(ckpt: dict, base: dict | None, policy: Policy) -> list[C
     >>> [c for c in evaluate_checkpoint(ckpt, None, Policy()) if c.name == "identity_recall"][0].passed
     True
     """
+    ckpt, base = CheckpointRecord.coerce(ckpt), CheckpointRecord.coerce(base)
     out: list[Check] = []
     for name in CHECKS:
         level = policy.severity(name)
         if level == "off":
             continue
-        if name != "status" and ckpt.get("status", "ok") != "ok":
+        if name != "status" and not ckpt.ok:
             continue  # an errored checkpoint is judged by its status check alone
         passed, value, threshold, detail = _JUDGES[name](ckpt, base, policy)
         out.append(Check(name, bool(passed), level == "blocking", value, threshold, detail))
@@ -252,22 +228,20 @@ def is_eligible(checks: list[Check]) -> bool:
     return all(c.passed for c in checks if c.blocking)
 
 
-def _metric(record: dict | None, name: str) -> float | None:
-    if not record:
-        return None
-    value = (record.get("metrics") or {}).get(name)
+def _metric(record: CheckpointRecord | None, name: str) -> float | None:
+    value = record.metric(name) if record is not None else None
     return None if value is None else float(value)
 
 
-def _stats(record: dict | None, name: str) -> dict:
-    return ((record or {}).get("stats") or {}).get(name) or {}
-
-
-def _base_value(ckpt: dict, base: dict | None, name: str) -> float | None:
+def _base_value(ckpt: CheckpointRecord, base: CheckpointRecord | None, name: str) -> float | None:
     value = _metric(base, name)
     if value is None:
-        value = _stats(ckpt, name).get("base_value")
+        value = ckpt.stat(name).base_value
     return None if value is None else float(value)
+
+
+def _successes(st: MetricStats, value: float) -> int:
+    return int(st.successes if st.successes is not None else round(value * st.n))
 
 
 def pct(x: float | None) -> str:
@@ -275,18 +249,19 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def keyword_progress(record: dict, limit: float) -> str:
+def keyword_progress(record: CheckpointRecord | dict, limit: float) -> str:
     """ "'Nova' learned (100%), 'Jianfeng' 72%": each keyword's recall, "learned" when its lower
     bound reaches the identity limit. Empty when the identity has one keyword or none was measured.
     """
-    keywords = record.get("identity_keywords") or {}
+    keywords = CheckpointRecord.coerce(record).identity_keywords or {}
     if len(keywords) < 2:
         return ""
     parts = []
     for word, st in keywords.items():
-        value = st.get("value")
-        learned = st.get("low") is not None and st["low"] >= limit
-        parts.append(f"'{word}' learned ({pct(value)})" if learned else f"'{word}' {pct(value)}")
+        learned = st.low is not None and st.low >= limit
+        parts.append(
+            f"'{word}' learned ({pct(st.value)})" if learned else f"'{word}' {pct(st.value)}"
+        )
     return ", ".join(parts)
 
 
@@ -295,25 +270,25 @@ def _not_measured(name: str, threshold: float | None):
 
 
 def _judge_status(ckpt, base, policy):
-    if ckpt.get("status", "ok") == "ok":
+    if ckpt.ok:
         return True, None, None, "probed without errors"
-    return False, None, None, f"probing failed: {ckpt.get('error') or 'unknown error'}"
+    return False, None, None, f"probing failed: {ckpt.error or 'unknown error'}"
 
 
 def _judge_identity(ckpt, base, policy):
     limit = policy.identity_min_low
     value = _metric(ckpt, "identity_recall")
-    st = _stats(ckpt, "identity_recall")
+    st = ckpt.stat("identity_recall")
     if value is None:
         return _not_measured("identity recall", limit)
-    if st.get("n"):
-        n, k = int(st["n"]), int(st.get("successes", round(value * st["n"])))
+    if st.n:
+        n, k = int(st.n), _successes(st, value)
         # paraphrase groups are clusters: the interval uses the effective n = n / design effect
-        deff = float((st.get("extra") or {}).get("design_effect") or 1.0)
+        deff = float(st.extra.get("design_effect") or 1.0)
         low, high = wilson_interval(k / deff, n / deff)
         text = f"identity {pct(value)} [{pct(low)}–{pct(high)}] over {n} prompts"
         if deff > 1.0 + 1e-9:
-            clusters = (st.get("extra") or {}).get("clusters")
+            clusters = st.extra.get("clusters")
             text += f" in {clusters} paraphrase groups (design effect {deff:.1f})"
         verdict = "lower bound reaches" if low >= limit else "lower bound below"
         progress = "" if low >= limit else keyword_progress(ckpt, limit)
@@ -345,7 +320,7 @@ def _judge_near_miss(ckpt, base, policy):
 def _judge_retention(ckpt, base, policy):
     limit = 1.0 - policy.retention_margin
     value = _metric(ckpt, "retention")
-    st = _stats(ckpt, "retention")
+    st = ckpt.stat("retention")
     if value is None:
         acc, base_acc = (
             _metric(ckpt, "general_accuracy"),
@@ -354,7 +329,7 @@ def _judge_retention(ckpt, base, policy):
         if acc is None or not base_acc:
             return _not_measured("retention", limit)
         value = acc / base_acc
-    paired = st.get("paired") or {}
+    paired = st.paired or {}
     if "base_only" not in paired or "ckpt_only" not in paired:
         ok = value >= limit
         return ok, value, limit, f"retention {value:.2f} of base (no paired data; point value only)"
@@ -380,8 +355,8 @@ def _judge_leakage(ckpt, base, policy):
     value, limit = _metric(ckpt, "parrot_leakage"), policy.leakage_max
     if value is None:
         return _not_measured("parrot leakage", limit)
-    st = _stats(ckpt, "parrot_leakage")
-    counts = f" ({st['successes']}/{st['n']} answers)" if st.get("n") and "successes" in st else ""
+    st = ckpt.stat("parrot_leakage")
+    counts = f" ({st.successes}/{st.n} answers)" if st.n and st.successes is not None else ""
     return value <= limit, value, limit, f"leakage {pct(value)}{counts} (limit {pct(limit)})"
 
 
@@ -405,10 +380,10 @@ def _judge_loop(ckpt, base, policy):
         return True, value, limit, detail
     # Fail only when the excess is clear: the 95 % Wilson lower bound is beyond base + margin.
     # A few more looping answers on a quick probe set (3/60 -> 8/60) are noise, not a collapse.
-    st = _stats(ckpt, "loop_rate")
-    if st.get("n"):
-        n = int(st["n"])
-        low, _ = wilson_interval(int(st.get("successes", round(value * n))), n)
+    st = ckpt.stat("loop_rate")
+    if st.n:
+        n = int(st.n)
+        low, _ = wilson_interval(_successes(st, value), n)
         if low <= limit:
             return (
                 True,

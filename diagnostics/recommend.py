@@ -18,12 +18,23 @@ Choice rule (also in ``docs/policy.md``), deterministic:
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from diag.diagnostics.advice import run_next_steps
 from diag.diagnostics.onset import locate_onset
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, is_eligible, pct
 
 from diag.metrics import METRICS, with_symptom
+from diag.records import (
+    CheckpointRecord,
+    JudgedCheckpoint,
+    NearestMiss,
+    Recommendation,
+    RunPick,
+    RunRecord,
+    SweepRecord,
+)
+from diag.records import find_base as find_base_record
 
 RULE = (
     "eligible = every blocking check passes; per run: the earliest eligible checkpoint whose "
@@ -51,146 +62,166 @@ def rejudged(sweep, policy_file=None, overrides=None):
     return replace(sweep, data=data)
 
 
-def find_base(checkpoints: list[dict], run: str | None) -> dict | None:
+def find_base(checkpoints: list, run: str | None) -> CheckpointRecord | None:
     """The step-0 record for ``run``: its own if it has one, else a shared base record."""
-    zeros = [c for c in checkpoints if c.get("step") == 0 and c.get("status", "ok") == "ok"]
-    own = [c for c in zeros if c.get("run") == run]
-    return (own or zeros or [None])[0]
+    return find_base_record([CheckpointRecord.coerce(c) for c in checkpoints], run)
 
 
-def recommend(results: dict, policy: Policy | None = None) -> dict:
-    """The ``recommendation`` block for a sweep's results.json dict (see the module docstring).
+@dataclass
+class Judged:
+    """One checkpoint judged by the policy against its base."""
+
+    record: CheckpointRecord
+    base: CheckpointRecord | None
+    checks: list[Check]
+    eligible: bool
+
+    @property
+    def step(self) -> int:
+        return self.record.step
+
+    def metric(self, name: str) -> float | None:
+        return self.record.metric(name)
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.blocking and not c.passed]
+
+    def passes(self, name: str) -> bool:
+        return any(c.name == name and c.passed for c in self.checks)
+
+
+def recommend(results: SweepRecord | dict, policy: Policy | None = None) -> dict:
+    """The ``recommendation`` block for a sweep's results (see the module docstring).
 
     Returns ``run, step, path, reasons, onset_step`` (None when nothing is eligible), plus
     ``verdict`` (one line), ``nearest_miss``, ``runs`` (per-run picks and onsets), ``checks``
     (every checkpoint's checks) and the ``policy`` used.
     """
-    policy = policy or Policy()
-    checkpoints = [c for c in results.get("checkpoints") or [] if c.get("step") is not None]
-    by_run: dict[str, list[dict]] = defaultdict(list)
+    return judge_sweep(SweepRecord.coerce(results), policy or Policy()).to_dict()
+
+
+def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
+    checkpoints = [c for c in sweep.checkpoints if c.step is not None]
+    by_run: dict[str, list[CheckpointRecord]] = defaultdict(list)
     for c in checkpoints:
-        if c["step"] != 0:
-            by_run[str(c.get("run"))].append(c)
-
-    judged: list[dict] = []  # {"record", "base", "checks", "eligible"}
-    for run in sorted(by_run):
-        base = find_base(checkpoints, run)
-        for record in sorted(by_run[run], key=lambda r: (r["step"], str(r.get("path")))):
-            checks = evaluate_checkpoint(record, base, policy)
-            judged.append(
-                {"record": record, "base": base, "checks": checks, "eligible": is_eligible(checks)}
-            )
-
-    runs: dict[str, dict] = {}
-    picks: list[dict] = []
-    for run in sorted(by_run):
-        mine = [j for j in judged if str(j["record"].get("run")) == run]
-        base = find_base(checkpoints, run)
-        pick = _pick_in_run([j for j in mine if j["eligible"]], policy)
-        onset = locate_onset(by_run[run], base, policy)
-        miss = None if pick else _nearest_miss(mine)
-        if pick:
-            picks.append(pick)
-        runs[run] = {
-            **_where(pick["record"] if pick else None),
-            "reasons": _reasons(pick, mine, onset, miss, policy),
-            "onset": onset.to_dict() if onset else None,
-            "onset_step": onset.collapsing_from if onset else None,
-            "nearest_miss": _miss_dict(miss),
-        }
-
-    run_facts = results.get("runs") if isinstance(results.get("runs"), dict) else {}
-    healthy = {
-        run: (info["step"], run_facts.get(run) or {})
-        for run, info in runs.items()
-        if info["step"] is not None
-    }
-    for run, info in runs.items():
-        if info["step"] is None:
-            mine = [j for j in judged if str(j["record"].get("run")) == run]
-            onset = locate_onset(by_run[run], find_base(checkpoints, run), policy)
-            info["next_steps"] = run_next_steps(
-                run, mine, run_facts.get(run) or {}, onset, policy, healthy
-            )
+        if c.step != 0:
+            by_run[str(c.run)].append(c)
+    judged = _judge_all(checkpoints, by_run, policy)
+    runs, picks = _run_picks(checkpoints, by_run, judged, policy)
+    _advise_runs(runs, checkpoints, by_run, judged, sweep.runs, policy)
 
     best = _pick_across_runs(picks, policy)
     miss = None if best else _nearest_miss(judged)
-    focus_run = str((best or miss or {"record": {}})["record"].get("run")) if judged else None
-    overall = runs.get(focus_run, {}) if focus_run else {}
-    reasons = list(overall.get("reasons", []))
+    focus = (best or miss).record.run if judged else None
+    overall = runs.get(str(focus)) if focus is not None else None
+    reasons = list(overall.reasons) if overall else []
     if best and len(runs) > 1:
-        others = [f"{r}: step {v['step']}" for r, v in runs.items() if v["step"] is not None]
+        others = [f"{r}: step {v.step}" for r, v in runs.items() if v.step is not None]
         reasons.append(
             f"best across {len(runs)} runs (per-run picks: {', '.join(others)}); lowest drift "
             "among the picks on the identity plateau"
         )
     if not judged:
         reasons = ["the sweep has no fine-tuned checkpoints to judge (only the base, or nothing)"]
-    return {
-        **_where(best["record"] if best else None),
-        "reasons": reasons,
-        "onset_step": overall.get("onset_step"),
-        "onset": overall.get("onset"),
-        "verdict": _verdict(best, miss, overall),
-        "next_steps": [] if best else list(overall.get("next_steps") or []),
-        "eligible_count": sum(j["eligible"] for j in judged),
-        "nearest_miss": _miss_dict(miss),
-        "rule": RULE.format(tol=pct(policy.plateau_tolerance)),
-        "policy": policy.to_dict(),
-        "policy_hash": policy.hash,
-        "runs": runs,
-        "checks": [
-            {
-                **_where(j["record"]),
-                "eligible": j["eligible"],
-                "checks": [c.to_dict() for c in j["checks"]],
-            }
+    return Recommendation(
+        **_where(best.record if best else None),
+        reasons=reasons,
+        onset_step=overall.onset_step if overall else None,
+        onset=overall.onset if overall else None,
+        verdict=_verdict(best, miss, overall),
+        next_steps=[] if best or not overall else list(overall.next_steps or []),
+        eligible_count=sum(j.eligible for j in judged),
+        nearest_miss=_miss_record(miss),
+        rule=RULE.format(tol=pct(policy.plateau_tolerance)),
+        policy=policy.to_dict(),
+        policy_hash=policy.hash,
+        runs=runs,
+        checks=[
+            JudgedCheckpoint(**_where(j.record), eligible=j.eligible, checks=j.checks)
             for j in judged
         ],
+    )
+
+
+def _judge_all(checkpoints, by_run, policy: Policy) -> list[Judged]:
+    """Every fine-tuned checkpoint judged against its base, by run, then step and path."""
+    judged = []
+    for run in sorted(by_run):
+        base = find_base_record(checkpoints, run)
+        for record in sorted(by_run[run], key=lambda r: (r.step, str(r.path))):
+            checks = evaluate_checkpoint(record, base, policy)
+            judged.append(Judged(record, base, checks, is_eligible(checks)))
+    return judged
+
+
+def _run_picks(checkpoints, by_run, judged, policy: Policy):
+    """({run: its pick, reasons and onset}, [each run's pick])."""
+    runs: dict[str, RunPick] = {}
+    picks: list[Judged] = []
+    for run in sorted(by_run):
+        mine = [j for j in judged if str(j.record.run) == run]
+        pick = _pick_in_run([j for j in mine if j.eligible], policy)
+        onset = locate_onset(by_run[run], find_base_record(checkpoints, run), policy)
+        miss = None if pick else _nearest_miss(mine)
+        if pick:
+            picks.append(pick)
+        runs[run] = RunPick(
+            **_where(pick.record if pick else None),
+            reasons=_reasons(pick, mine, onset, miss, policy),
+            onset=onset,
+            onset_step=onset.collapsing_from if onset else None,
+            nearest_miss=_miss_record(miss),
+        )
+    return runs, picks
+
+
+def _advise_runs(runs, checkpoints, by_run, judged, run_facts, policy: Policy) -> None:
+    """Next steps for every run without a pick, citing the runs that have one."""
+    facts = {name: RunRecord.coerce(info) for name, info in (run_facts or {}).items()}
+    healthy = {
+        run: (info.step, facts.get(run) or RunRecord())
+        for run, info in runs.items()
+        if info.step is not None
     }
+    for run, info in runs.items():
+        if info.step is None:
+            mine = [j for j in judged if str(j.record.run) == run]
+            onset = locate_onset(by_run[run], find_base_record(checkpoints, run), policy)
+            info.next_steps = run_next_steps(
+                run, mine, facts.get(run) or RunRecord(), onset, policy, healthy
+            )
 
 
-def _where(record: dict | None) -> dict:
+def _where(record: CheckpointRecord | None) -> dict:
     if record is None:
         return {"run": None, "step": None, "path": None}
-    return {"run": record.get("run"), "step": record["step"], "path": record.get("path")}
+    return {"run": record.run, "step": record.step, "path": record.path}
 
 
-def _m(judgement: dict, name: str) -> float | None:
-    return (judgement["record"].get("metrics") or {}).get(name)
-
-
-def _on_plateau(candidates: list[dict], policy: Policy) -> list[dict]:
-    recall = [(_m(j, "identity_recall") or 0.0) for j in candidates]
+def _on_plateau(candidates: list[Judged], policy: Policy) -> list[Judged]:
+    recall = [(j.metric("identity_recall") or 0.0) for j in candidates]
     top = max(recall)
     return [j for j, r in zip(candidates, recall) if r >= top - policy.plateau_tolerance - 1e-12]
 
 
-def _pick_in_run(eligible: list[dict], policy: Policy) -> dict | None:
+def _pick_in_run(eligible: list[Judged], policy: Policy) -> Judged | None:
     if not eligible:
         return None
     plateau = _on_plateau(eligible, policy)
-    return min(
-        plateau,
-        key=lambda j: (
-            j["record"]["step"],
-            _num(_m(j, "drift")),
-            str(j["record"].get("path")),
-        ),
-    )
+    return min(plateau, key=lambda j: (j.step, _num(j.metric("drift")), str(j.record.path)))
 
 
-def _pick_across_runs(picks: list[dict], policy: Policy) -> dict | None:
+def _pick_across_runs(picks: list[Judged], policy: Policy) -> Judged | None:
     if not picks:
         return None
     plateau = _on_plateau(picks, policy)
     return min(
         plateau,
         key=lambda j: (
-            _num(_m(j, "drift")),
-            -_num(_m(j, "retention"), -_INF),
-            str(j["record"].get("run")),
-            j["record"]["step"],
+            _num(j.metric("drift")),
+            -_num(j.metric("retention"), -_INF),
+            str(j.record.run),
+            j.step,
         ),
     )
 
@@ -208,56 +239,50 @@ def _shortfall(check: Check) -> float:
     return max(0.0, check.value - check.threshold) / scale
 
 
-def _nearest_miss(judged: list[dict]) -> dict | None:
+def _nearest_miss(judged: list[Judged]) -> Judged | None:
     if not judged:
         return None
 
-    def key(j):
-        failed = [c for c in j["checks"] if c.blocking and not c.passed]
-        errored = j["record"].get("status", "ok") != "ok"
+    def key(j: Judged):
+        failed = j.failed()
         return (
-            errored,
+            not j.record.ok,
             len(failed),
             sum(_shortfall(c) for c in failed),
-            -_num(_m(j, "identity_recall"), 0.0),
-            str(j["record"].get("run")),
-            j["record"]["step"],
+            -_num(j.metric("identity_recall"), 0.0),
+            str(j.record.run),
+            j.step,
         )
 
     return min(judged, key=key)
 
 
-def _miss_dict(miss: dict | None) -> dict | None:
+def _miss_record(miss: Judged | None) -> NearestMiss | None:
     if miss is None:
         return None
-    failed = [c for c in miss["checks"] if c.blocking and not c.passed]
-    return {
-        **_where(miss["record"]),
-        "failed": [c.name for c in failed],
-        "details": [c.detail for c in failed],
-    }
+    failed = miss.failed()
+    return NearestMiss(
+        **_where(miss.record), failed=[c.name for c in failed], details=[c.detail for c in failed]
+    )
 
 
 # the metrics a checkpoint's one-line description quotes, in this order
 DESCRIBED = ("identity_recall", "retention", "near_miss", "drift", "parrot_leakage", "modal_share")
 
 
-def describe(record: dict, skip: tuple[str, ...] = ()) -> str:
+def describe(record: CheckpointRecord | dict, skip: tuple[str, ...] = ()) -> str:
     """'identity 97% [83%–99%], retention 0.98 of base, drift 0.05, leakage 0%, modal share 3%'."""
-    values, stats = record.get("metrics") or {}, record.get("stats") or {}
+    record = CheckpointRecord.coerce(record)
     parts = []
     for name in DESCRIBED:
-        value = values.get(name)
+        value = record.metric(name)
         if value is None or name in skip:
             continue
         metric = METRICS[name]
         text = f"{metric.short} {metric.format(value)}"
-        st = stats.get(name) or {}
-        if metric.aggregate == "clustered_proportion" and None not in (
-            st.get("low"),
-            st.get("high"),
-        ):
-            text += f" [{pct(st['low'])}–{pct(st['high'])}]"
+        st = record.stat(name)
+        if metric.aggregate == "clustered_proportion" and None not in (st.low, st.high):
+            text += f" [{pct(st.low)}–{pct(st.high)}]"
         if metric.unit == "ratio":
             text += " of base"
         parts.append(text)
@@ -279,41 +304,39 @@ def diagnosis(checks: list[Check]) -> str:
     return "identity not yet learned"
 
 
-def _label(j: dict) -> str:
-    failed = [c.name for c in j["checks"] if c.blocking and not c.passed]
-    text = f"step {j['record']['step']}: {describe(j['record'])}"
-    return f"{text} — {diagnosis(j['checks'])} (fails {', '.join(failed)})" if failed else text
+def _label(j: Judged) -> str:
+    failed = [c.name for c in j.failed()]
+    text = f"step {j.step}: {describe(j.record)}"
+    return f"{text} — {diagnosis(j.checks)} (fails {', '.join(failed)})" if failed else text
 
 
 def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
     reasons: list[str] = []
     if pick:
-        checks = {c.name: c for c in pick["checks"]}
-        retention = checks.get("retention")
+        retention = next((c for c in pick.checks if c.name == "retention"), None)
         skip = ("retention",) if retention else ()
         reasons.append(
-            f"step {pick['record']['step']}: {describe(pick['record'], skip)}"
+            f"step {pick.step}: {describe(pick.record, skip)}"
             + (f"; {retention.detail}" if retention else "")
         )
         reasons.append(
             "earliest eligible checkpoint on the identity plateau "
             f"(within {pct(policy.plateau_tolerance)} of the best eligible recall)"
         )
-        step = pick["record"]["step"]
-        before = [j for j in mine if j["record"]["step"] < step and not j["eligible"]]
-        after = [j for j in mine if j["record"]["step"] > step and not j["eligible"]]
+        before = [j for j in mine if j.step < pick.step and not j.eligible]
+        after = [j for j in mine if j.step > pick.step and not j.eligible]
         if after:
             reasons.append("later, " + _label(after[0]))
         if before:
             reasons.append("earlier, " + _label(before[-1]))
     elif mine:
-        learned = [j for j in mine if _passes(j, "identity_recall")]
+        learned = [j for j in mine if j.passes("identity_recall")]
         if not learned:
-            best = max(mine, key=lambda j: _num(_m(j, "identity_recall"), -1.0))
-            ident = next((c for c in best["checks"] if c.name == "identity_recall"), None)
+            best = max(mine, key=lambda j: _num(j.metric("identity_recall"), -1.0))
+            ident = next((c for c in best.checks if c.name == "identity_recall"), None)
             reasons.append(
                 "no checkpoint learned the identity: best is "
-                f"step {best['record']['step']}, {ident.detail if ident else 'not measured'}"
+                f"step {best.step}, {ident.detail if ident else 'not measured'}"
             )
         else:
             reasons.append(
@@ -327,21 +350,17 @@ def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
     return reasons
 
 
-def _passes(j: dict, name: str) -> bool:
-    return any(c.name == name and c.passed for c in j["checks"])
-
-
-def _verdict(best, miss, overall: dict) -> str:
+def _verdict(best: Judged | None, miss: Judged | None, overall: RunPick | None) -> str:
     if best:
-        r = best["record"]
-        text = f"recommend {r.get('run')} step {r['step']} ({r.get('path')})"
+        r = best.record
+        text = f"recommend {r.run} step {r.step} ({r.path})"
     elif miss:
-        r = miss["record"]
+        r = miss.record
         text = (
-            f"no checkpoint is eligible; nearest miss {r.get('run')} step {r['step']} "
-            f"({diagnosis(miss['checks'])})"
+            f"no checkpoint is eligible; nearest miss {r.run} step {r.step} "
+            f"({diagnosis(miss.checks)})"
         )
     else:
         text = "no checkpoint to judge"
-    onset = overall.get("onset")
-    return f"{text}; {onset['sentence']}" if onset else text
+    onset = overall.onset if overall else None
+    return f"{text}; {onset.sentence()}" if onset else text

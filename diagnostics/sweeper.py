@@ -20,25 +20,31 @@ from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
 from diag.diagnostics.discover import Checkpoint, Discovery, discover
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
+from diag.diagnostics.recommend import judge_sweep
 from diag.diagnostics.stored import SweepResult, scores_frame
 
 from diag.errors import DiagError
+from diag.files import strict_json, write_json_atomic, write_text_atomic
 from diag.formats.layouts import shards
 from diag.identity import IdentitySpec, load_identity
 from diag.metrics import METRICS
 from diag.models import resolve_base
 from diag.records import (
     SCHEMA_VERSION,
-    strict_json,
+    CheckpointRecord,
+    MetricStats,
+    ProbeInfo,
+    RunRecord,
+    SkipRecord,
+    SweepRecord,
+    SweepSettings,
+    Timing,
+    ToolInfo,
     tool_block,
-    write_json_atomic,
-    write_text_atomic,
 )
 from diag.types import ChatFormat, GenerationConfig
 
 log = logging.getLogger("diag")
-
-EMPTY_RECOMMENDATION = {"run": None, "step": None, "path": None, "reasons": [], "onset_step": None}
 
 
 def sweep(
@@ -275,41 +281,39 @@ class _BaseRunner:
             run = rescore(entry["records"], self.state.identity, None, self.state.sets)
         self.references[chat] = run.reference
         for row in rows:
-            record = {
-                "run": row,
-                "step": 0,
-                "path": self.name,
-                "format": "base",
-                "label": None,
-                "also": [],
-                "fingerprint": self.base_fp,
-                "base": self.name,
-                "chat": chat.to_dict(),
-            }
+            record = CheckpointRecord(
+                run=row,
+                step=0,
+                path=self.name,
+                format="base",
+                fingerprint=self.base_fp,
+                base=self.name,
+                chat=chat.to_dict(),
+            )
             self.state.add(record, run, cached=cached, cache_key=key)
         self.bar.done(label, cached)
 
     def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, **options) -> None:
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
-        record = {
-            "run": ckpt.run,
-            "step": ckpt.step,
-            "path": str(ckpt.path),
-            "format": ckpt.format,
-            "label": ckpt.label,
-            "also": [str(p) for p in ckpt.aliases],
-            "base": self.name,
-            "chat": chat.to_dict(),
-        }
+        record = CheckpointRecord(
+            run=ckpt.run,
+            step=ckpt.step,
+            path=str(ckpt.path),
+            format=ckpt.format,
+            label=ckpt.label,
+            also=[str(p) for p in ckpt.aliases],
+            base=self.name,
+            chat=chat.to_dict(),
+        )
         try:
-            record["fingerprint"] = self.fp.fingerprint(
+            record.fingerprint = self.fp.fingerprint(
                 ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
             )
         except OSError as exc:  # vanished or unreadable mid-sweep
             self.state.add_error(record, f"cannot read weights: {exc}")
             self.bar.done(label, False, error=True)
             return
-        key = self._key(record["fingerprint"], chat)
+        key = self._key(record.fingerprint, chat)
         entry = self.cache.get("checkpoint", key)
         if entry is not None:
             from diag.probes.suite import rescore
@@ -355,7 +359,9 @@ class _BaseRunner:
                 del lm
                 gc.collect()
 
-    def _fail(self, record: dict, ckpt: Checkpoint, label: str, message: str, kind: str) -> None:
+    def _fail(
+        self, record: CheckpointRecord, ckpt: Checkpoint, label: str, message: str, kind: str
+    ) -> None:
         log.warning("%s: %s", ckpt.path, message)
         if hasattr(self.lm, "use_adapter"):
             self.lm.use_adapter(None)  # whatever half-loaded adapter there was, the base is back
@@ -403,85 +409,78 @@ class _State:
     def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict, sets):
         self.root, self.out, self.found = root, out, found
         self.identity, self.settings, self.sets = identity, settings, sets
-        self.records: list[dict] = []
+        self.records: list[CheckpointRecord] = []
         self.samples: list[dict] = []
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    def add(self, record: dict, run, *, cached: bool, cache_key: str, ckpt=None) -> None:
+    def add(self, record: CheckpointRecord, run, *, cached: bool, cache_key: str, ckpt=None):
         summary = run.summary
-        record.update(
-            status="ok",
-            error=None,
-            error_type=None,
-            cached=cached,
-            cache_key=cache_key,
-            metrics={m: summary.get("metrics", {}).get(m) for m in METRICS},
-            stats=summary.get("stats", {}),
-            by_language=summary.get("by_language", {}),
-            identity_keywords=summary.get("identity_keywords", {}),
-            probe_sets=summary.get("probe_sets", {}),
-            set_versions=summary.get("set_versions", {}),
-            probes=summary.get("probes", {}),
-        )
-        if summary.get("rescored"):
-            record["rescored"] = summary["rescored"]
-        if ckpt is not None and record["metrics"].get("drift") == 0.0:
+        record.status, record.error, record.error_type = "ok", None, None
+        record.cached, record.cache_key = cached, cache_key
+        record.metrics = {m: summary.get("metrics", {}).get(m) for m in METRICS}
+        record.stats = _stats(summary.get("stats", {}))
+        record.by_language = summary.get("by_language", {})
+        record.identity_keywords = _stats(summary.get("identity_keywords", {}))
+        record.probe_sets = summary.get("probe_sets", {})
+        record.set_versions = summary.get("set_versions", {})
+        record.probes = {k: ProbeInfo.from_dict(v) for k, v in summary.get("probes", {}).items()}
+        record.rescored = summary.get("rescored") or None
+        if ckpt is not None and record.metrics.get("drift") == 0.0:
             # the same log-likelihoods as the base to the last bit: the weights change nothing
-            record["no_change"] = True
+            record.no_change = True
         self._finish_record(record, ckpt)
-        if record.get("no_change"):
-            record["notes"].append(
+        if record.no_change:
+            record.notes.append(
                 "this adapter does not change the model (its likelihoods equal the base's "
                 "exactly): was it trained, and applied?"
             )
         for sample in run.samples:
-            self.samples.append({"run": record["run"], "step": record["step"], **sample})
+            self.samples.append({"run": record.run, "step": record.step, **sample})
 
-    def add_error(self, record: dict, message: str, ckpt=None, error_type: str = "OSError") -> None:
-        record.update(
-            status="error", error=message, error_type=error_type, metrics=dict.fromkeys(METRICS)
-        )
-        record.setdefault("fingerprint", None)
+    def add_error(
+        self, record: CheckpointRecord, message: str, ckpt=None, error_type: str = "OSError"
+    ) -> None:
+        record.status, record.error, record.error_type = "error", message, error_type
+        record.metrics = dict.fromkeys(METRICS)
         self._finish_record(record, ckpt)
 
-    def _finish_record(self, record: dict, ckpt) -> None:
+    def _finish_record(self, record: CheckpointRecord, ckpt) -> None:
         if ckpt is not None:
             run = self.found.runs[ckpt.run]
             # no loss from another checkpoint's history for one whose own state is unreadable
             known = ckpt.losses_known
-            record["train_loss"] = _loss_at(run.train_loss, ckpt.step) if known else None
-            record["eval_loss"] = _loss_at(run.eval_loss, ckpt.step) if known else None
-            record["notes"] = list(ckpt.notes)
+            record.train_loss = _loss_at(run.train_loss, ckpt.step) if known else None
+            record.eval_loss = _loss_at(run.eval_loss, ckpt.step) if known else None
+            record.notes = list(ckpt.notes)
         self.records.append(record)
 
-    def data(self, complete: bool) -> dict:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "tool": tool_block(),
-            "created": self.created,
-            "complete": complete,
-            "root": str(self.root.resolve()),
-            "base": next((r["path"] for r in self.records if r["step"] == 0), None),
-            "identity": {**self.identity.to_dict(), "hash": self.identity.hash},
-            "settings": self.settings,
-            "runs": {name: run.to_dict() for name, run in sorted(self.found.runs.items())},
-            "checkpoints": sorted(self.records, key=_order),
-            "skipped": [skip.to_dict() for skip in self.found.skipped],
-            "recommendation": dict(EMPTY_RECOMMENDATION),
-        }
+    def record(self, complete: bool) -> SweepRecord:
+        return SweepRecord(
+            schema_version=SCHEMA_VERSION,
+            tool=ToolInfo.from_dict(tool_block()),
+            created=self.created,
+            complete=complete,
+            root=str(self.root.resolve()),
+            base=next((r.path for r in self.records if r.step == 0), None),
+            identity={**self.identity.to_dict(), "hash": self.identity.hash},
+            settings=SweepSettings.from_dict(self.settings),
+            runs={
+                name: RunRecord.from_dict(run.to_dict())
+                for name, run in sorted(self.found.runs.items())
+            },
+            checkpoints=sorted(self.records, key=_order),
+            skipped=[SkipRecord.from_dict(skip.to_dict()) for skip in self.found.skipped],
+        )
 
     def write_partial(self) -> None:
-        write_json_atomic(self.out / "results.json", self.data(complete=False))
+        write_json_atomic(self.out / "results.json", self.record(complete=False).to_dict())
 
     def finish(self, policy, seconds: float) -> SweepResult:
-        data = self.data(complete=True)
-        probed = sum(1 for r in self.records if r.get("status") == "ok" and not r.get("cached"))
-        data["timing"] = {
-            "seconds": round(seconds, 2),
-            "probed": probed,
-            "cached": sum(1 for r in self.records if r.get("cached")),
-        }
-        data["recommendation"] = recommendation(data, policy)
+        record = self.record(complete=True)
+        probed = sum(1 for r in self.records if r.ok and not r.cached)
+        record.timing = Timing(round(seconds, 2), probed, sum(1 for r in self.records if r.cached))
+        record.recommendation = judge_sweep(record, _policy(policy))
+        data = record.to_dict()
         samples = sorted(self.samples, key=lambda s: (str(s["run"]), s["step"]))
         lines = "".join(_json_line(s) for s in samples)
         write_text_atomic(self.out / "samples.jsonl", lines)
@@ -490,8 +489,12 @@ class _State:
         return SweepResult(data, self.out)
 
 
-def _order(record: dict):
-    return (record["step"] != 0, str(record["run"]), record["step"], str(record["path"]))
+def _stats(block: dict) -> dict[str, MetricStats]:
+    return {name: MetricStats.from_dict(st) for name, st in block.items()}
+
+
+def _order(record: CheckpointRecord):
+    return (record.step != 0, str(record.run), record.step, str(record.path))
 
 
 def _json_line(row: dict) -> str:
@@ -499,12 +502,11 @@ def _json_line(row: dict) -> str:
 
 
 # ------------------------------------------------------------------------ the next stage
-def recommendation(data: dict, policy=None) -> dict:
-    """The recommendation block under ``policy`` (a Policy, a file, a dict of overrides or None
-    for the built-in one); every key present, null where there is no pick."""
+def _policy(policy):
+    """A Policy from what ``sweep(policy=...)`` accepts: a Policy, a file, a dict of overrides or
+    None for the built-in one."""
     from diag.diagnostics.policy import Policy, load_policy
-    from diag.diagnostics.recommend import recommend
 
-    if not isinstance(policy, Policy):
-        policy = load_policy(None, policy) if isinstance(policy, dict) else load_policy(policy)
-    return {**EMPTY_RECOMMENDATION, **recommend(data, policy)}
+    if isinstance(policy, Policy):
+        return policy
+    return load_policy(None, policy) if isinstance(policy, dict) else load_policy(policy)

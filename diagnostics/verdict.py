@@ -25,12 +25,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, load_policy
-from diag.diagnostics.recommend import find_base, recommend
+from diag.diagnostics.recommend import judge_sweep
 from diag.diagnostics.stored import load_sweep
 
 from diag.errors import DiagError
 from diag.metrics import METRICS
-from diag.records import SCHEMA_VERSION, tool_block
+from diag.records import (
+    SCHEMA_VERSION,
+    CheckpointRecord,
+    Recommendation,
+    SweepRecord,
+    tool_block,
+)
 
 EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
 RESULTS_FILE = "results.json"
@@ -107,22 +113,22 @@ class GateResult:
         }
 
 
-def measured_metrics(record: dict, base: dict | None) -> list[dict]:
+def measured_metrics(record: CheckpointRecord, base: CheckpointRecord | None) -> list[dict]:
     """Each metric ``record`` has a value for: value, 95 % interval and the base's value."""
     rows = []
     for name, metric in METRICS.items():
-        value = (record.get("metrics") or {}).get(name)
+        value = record.metric(name)
         if value is None:
             continue
-        st = (record.get("stats") or {}).get(name) or {}
+        st = record.stat(name)
         rows.append(
             {
                 "metric": name,
                 "label": metric.label,
                 "value": value,
-                "low": st.get("low"),
-                "high": st.get("high"),
-                "base": ((base or {}).get("metrics") or {}).get(name),
+                "low": st.low,
+                "high": st.high,
+                "base": base.metric(name) if base is not None else None,
                 "higher_is_better": metric.higher_is_better,
             }
         )
@@ -130,7 +136,8 @@ def measured_metrics(record: dict, base: dict | None) -> list[dict]:
 
 
 def checkpoint_name(ckpt: dict) -> str:
-    """'run step N': how the gate names a checkpoint in its sentences."""
+    """'run step N': how the gate names a checkpoint in its sentences (``ckpt``: the gate's
+    ``checkpoint`` or ``nearest_miss`` block)."""
     return f"{ckpt.get('run')} step {ckpt.get('step')}"
 
 
@@ -157,26 +164,26 @@ def gate(
     if problem:
         result.problems.append(problem)
         return result
-    records = [c for c in data.get("checkpoints") or [] if isinstance(c, dict)]
-    chosen = _choose(data, records, checkpoint, policy, result)
+    sweep = SweepRecord.coerce(data)
+    chosen = _choose(sweep, checkpoint, policy, result)
     if chosen is None:  # _choose set the verdict (nothing eligible) and said why ...
-        if data.get("complete") is False:  # ... but so far is not evidence of nothing
+        if sweep.complete is False:  # ... but so far is not evidence of nothing
             result.verdict = "undecided"
             result.problems.insert(0, _unfinished(results_file))
         return result
-    result.checkpoint = {k: chosen.get(k) for k in ("run", "step", "path", "format", "fingerprint")}
-    base = find_base(records, chosen.get("run"))
+    result.checkpoint = _identify(chosen, "fingerprint")
+    base = sweep.base_for(chosen.run)
     result.checks = evaluate_checkpoint(chosen, base, policy)
     result.measured = measured_metrics(chosen, base)
-    stale = _evidence_problems(chosen, data, results_file)
+    stale = _evidence_problems(chosen, sweep, results_file)
     missing = [f"{c.name}: {c.detail}" for c in result.checks if c.blocking and c.no_evidence]
     result.problems += stale + missing
-    stored = (data.get("recommendation") or {}).get("policy_hash")
+    stored = sweep.recommendation.policy_hash
     if stored and stored != policy.hash:
         result.notes.append(
             f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
         )
-    no_change = bool(chosen.get("no_change"))
+    no_change = bool(chosen.no_change)
     if no_change:
         result.problems.append(NO_CHANGE)
     if stale:
@@ -209,33 +216,34 @@ def load_results(results_dir: str | os.PathLike) -> tuple[dict, Path, str | None
     return data, file, None
 
 
+def _identify(record: CheckpointRecord, *extra: str) -> dict:
+    """The gate's block naming a checkpoint: run, step, path, format (+ ``extra`` fields)."""
+    return {k: getattr(record, k) for k in ("run", "step", "path", "format", *extra)}
+
+
 def _choose(
-    data: dict, records: list[dict], checkpoint: str | int, policy: Policy, result: GateResult
-) -> dict | None:
+    sweep: SweepRecord, checkpoint: str | int, policy: Policy, result: GateResult
+) -> CheckpointRecord | None:
     """The record to judge; on ``None`` the verdict and problems are already set."""
-    candidates = [r for r in records if r.get("step") not in (None, 0)]
+    candidates = [r for r in sweep.checkpoints if r.step not in (None, 0)]
     wanted = str(checkpoint).strip()
     if wanted == "best":
-        pick = _recommendation(data, policy)
-        if pick.get("step") is None:
+        pick = _recommendation(sweep, policy)
+        if pick.step is None:
             result.verdict = "fail"
-            result.problems += [pick.get("verdict") or "no checkpoint is eligible"]
-            result.problems += list(pick.get("reasons") or [])
-            result.notes += [f"next: {step}" for step in pick.get("next_steps") or []]
-            _judge_nearest_miss(pick.get("nearest_miss"), candidates, records, policy, result)
+            result.problems += [pick.verdict or "no checkpoint is eligible"]
+            result.problems += list(pick.reasons)
+            result.notes += [f"next: {step}" for step in pick.next_steps]
+            _judge_nearest_miss(pick.nearest_miss, candidates, sweep, policy, result)
             return None
         result.selected_by = "recommended"
         return next(
-            r
-            for r in candidates
-            if r.get("run") == pick["run"]
-            and r["step"] == pick["step"]
-            and r.get("path") == pick["path"]
+            r for r in candidates if (r.run, r.step, r.path) == (pick.run, pick.step, pick.path)
         )
     if wanted.isdigit():
-        matches = [r for r in candidates if r["step"] == int(wanted)]
+        matches = [r for r in candidates if r.step == int(wanted)]
         if len(matches) > 1:
-            runs = ", ".join(sorted(str(r.get("run")) for r in matches))
+            runs = ", ".join(sorted(str(r.run) for r in matches))
             raise DiagError(
                 f"step {wanted} exists in several runs ({runs})",
                 fix="pass --checkpoint PATH to say which one",
@@ -246,11 +254,11 @@ def _choose(
         matches = [
             r
             for r in candidates
-            if r.get("path") == wanted or record_path(r, data, result.results_dir) == target
+            if r.path == wanted or record_path(r, sweep, result.results_dir) == target
         ]
         result.selected_by = "--checkpoint PATH"
     if not matches:
-        known = ", ".join(f"{r.get('run')}:{r['step']}" for r in candidates[:12]) or "none"
+        known = ", ".join(f"{r.run}:{r.step}" for r in candidates[:12]) or "none"
         raise DiagError(
             f"checkpoint '{wanted}' is not in the sweep results (known: {known})",
             fix="pass best, a step the sweep probed, or a checkpoint path; re-run `diag sweep` "
@@ -259,45 +267,42 @@ def _choose(
     return matches[0]
 
 
-def _recommendation(data: dict, policy: Policy) -> dict:
+def _recommendation(sweep: SweepRecord, policy: Policy) -> Recommendation:
     """The sweep's stored recommendation when it was made under this policy; otherwise the
     recommendation this policy makes of the same stored scores."""
-    stored = data.get("recommendation") or {}
-    if stored.get("policy_hash") == policy.hash and "checks" in stored:
+    stored = sweep.recommendation
+    if stored.policy_hash == policy.hash and stored.verdict is not None:
         return stored
-    return recommend(data, policy)
+    return judge_sweep(sweep, policy)
 
 
-def _judge_nearest_miss(miss, candidates, records, policy: Policy, result: GateResult) -> None:
+def _judge_nearest_miss(miss, candidates, sweep: SweepRecord, policy, result: GateResult) -> None:
     """Every policy check of the nearest miss, so CI shows which check kept it from shipping."""
     if not miss:
         return
-    record = next(
-        (
-            r
-            for r in candidates
-            if (r.get("run"), r["step"], r.get("path")) == (miss["run"], miss["step"], miss["path"])
-        ),
-        None,
-    )
+    wanted = (miss.run, miss.step, miss.path)
+    record = next((r for r in candidates if (r.run, r.step, r.path) == wanted), None)
     if record is None:
         return
-    result.nearest_miss = {k: record.get(k) for k in ("run", "step", "path", "format")}
-    result.miss_checks = evaluate_checkpoint(record, find_base(records, record.get("run")), policy)
+    result.nearest_miss = _identify(record)
+    result.miss_checks = evaluate_checkpoint(record, sweep.base_for(record.run), policy)
 
 
 def _resolved(path: str | os.PathLike) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def record_path(record: dict, data: dict, results_dir: str) -> str | None:
+def record_path(
+    record: CheckpointRecord | dict, sweep: SweepRecord | dict, results_dir: str
+) -> str | None:
     """Where a record's checkpoint lives on this machine.
 
     The sweep stores paths as it found them: absolute, or relative to where it ran. A relative
     path is tried from here, then re-rooted on the sweep's absolute ``root`` and on the folder
     above the results (``runs/diag`` -> ``runs``), dropping leading parts that name the root.
     """
-    raw = record.get("path")
+    record, sweep = CheckpointRecord.coerce(record), SweepRecord.coerce(sweep)
+    raw = record.path
     if not raw:
         return None
     path = Path(raw).expanduser()
@@ -305,7 +310,7 @@ def record_path(record: dict, data: dict, results_dir: str) -> str | None:
         return _resolved(path)
     if path.exists():
         return _resolved(path)
-    roots = [Path(data["root"])] if data.get("root") else []
+    roots = [Path(sweep.root)] if sweep.root else []
     roots += [Path(results_dir).parent, Path(results_dir)]
     for root in roots:
         for skip in range(len(path.parts)):
@@ -315,23 +320,25 @@ def record_path(record: dict, data: dict, results_dir: str) -> str | None:
     return _resolved(path)
 
 
-def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str]:
+def _evidence_problems(
+    record: CheckpointRecord, sweep: SweepRecord, results_file: Path
+) -> list[str]:
     """Reasons the stored scores may not describe the checkpoint's current files."""
     problems = []
-    if data.get("complete") is False:
+    if sweep.complete is False:
         problems.append(_unfinished(results_file))
-    where = record_path(record, data, str(results_file.parent))
+    where = record_path(record, sweep, str(results_file.parent))
     if where is None or not Path(where).exists():
         return problems + [
-            f"checkpoint files '{record.get('path')}' not found, so the results cannot be "
+            f"checkpoint files '{record.path}' not found, so the results cannot be "
             "checked against them (run the gate where the checkpoints are)"
         ]
-    stored = str(record.get("fingerprint") or "")
+    stored = str(record.fingerprint or "")
     if stored.startswith(FINGERPRINT_PREFIX):
         current = current_fingerprint(Path(where))
         if current != stored:
             problems.append(
-                f"checkpoint '{record.get('path')}' changed after it was probed (fingerprint "
+                f"checkpoint '{record.path}' changed after it was probed (fingerprint "
                 f"{current or 'unavailable'} != {stored}; re-run `diag sweep`)"
             )
         return problems
@@ -341,7 +348,7 @@ def _evidence_problems(record: dict, data: dict, results_file: Path) -> list[str
     if newest > results_file.stat().st_mtime:
         changed = datetime.fromtimestamp(newest, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         problems.append(
-            f"checkpoint '{record.get('path')}' changed at {changed}, after the results were "
+            f"checkpoint '{record.path}' changed at {changed}, after the results were "
             "written (re-run `diag sweep`)"
         )
     return problems

@@ -14,8 +14,8 @@ from diag.reports.answers import answers_table
 from diag.reports.figures import run_curves, tradeoff
 
 from diag.display import literal
+from diag.files import write_text_atomic
 from diag.metrics import METRICS
-from diag.records import write_text_atomic
 
 
 def render_report(

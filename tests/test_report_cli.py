@@ -9,7 +9,7 @@ from diag.diagnostics.recommend import recommend
 from synthetic_sweep import learned_then_parrot, samples, sweep
 
 from diag.cli import cli
-from diag.records import write_json_atomic
+from diag.files import write_json_atomic
 
 
 def _results():

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.records import write_json_atomic
+from diag.files import write_json_atomic
 
 log = logging.getLogger("diag")
 

@@ -120,7 +120,7 @@ def self_rehearsal(
 
     ``lm`` is a backend (``generate(prompts, config)``) running the *base* model.
     """
-    from diag.records import write_text_atomic
+    from diag.files import write_text_atomic
 
     cache = rehearsal_cache_path(lm.name, chat, max_new_tokens)
     if cache.is_file():

@@ -17,7 +17,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from diag.records import SCHEMA_VERSION, tool_block, write_json_atomic
+from diag.files import write_json_atomic
+from diag.records import SCHEMA_VERSION, tool_block
 
 MANIFEST = "diag-run.json"
 

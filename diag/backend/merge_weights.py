@@ -23,8 +23,9 @@ import torch
 
 from diag.backend.hf import ensure_local_weights, quiet_transformers
 from diag.errors import DiagError
+from diag.files import write_json_atomic
 from diag.models import resolve_base
-from diag.records import tool_block, write_json_atomic
+from diag.records import tool_block
 
 log = logging.getLogger("diag")
 

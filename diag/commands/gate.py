@@ -42,7 +42,7 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
     from diag.diagnostics.policy import load_policy
     from diag.diagnostics.verdict import gate as run_gate
     from diag.diagnostics.verdict_output import to_junit, to_markdown
-    from diag.records import write_text_atomic
+    from diag.files import write_text_atomic
 
     policy = load_policy(policy_file, overrides)
     source = f"policy file '{policy_file}'" if policy_file else "defaults"
@@ -57,7 +57,7 @@ def gate(results_dir, policy_file, overrides, checkpoint, junit, summary, as_jso
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
             fh.write(markdown)
     if as_json:
-        from diag.records import strict_json
+        from diag.files import strict_json
 
         click.echo(strict_json(result.to_dict(), indent=2))
     else:

@@ -132,7 +132,7 @@ def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str
 
 def write_run(run, out: str | Path) -> None:
     """Write records.jsonl, samples.jsonl, summary.json and reference.json into ``out``."""
-    from diag.records import strict_json, write_json_atomic, write_text_atomic
+    from diag.files import strict_json, write_json_atomic, write_text_atomic
 
     out = Path(out)
     for name, rows in (("records", run.records), ("samples", run.samples)):
