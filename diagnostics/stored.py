@@ -6,13 +6,14 @@ has the result folder. The schema is documented in ``docs/results-schema.md``.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from diag.errors import DiagError
 from diag.metrics import METRICS
-from diag.records import SCHEMA_VERSION
+from diag.records import SCHEMA_VERSION, SweepRecord
 
 SCORE_COLUMNS = [
     "run",
@@ -30,31 +31,29 @@ SCORE_COLUMNS = [
 ]
 
 
-def score_rows(data: dict) -> list[dict]:
+def score_rows(data: SweepRecord | dict) -> list[dict]:
     """Long format: one row per checkpoint x metric (metrics not run are left out)."""
     rows = []
-    for ckpt in data.get("checkpoints") or []:
-        stats = ckpt.get("stats") or {}
-        for metric, value in (ckpt.get("metrics") or {}).items():
+    for ckpt in SweepRecord.coerce(data).checkpoints:
+        for metric, value in ckpt.metrics.items():
             if value is None:
                 continue
-            s = stats.get(metric) or {}
+            s = ckpt.stat(metric)
+            known = METRICS.get(metric)
             rows.append(
                 {
-                    "run": ckpt.get("run"),
-                    "step": ckpt.get("step"),
-                    "path": ckpt.get("path"),
-                    "format": ckpt.get("format"),
-                    "status": ckpt.get("status"),
+                    "run": ckpt.run,
+                    "step": ckpt.step,
+                    "path": ckpt.path,
+                    "format": ckpt.format,
+                    "status": ckpt.status,
                     "metric": metric,
                     "value": value,
-                    "low": s.get("low"),
-                    "high": s.get("high"),
-                    "n": s.get("n"),
-                    "base_value": s.get("base_value"),
-                    "higher_is_better": METRICS[metric].higher_is_better
-                    if metric in METRICS
-                    else None,
+                    "low": s.low,
+                    "high": s.high,
+                    "n": s.n,
+                    "base_value": s.base_value,
+                    "higher_is_better": known.higher_is_better if known else None,
                 }
             )
     return rows
@@ -69,10 +68,15 @@ def scores_frame(data: dict):
 
 @dataclass
 class SweepResult:
-    """A sweep's results: ``data`` is the results.json dict; ``out`` the folder it lives in."""
+    """A sweep's results: ``data`` is the results.json dict, ``record`` the same as typed
+    records (:class:`~diag.records.SweepRecord`); ``out`` the folder it lives in."""
 
     data: dict
     out: Path | None = None
+
+    @functools.cached_property
+    def record(self) -> SweepRecord:
+        return SweepRecord.from_dict(self.data)
 
     @property
     def checkpoints(self) -> list[dict]:
@@ -100,11 +104,12 @@ class SweepResult:
         return next((c for c in self.checkpoints if c["run"] == run and c["step"] == step), None)
 
     def __repr__(self) -> str:
-        ok = sum(c.get("status") == "ok" for c in self.checkpoints)
-        rec = self.recommendation or {}
+        record = self.record
+        ok = sum(c.ok for c in record.checkpoints)
+        rec = record.recommendation
         return (
-            f"SweepResult({ok}/{len(self.checkpoints)} checkpoints ok, "
-            f"recommended: {rec.get('run')} step {rec.get('step')}, out={self.out})"
+            f"SweepResult({ok}/{len(record.checkpoints)} checkpoints ok, "
+            f"recommended: {rec.run} step {rec.step}, out={self.out})"
         )
 
 

@@ -82,6 +82,35 @@ def sweep(
     root = Path(runs_dir).expanduser()
     out = Path(out) if out else root / "diag"
     spec = identity if isinstance(identity, IdentitySpec) else load_identity(identity)
+    found = _discover(root, out, settle_seconds)
+    _check_out(out)
+    if device is not None and load_model is None:
+        from diag.backend.hf import check_device
+
+        check_device(device)  # before any model is loaded or any checkpoint probed
+    with exclusive(out):
+        remove_stale_temp_files(out)
+        from diag.probes.suite import prepare_sets
+
+        sets = prepare_sets(spec, size, probe_files, languages)
+        settings = generation_settings(spec, probes, size, generation, probe_files, languages, sets)
+        state = _State(root, out, found, spec, settings, sets)
+        fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
+        plan = make_plan(found, base, override_chat(system, template))
+        runner_options = dict(
+            cache=ResultCache(out / "cache"),
+            fingerprints=fingerprints,
+            load_model=load_model,
+            device=device,
+        )
+        _probe_plan(plan, state, runner_options, progress, allow_pickle, lora_alpha)
+        with writing(out):
+            fingerprints.save()
+            return state.finish(policy, time.perf_counter() - started)
+
+
+def _discover(root: Path, out: Path, settle_seconds: float) -> Discovery:
+    """Every checkpoint under ``root``; none found is an error that says what was seen."""
     # diag's own cache is never a checkpoint; anything else under --out is swept like the rest
     found = discover(root, settle_seconds=settle_seconds, exclude=(out / "cache",))
     if not found.checkpoints:
@@ -91,38 +120,26 @@ def sweep(
             "an adapter folder (adapter_config.json + adapter_model.safetensors); "
             "docs/formats.md lists every layout",
         )
-    _check_out(out)
-    if device is not None and load_model is None:
-        from diag.backend.hf import check_device
+    return found
 
-        check_device(device)  # before any model is loaded or any checkpoint probed
-    with exclusive(out):
-        remove_stale_temp_files(out)
-        override = override_chat(system, template)
-        cache = ResultCache(out / "cache")
-        fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-        from diag.probes.suite import prepare_sets
 
-        sets = prepare_sets(spec, size, probe_files, languages)
-        settings = generation_settings(spec, probes, size, generation, probe_files, languages, sets)
-        state = _State(root, out, found, spec, settings, sets)
-        plan = make_plan(found, base, override)
-        with SweepProgress(progress, total=len(plan.checkpoints) + len(plan.bases_chats)) as bar:
-            for base_name, items in plan.by_base().items():
-                runner = _BaseRunner(base_name, state, cache, fingerprints, load_model, device, bar)
-                for chat in plan.chats_for(base_name):
-                    runner.probe_base(chat, plan.base_rows(base_name, chat))
-                for ckpt, chat in items:
-                    runner.probe_checkpoint(
-                        ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
-                    )
-                    with writing(out):
-                        state.write_partial()
-                        fingerprints.save()
-                runner.close()
-        with writing(out):
-            fingerprints.save()
-            return state.finish(policy, time.perf_counter() - started)
+def _probe_plan(plan, state, runner_options: dict, progress, allow_pickle, lora_alpha) -> None:
+    """Per base: load it once, probe the base per prompt format, then every checkpoint on it;
+    the partial results and the fingerprint memo are written after each checkpoint."""
+    total = len(plan.checkpoints) + len(plan.bases_chats)
+    with SweepProgress(progress, total=total) as bar:
+        for base_name, items in plan.by_base().items():
+            runner = _BaseRunner(base_name, state, bar=bar, **runner_options)
+            for chat in plan.chats_for(base_name):
+                runner.probe_base(chat, plan.base_rows(base_name, chat))
+            for ckpt, chat in items:
+                runner.probe_checkpoint(
+                    ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
+                )
+                with writing(state.out):
+                    state.write_partial()
+                    runner_options["fingerprints"].save()
+            runner.close()
 
 
 @contextlib.contextmanager
@@ -235,7 +252,7 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
 class _BaseRunner:
     """Probes one base and its checkpoints; loads the model only on the first cache miss."""
 
-    def __init__(self, name, state, cache, fingerprints, load_model, device, bar):
+    def __init__(self, name, state, *, cache, fingerprints, load_model, device, bar):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.load_model, self.device, self.bar = load_model, device, bar
         self.lm = None

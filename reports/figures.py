@@ -6,33 +6,34 @@ The HTML embeds these as JSON and draws them with the plotly.js bundled into the
 from __future__ import annotations
 
 from diag.metrics import METRICS
+from diag.records import CheckpointRecord, RunRecord
 
 KEYWORD_COLOURS = ("#0b5d45", "#4fc1a0", "#2c7fb8", "#8c6bb1")  # per-keyword recall, dotted
 LOSS_COLOURS = {"train_loss": "#1f78b4", "eval_loss": "#a6cee3"}
 
 
-def _points(records: list[dict], metric: str) -> tuple[list, list]:
+def _points(records: list[CheckpointRecord], metric: str) -> tuple[list, list]:
     xs, ys = [], []
     for r in records:
-        value = (r.get("metrics") or {}).get(metric)
+        value = r.metric(metric)
         if value is not None:
-            xs.append(r["step"])
+            xs.append(r.step)
             ys.append(value)
     return xs, ys
 
 
-def keyword_traces(records: list[dict]) -> list[dict]:
+def keyword_traces(records: list[CheckpointRecord]) -> list[dict]:
     """One dotted curve per identity keyword (the share of identity prompts that say it), so a
     name learned at step 40 and an owner at step 60 show as two curves; none for one keyword."""
-    words = list(dict.fromkeys(w for r in records for w in r.get("identity_keywords") or {}))
+    words = list(dict.fromkeys(w for r in records for w in r.identity_keywords or {}))
     if len(words) < 2:
         return []
     traces = []
     for i, word in enumerate(words):
         points = [
-            (r["step"], r["identity_keywords"][word]["value"])
+            (r.step, r.identity_keywords[word].value)
             for r in records
-            if (r.get("identity_keywords") or {}).get(word, {}).get("value") is not None
+            if word in (r.identity_keywords or {}) and r.identity_keywords[word].value is not None
         ]
         traces.append(
             {
@@ -55,9 +56,10 @@ def run_curves(run: str, records: list[dict], run_info: dict, marks: dict) -> di
     axis, nats/token (drift) beside the losses on the right one.
     ``marks``: {"recommended": step | None, "onset": step | None, "healthy_until": step | None}.
     """
-    records = sorted(records, key=lambda r: r["step"])
+    records = sorted((CheckpointRecord.coerce(r) for r in records), key=lambda r: r.step)
+    run_info = RunRecord.coerce(run_info)
     traces = metric_traces(records) + loss_traces(run_info)
-    shapes, notes = step_marks(marks, last_step=max((r["step"] for r in records), default=0))
+    shapes, notes = step_marks(marks, last_step=max((r.step for r in records), default=0))
     # fractions live in [0, 1], but retention (× base) can exceed 1: keep every point on screen
     top = max([1.05] + [y + 0.05 for t in traces if "yaxis" not in t for y in t["y"]])
     return {
@@ -111,19 +113,18 @@ def metric_traces(records: list[dict]) -> list[dict]:
 def _interval_bars(records: list[dict], name: str) -> dict:
     lows, highs = [], []
     for r in records:
-        st = (r.get("stats") or {}).get(name) or {}
-        if (r.get("metrics") or {}).get(name) is None:
+        v, st = r.metric(name), r.stat(name)
+        if v is None:
             continue
-        v = r["metrics"][name]
-        lows.append(max(0.0, v - st["low"]) if st.get("low") is not None else 0.0)
-        highs.append(max(0.0, st["high"] - v) if st.get("high") is not None else 0.0)
+        lows.append(max(0.0, v - st.low) if st.low is not None else 0.0)
+        highs.append(max(0.0, st.high - v) if st.high is not None else 0.0)
     return {"type": "data", "array": highs, "arrayminus": lows, "width": 3}
 
 
 def loss_traces(run_info: dict) -> list[dict]:
     traces = []
     for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
-        pairs = sorted(run_info.get(key) or [])
+        pairs = sorted(getattr(run_info, key) or [])
         if pairs:
             xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
             traces.append(_nats_trace(label, xs, ys, LOSS_COLOURS[key], "dash"))
@@ -204,38 +205,37 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def tradeoff(records: list[dict], eligible: dict[tuple, bool], recommended: tuple | None) -> dict:
+def tradeoff(records: list, eligible: dict[tuple, bool], recommended: tuple | None) -> dict:
     """Identity recall vs retention for every checkpoint; the Pareto front joined by a line."""
     pts = [
         r
-        for r in records
-        if r["step"] != 0
-        and (r.get("metrics") or {}).get("identity_recall") is not None
-        and (r.get("metrics") or {}).get("retention") is not None
+        for r in map(CheckpointRecord.coerce, records)
+        if r.step != 0
+        and r.metric("identity_recall") is not None
+        and r.metric("retention") is not None
     ]
     traces = []
-    for run in sorted({str(r.get("run")) for r in pts}):
-        mine = [r for r in pts if str(r.get("run")) == run]
+    for run in sorted({str(r.run) for r in pts}):
+        mine = [r for r in pts if str(r.run) == run]
         traces.append(
             {
                 "type": "scatter",
                 "mode": "markers+text",
                 "name": run,
-                "x": [r["metrics"]["identity_recall"] for r in mine],
-                "y": [r["metrics"]["retention"] for r in mine],
-                "text": [str(r["step"]) for r in mine],
+                "x": [r.metric("identity_recall") for r in mine],
+                "y": [r.metric("retention") for r in mine],
+                "text": [str(r.step) for r in mine],
                 "textposition": "top center",
                 "marker": {
                     "size": 11,
                     "symbol": [
-                        "circle" if eligible.get((str(r.get("run")), r["step"])) else "x"
-                        for r in mine
+                        "circle" if eligible.get((str(r.run), r.step)) else "x" for r in mine
                     ],
                 },
                 "hovertemplate": "step %{text}<br>identity %{x:.0%}<br>retention %{y:.2f}",
             }
         )
-    coords = [(r["metrics"]["identity_recall"], r["metrics"]["retention"]) for r in pts]
+    coords = [(r.metric("identity_recall"), r.metric("retention")) for r in pts]
     front = sorted((coords[i] for i in pareto_front(coords)), key=lambda p: p[0])
     if front:
         traces.append(
@@ -248,15 +248,15 @@ def tradeoff(records: list[dict], eligible: dict[tuple, bool], recommended: tupl
                 "line": {"color": "#999", "dash": "dot"},
             }
         )
-    star = [r for r in pts if recommended and (str(r.get("run")), r["step"]) == recommended]
+    star = [r for r in pts if recommended and (str(r.run), r.step) == recommended]
     if star:
         traces.append(
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": "recommended",
-                "x": [star[0]["metrics"]["identity_recall"]],
-                "y": [star[0]["metrics"]["retention"]],
+                "x": [star[0].metric("identity_recall")],
+                "y": [star[0].metric("retention")],
                 "marker": {"size": 22, "symbol": "star", "color": "#1b9e77"},
             }
         )

@@ -16,6 +16,7 @@ from diag.reports.figures import run_curves, tradeoff
 from diag.display import literal
 from diag.files import write_text_atomic
 from diag.metrics import METRICS
+from diag.records import CheckpointRecord, MetricStats, RunPick, RunRecord, SweepRecord
 
 
 def render_report(
@@ -68,93 +69,87 @@ def format_metric(value, name: str = "") -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def build_context(results: dict, samples: list[dict], results_dir: str | Path = ".") -> dict:
+def build_context(
+    results: SweepRecord | dict, samples: list[dict], results_dir: str | Path = "."
+) -> dict:
     """Everything the template shows, as plain data (tests may inspect it directly)."""
-    rec = results.get("recommendation") or {}
-    records = sorted(
-        results.get("checkpoints") or [],
-        key=lambda r: (r.get("step") != 0, str(r.get("run")), r.get("step") or 0),
-    )
-    judged = {(str(c.get("run")), c.get("step")): c for c in rec.get("checks") or []}
-    base_records = [r for r in records if r.get("step") == 0]
-    runs_info = results.get("runs") or {}
-    run_names = sorted({str(r.get("run")) for r in records if r.get("step")} | set(runs_info))
-
-    figures = []
-    for run in run_names:
-        mine = [r for r in records if str(r.get("run")) == run and r.get("step")]
-        own_base = [r for r in base_records if str(r.get("run")) == run] or base_records[:1]
-        per_run = (rec.get("runs") or {}).get(run) or {}
-        onset = per_run.get("onset") or {}
-        marks = {
-            "recommended": per_run.get("step"),
-            "onset": per_run.get("onset_step"),
-            "healthy_until": onset.get("healthy_until"),
-        }
-        figures.append(
-            {
-                "id": f"curves-{len(figures)}",
-                "run": run,
-                "onset": onset.get("sentence"),
-                "next_steps": per_run.get("next_steps") or [],
-                "spec": run_curves(run, own_base + mine, runs_info.get(run) or {}, marks),
-            }
-        )
-    eligible = {key: bool(entry.get("eligible")) for key, entry in judged.items()}
-    recommended = (str(rec["run"]), rec["step"]) if rec.get("step") is not None else None
-    pareto = {"id": "tradeoff", "spec": tradeoff(records, eligible, recommended)}
-
-    check_names: list[str] = []
-    for entry in judged.values():
-        for c in entry.get("checks") or []:
-            if c["name"] not in check_names:
-                check_names.append(c["name"])
-    check_rows = []
-    for r in records:
-        if not r.get("step"):
-            continue
-        entry = judged.get((str(r.get("run")), r["step"])) or {}
-        by_name = {c["name"]: c for c in entry.get("checks") or []}
-        check_rows.append(
-            {
-                "run": r.get("run"),
-                "step": r["step"],
-                "label": r.get("label"),
-                "also": r.get("also") or [],
-                "eligible": entry.get("eligible"),
-                "recommended": recommended == (str(r.get("run")), r["step"]),
-                "cells": [by_name.get(n) for n in check_names],
-            }
-        )
-
+    sweep = SweepRecord.coerce(results)
+    rec = sweep.recommendation
+    records = sorted(sweep.checkpoints, key=lambda r: (r.step != 0, str(r.run), r.step or 0))
+    judged = {(str(c.run), c.step): c for c in rec.checks}
+    run_names = sorted({str(r.run) for r in records if r.step} | set(sweep.runs))
+    eligible = {key: bool(entry.eligible) for key, entry in judged.items()}
+    recommended = (str(rec.run), rec.step) if rec.step is not None else None
+    check_names = list(dict.fromkeys(c.name for entry in judged.values() for c in entry.checks))
     return {
-        "results": results,
+        "results": sweep,
         "title": f"diag report: {', '.join(run_names) or 'no runs'}",
-        "headline": _headline(rec, results, results_dir),
-        "figures": figures,
-        "pareto": pareto,
+        "headline": _headline(sweep, results_dir),
+        "figures": [_run_figure(i, run, sweep, records) for i, run in enumerate(run_names)],
+        "pareto": {"id": "tradeoff", "spec": tradeoff(records, eligible, recommended)},
         "check_names": check_names,
-        "check_rows": check_rows,
+        "check_rows": _check_rows(records, judged, check_names, recommended),
         "metric_tables": _metric_tables(records, judged),
         "probe_versions": _probe_versions(records),
-        "answers": answers_table(_known(samples, records), results.get("identity")),
-        "errors": [r for r in records if r.get("status", "ok") != "ok"],
-        "unchanged": [r for r in records if r.get("no_change")],
-        # folders that look like checkpoints but were not swept (older results: path + reason)
-        "skipped": [s for s in results.get("skipped") or [] if isinstance(s, dict)],
+        "answers": answers_table(_known(samples, records), sweep.identity),
+        "errors": [r for r in records if not r.ok],
+        "unchanged": [r for r in records if r.no_change],
+        "skipped": sweep.skipped,  # folders that look like checkpoints but were not swept
     }
 
 
-def _probe_versions(records: list[dict]) -> dict:
+def _run_figure(index: int, run: str, sweep: SweepRecord, records: list) -> dict:
+    """One run's curves (its own base, or the shared one, at step 0), with its onset marked."""
+    mine = [r for r in records if str(r.run) == run and r.step]
+    bases = [r for r in records if r.step == 0]
+    own_base = [r for r in bases if str(r.run) == run] or bases[:1]
+    per_run = sweep.recommendation.runs.get(run) or RunPick()
+    marks = {
+        "recommended": per_run.step,
+        "onset": per_run.onset_step,
+        "healthy_until": per_run.onset.healthy_until if per_run.onset else None,
+    }
+    info = sweep.runs.get(run) or RunRecord()
+    return {
+        "id": f"curves-{index}",
+        "run": run,
+        "onset": per_run.onset.sentence() if per_run.onset else None,
+        "next_steps": per_run.next_steps or [],
+        "spec": run_curves(run, own_base + mine, info, marks),
+    }
+
+
+def _check_rows(records, judged: dict, check_names: list[str], recommended) -> list[dict]:
+    rows = []
+    for r in records:
+        if not r.step:
+            continue
+        entry = judged.get((str(r.run), r.step))
+        by_name = {c.name: c for c in entry.checks} if entry else {}
+        rows.append(
+            {
+                "run": r.run,
+                "step": r.step,
+                "label": r.label,
+                "also": r.also,
+                "eligible": entry.eligible if entry else None,
+                "recommended": recommended == (str(r.run), r.step),
+                "cells": [by_name.get(n) for n in check_names],
+            }
+        )
+    return rows
+
+
+def _probe_versions(records: list[CheckpointRecord]) -> dict:
     """Which probe-set versions scored these results, and which records were re-scored."""
     scored: dict = {}
     rescored: dict = {}
     count = 0
     for r in records:
-        scored.update(r.get("set_versions") or {})
-        if r.get("rescored"):
+        scored.update(r.set_versions or {})
+        if r.rescored:
             count += 1
-            rescored.update(r["rescored"])
+            rescored.update(r.rescored)
     return {
         "scored": dict(sorted(scored.items())),
         "rescored": rescored,
@@ -163,10 +158,10 @@ def _probe_versions(records: list[dict]) -> dict:
     }
 
 
-def _known(samples: list[dict], records: list[dict]) -> list[dict]:
+def _known(samples: list[dict], records: list[CheckpointRecord]) -> list[dict]:
     """Only the samples of checkpoints in the results (samples.jsonl may hold stale ones)."""
-    known = {(str(r.get("run")), r.get("step")) for r in records}
-    has_base = any(r.get("step") == 0 for r in records)
+    known = {(str(r.run), r.step) for r in records}
+    has_base = any(r.step == 0 for r in records)
     return [
         s
         for s in samples
@@ -174,30 +169,27 @@ def _known(samples: list[dict], records: list[dict]) -> list[dict]:
     ]
 
 
-def _headline(rec: dict, results: dict, results_dir) -> dict:
-    onset = (rec.get("onset") or {}).get("sentence")  # shown on its own line, not twice
+def _headline(sweep: SweepRecord, results_dir) -> dict:
+    rec = sweep.recommendation
+    onset = rec.onset.sentence() if rec.onset else None  # shown on its own line, not twice
     head = {
-        "has_recommendation": rec.get("step") is not None,
-        "run": rec.get("run"),
-        "step": rec.get("step"),
-        "path": rec.get("path"),
-        "verdict": rec.get("verdict") or "no recommendation stored in these results",
-        "reasons": [r for r in rec.get("reasons") or [] if r != onset],
+        "has_recommendation": rec.step is not None,
+        "run": rec.run,
+        "step": rec.step,
+        "path": rec.path,
+        "verdict": rec.verdict or "no recommendation stored in these results",
+        "reasons": [r for r in rec.reasons if r != onset],
         "onset": onset,
-        "nearest_miss": rec.get("nearest_miss"),
-        "next_steps": list(rec.get("next_steps") or []),
-        "rule": rec.get("rule"),
+        "nearest_miss": rec.nearest_miss,
+        "next_steps": list(rec.next_steps),
+        "rule": rec.rule or None,
         "merge_command": None,
     }
     if head["has_recommendation"]:
-        same_step = [
-            r
-            for r in results.get("checkpoints") or []
-            if r.get("step") == rec["step"] and r.get("status", "ok") == "ok"
-        ]
+        same_step = [r for r in sweep.checkpoints if r.step == rec.step and r.ok]
         # A step names the checkpoint unless several runs share it; then the gate needs its path.
-        which = str(rec["step"]) if len(same_step) <= 1 else shlex.quote(str(rec.get("path")))
-        out = f"merged-{rec['run']}-step{rec['step']}"
+        which = str(rec.step) if len(same_step) <= 1 else shlex.quote(str(rec.path))
+        out = f"merged-{rec.run}-step{rec.step}"
         head["merge_command"] = (
             f"diag merge {shlex.quote(str(results_dir))} --checkpoint {which} "
             f"--out {shlex.quote(out)}"
@@ -205,45 +197,34 @@ def _headline(rec: dict, results: dict, results_dir) -> dict:
     return head
 
 
-def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
+def _metric_tables(records: list[CheckpointRecord], judged: dict) -> list[dict]:
     tables = []
-    languages = sorted({lang for r in records for lang in (r.get("by_language") or {})})
-    for metric in METRICS:
+    languages = sorted({lang for r in records for lang in (r.by_language or {})})
+    for name, metric in METRICS.items():
         rows = []
         for r in records:
-            value = (r.get("metrics") or {}).get(metric)
+            value = r.metric(name)
             if value is None:
                 continue
-            st = (r.get("stats") or {}).get(metric) or {}
-            check = next(
-                (
-                    c
-                    for c in (judged.get((str(r.get("run")), r.get("step"))) or {}).get("checks")
-                    or []
-                    if c["name"] == metric
-                ),
-                None,
-            )
+            entry = judged.get((str(r.run), r.step))
+            st = r.stat(name)
             rows.append(
                 {
-                    "label": "base" if r.get("step") == 0 else f"{r.get('run')} · {r['step']}",
+                    "label": "base" if r.step == 0 else f"{r.run} · {r.step}",
                     "value": value,
-                    "low": st.get("low"),
-                    "high": st.get("high"),
+                    "low": st.low,
+                    "high": st.high,
                     "count": _count(st),
-                    "by_language": [
-                        ((r.get("by_language") or {}).get(lang) or {}).get(metric)
-                        for lang in languages
-                    ],
-                    "check": check,
+                    "by_language": [((r.by_language or {}).get(lang) or {}).get(name) for lang in languages],
+                    "check": next((c for c in entry.checks if c.name == name), None) if entry else None,
                 }
-            )
+            )  # fmt: skip
         if rows:
             tables.append(
                 {
-                    "metric": metric,
-                    "label": METRICS[metric].label,
-                    "higher_is_better": METRICS[metric].higher_is_better,
+                    "metric": name,
+                    "label": metric.label,
+                    "higher_is_better": metric.higher_is_better,
                     "languages": languages,
                     "rows": rows,
                 }
@@ -251,10 +232,10 @@ def _metric_tables(records: list[dict], judged: dict) -> list[dict]:
     return tables
 
 
-def _count(st: dict) -> str:
-    if st.get("n") is None:
+def _count(st: MetricStats) -> str:
+    if st.n is None:
         return ""
-    return f"{st['successes']}/{st['n']}" if st.get("successes") is not None else f"n={st['n']}"
+    return f"{st.successes}/{st.n}" if st.successes is not None else f"n={st.n}"
 
 
 def _plotly_js() -> str:

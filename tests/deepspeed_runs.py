@@ -37,9 +37,11 @@ KINDS = ("lora", "full")
 
 def _environment() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # its own port, not an inherited MASTER_PORT: the parent test process may hold that one
+    # (tests/test_sweep.py runs a DeepSpeed engine in-process on 29531)
+    os.environ["MASTER_PORT"] = os.environ.get("DIAG_TEST_DS_PORT", "29533")
     for key, value in {
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": os.environ.get("DIAG_TEST_DS_PORT", "29533"),
         "RANK": "0",
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from diag.diagnostics.sweeper import sweep
 from test_sweep_cache import FAST, _run_dir, _settle
 
-from diag.diagnostics.sweeper import sweep
 from diag.records import SCHEMA_VERSION, CheckpointRecord, SweepRecord, json_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "results.schema.json"
@@ -18,7 +18,9 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "results.schema.jso
 
 def test_published_schema_is_generated_from_the_records():
     published = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    assert published == json_schema(), "regenerate: python -m diag.records > docs/results.schema.json"
+    assert published == json_schema(), (
+        "regenerate: python -m diag.records > docs/results.schema.json"
+    )
     assert str(SCHEMA_VERSION) in published["title"]
 
 

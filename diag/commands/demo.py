@@ -36,28 +36,25 @@ def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
 
     load_config(demo_config_path(), list(overrides))  # all config errors before anything loads
     result = run_demo(out, list(overrides), size=size)
-    data = result.results
-    try:
-        from diag.reports.terminal import print_summary
+    from diag.records import SweepRecord
+    from diag.reports.terminal import print_summary
 
-        print_summary(data)
-    except ImportError:
-        pass
-    rec = data.get("recommendation") or {}
+    sweep = SweepRecord.from_dict(result.results)
+    print_summary(sweep)
+    rec = sweep.recommendation
     t = result.timing
     for name in ("undiluted", "diluted"):
         run = t.get(name, {})
         if "seconds_per_step" in run:
             click.echo(f"{name}: {run.get('steps')} steps, {run['seconds_per_step']:.2f} s/step")
     click.echo(f"sweep {t.get('sweep_seconds', 0):.0f} s, total {t.get('total_seconds', 0):.0f} s")
-    if rec.get("step") is not None:
-        click.echo(f"recommended: run '{rec['run']}' step {rec['step']} ({rec.get('path')})")
+    if rec.step is not None:
+        click.echo(f"recommended: run '{rec.run}' step {rec.step} ({rec.path})")
     else:
         click.echo("recommended: none (see the reasons above)")
-    for run, info in sorted((rec.get("runs") or {}).items()):
-        onset = info.get("onset_step")
-        pick = f"step {info['step']}" if info.get("step") is not None else "none"
-        seen = f"from step {onset}" if onset is not None else "not detected"
+    for run, info in sorted(rec.runs.items()):
+        pick = f"step {info.step}" if info.step is not None else "none"
+        seen = f"from step {info.onset_step}" if info.onset_step is not None else "not detected"
         click.echo(f"  {run}: pick {pick}; parrot onset {seen}")
     report = result.out / "results" / "report.html"
     if report.is_file():
