@@ -6,7 +6,9 @@ Everything heavy (torch, transformers, peft, plotly) is imported lazily, so `imp
     import diag
     result = diag.sweep("runs/")          # probes every checkpoint under runs/
     result.scores()                       # long-format pandas DataFrame
+    diag.write_report(result)             # report.html beside results.json
     again = diag.load_sweep("runs/diag")  # reads stored results back, no model needed
+    again.record.recommendation.step      # the same results as typed records
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "sweep": "diag.diagnostics.sweeper:sweep",
     "load_sweep": "diag.diagnostics.stored:load_sweep",
+    "write_report": "diag.reports.build:write_report",
 }
 
 
