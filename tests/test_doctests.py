@@ -8,7 +8,15 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ("diag", "diag.backend", "diag.probes", "diag.diagnostics", "diag.reports", "diag.train")
+PACKAGES = (
+    "diag",
+    "diag.backend",
+    "diag.formats",
+    "diag.probes",
+    "diag.diagnostics",
+    "diag.reports",
+    "diag.train",
+)
 SKIP = {"diag.__main__"}  # runs the CLI on import
 
 
