@@ -44,18 +44,21 @@ def run_next_steps(
     """
     if not judged:
         return []
-    training = run.training or {}
-    steps: list[str] = []
     first = next((j for j in judged if _learned(j.checks)), None)
     if first is None:
         last = judged[-1]
         progress = keyword_progress(last.record, policy.identity_min_low)
-        steps.append(
+        return [
             f"the identity was not learned by step {last.record.step}"
             + (f" ({progress})" if progress else "")
             + ": train longer, or check that the identity data reach the model"
-        )
-        return steps
+        ]
+    window, start, end = _learning_window(judged, first, onset)
+    return [window, _save_often(name, run, start, end), _dilution(run, healthy)]
+
+
+def _learning_window(judged: list, first, onset) -> tuple[str, int, int]:
+    """(where learning and collapse happened, in words; the window's first and last step)."""
     before = [j for j in judged if j.record.step < first.record.step]
     start = before[-1].record.step if before else 0
     learned_at = first.record.step
@@ -64,28 +67,30 @@ def run_next_steps(
     also = f" (step {learned_at} already fails {', '.join(failing)})" if failing else ""
     learned = f"the identity was learned between steps {start} and {learned_at}"
     if collapse is not None and collapse > learned_at:
-        steps.append(
-            f"{learned}; collapse began between {onset.healthy_until} and {collapse}{also}"
-        )
-        end = collapse
-    elif failing:
-        steps.append(
+        text = f"{learned}; collapse began between {onset.healthy_until} and {collapse}{also}"
+        return text, start, collapse
+    if failing:
+        text = (
             f"{learned}, and collapse began in the same interval: no checkpoint was saved "
             f"between learning and collapse{also}"
         )
-        end = learned_at
-    else:
-        steps.append(learned)
-        end = judged[-1].record.step
+        return text, start, learned_at
+    return learned, start, judged[-1].record.step
+
+
+def _save_often(name: str, run: RunRecord, start: int, end: int) -> str:
+    """Save about SAVES_IN_WINDOW times between ``start`` and ``end``: how, and the command."""
     every = max(1, (end - start) // SAVES_IN_WINDOW)
-    saved_every = training.get("save_every")
+    saved_every = (run.training or {}).get("save_every")
     if saved_every and every >= saved_every:
         every = max(1, saved_every // 2)
     often = "every step" if every == 1 else f"every {every} steps"
-    steps.append(
-        f"save {often} between {start} and {end}: " + _retrain(name, run, start, end, every)
-    )
-    ratio = training.get("general_ratio")
+    return f"save {often} between {start} and {end}: " + _retrain(name, run, start, end, every)
+
+
+def _dilution(run: RunRecord, healthy: dict[str, tuple[int, RunRecord]]) -> str:
+    """Dilute: cite a run with more general data that has an eligible pick, else the next ratio."""
+    ratio = (run.training or {}).get("general_ratio")
     diluted = [
         (other, step, (info.training or {}).get("general_ratio"))
         for other, (step, info) in sorted(healthy.items())
@@ -93,22 +98,20 @@ def run_next_steps(
     ]
     if diluted:
         other, step, more = diluted[0]
-        steps.append(
+        return (
             f"dilute: run '{other}' (general_ratio {more:g}) learned the identity without "
             f"collapse (step {step} is eligible); this run used {ratio or 0:g}"
         )
-    elif ratio is not None:
+    if ratio is not None:
         more = 0.5 if not ratio else min(0.9, round(ratio + 0.3, 1))
-        steps.append(
+        return (
             f"dilute: this run mixed {pct(ratio)} general chat; try mix.general_ratio={more:g} "
             "(general chat slows the identity down and keeps the model chatting)"
         )
-    else:
-        steps.append(
-            "dilute: mix general chat into the identity data (about half of the examples), so the "
-            "model keeps chatting while it learns the identity"
-        )
-    return steps
+    return (
+        "dilute: mix general chat into the identity data (about half of the examples), so the "
+        "model keeps chatting while it learns the identity"
+    )
 
 
 def _retrain(name: str, run: RunRecord, start: int, end: int, every: int) -> str:

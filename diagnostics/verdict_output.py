@@ -89,15 +89,48 @@ def to_junit(result: GateResult) -> str:
     """
     import xml.etree.ElementTree as ET
 
-    suite_name = (
-        f"diag gate: {checkpoint_name(result.checkpoint)}" if result.checkpoint else "diag gate"
+    cases = _check_cases(result) + _verdict_case(result)
+    failures = sum(1 for c in cases if c.find("failure") is not None)
+    errors = sum(1 for c in cases if c.find("error") is not None)
+    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": str(errors)}
+    root = ET.Element("testsuites", name="diag gate", **counts)
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name=f"diag gate: {checkpoint_name(result.checkpoint)}"
+        if result.checkpoint
+        else "diag gate",
+        skipped="0",
+        timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        **counts,
     )
-    cases: list[ET.Element] = []
-    miss = result.nearest_miss
+    props = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("verdict", result.verdict),
+        ("exit_code", str(result.exit_code)),
+        ("checkpoint", (result.checkpoint or {}).get("path") or ""),
+        ("nearest_miss", (result.nearest_miss or {}).get("path") or ""),
+        ("policy_hash", result.policy_hash or ""),
+    ):
+        ET.SubElement(props, "property", name=name, value=str(value))
+    suite.extend(cases)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _check_cases(result: GateResult) -> list:
+    """One testcase per check of the judged checkpoint, then per check of the nearest miss."""
+    import xml.etree.ElementTree as ET
+
+    cases = []
     judged = [("diag.gate", c) for c in result.checks]
     judged += [("diag.gate.nearest_miss", c) for c in result.miss_checks]
     for classname, c in judged:
-        name = c.name if classname == "diag.gate" else f"{c.name} ({checkpoint_name(miss)})"
+        name = (
+            c.name
+            if classname == "diag.gate"
+            else f"{c.name} ({checkpoint_name(result.nearest_miss)})"
+        )
         case = ET.Element("testcase", classname=classname, name=name, time="0")
         state = check_state(c)
         text = f"value={fmt_number(c.value)} threshold={fmt_number(c.threshold)}: {c.detail}"
@@ -110,43 +143,24 @@ def to_junit(result: GateResult) -> str:
                 "WARNING " if state == "warning" else ""
             ) + text
         cases.append(case)
+    return cases
+
+
+def _verdict_case(result: GateResult) -> list:
+    """The ``gate`` (nothing judged) or ``evidence`` (undecided) testcase, when there is one."""
+    import xml.etree.ElementTree as ET
+
     evidence = [
         p for p in result.problems if not any(p.startswith(f"{c.name}: ") for c in result.checks)
     ]
-    if not result.checks or (result.verdict == "undecided" and evidence):
-        case = ET.Element(
-            "testcase",
-            classname="diag.gate",
-            name="evidence" if result.checks else "gate",
-            time="0",
-        )
-        kind = "failure" if result.verdict == "fail" else "error"
-        message = "; ".join(evidence or result.problems) or result.headline
-        ET.SubElement(case, kind, message=message[:500], type=result.verdict).text = "\n".join(
-            result.problems
-        )
-        cases.append(case)
-    failures = sum(1 for c in cases if c.find("failure") is not None)
-    errors = sum(1 for c in cases if c.find("error") is not None)
-    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": str(errors)}
-    root = ET.Element("testsuites", name="diag gate", **counts)
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        name=suite_name,
-        skipped="0",
-        timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-        **counts,
+    if result.checks and not (result.verdict == "undecided" and evidence):
+        return []
+    case = ET.Element(
+        "testcase", classname="diag.gate", name="evidence" if result.checks else "gate", time="0"
     )
-    props = ET.SubElement(suite, "properties")
-    for name, value in (
-        ("verdict", result.verdict),
-        ("exit_code", str(result.exit_code)),
-        ("checkpoint", (result.checkpoint or {}).get("path") or ""),
-        ("nearest_miss", (miss or {}).get("path") or ""),
-        ("policy_hash", result.policy_hash or ""),
-    ):
-        ET.SubElement(props, "property", name=name, value=str(value))
-    suite.extend(cases)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    kind = "failure" if result.verdict == "fail" else "error"
+    message = "; ".join(evidence or result.problems) or result.headline
+    ET.SubElement(case, kind, message=message[:500], type=result.verdict).text = "\n".join(
+        result.problems
+    )
+    return [case]

@@ -214,27 +214,8 @@ def tradeoff(records: list, eligible: dict[tuple, bool], recommended: tuple | No
         and r.metric("identity_recall") is not None
         and r.metric("retention") is not None
     ]
-    traces = []
-    for run in sorted({str(r.run) for r in pts}):
-        mine = [r for r in pts if str(r.run) == run]
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "markers+text",
-                "name": run,
-                "x": [r.metric("identity_recall") for r in mine],
-                "y": [r.metric("retention") for r in mine],
-                "text": [str(r.step) for r in mine],
-                "textposition": "top center",
-                "marker": {
-                    "size": 11,
-                    "symbol": [
-                        "circle" if eligible.get((str(r.run), r.step)) else "x" for r in mine
-                    ],
-                },
-                "hovertemplate": "step %{text}<br>identity %{x:.0%}<br>retention %{y:.2f}",
-            }
-        )
+    runs = sorted({str(r.run) for r in pts})
+    traces = [_run_points(run, [r for r in pts if str(r.run) == run], eligible) for run in runs]
     coords = [(r.metric("identity_recall"), r.metric("retention")) for r in pts]
     front = sorted((coords[i] for i in pareto_front(coords)), key=lambda p: p[0])
     if front:
@@ -270,4 +251,22 @@ def tradeoff(records: list, eligible: dict[tuple, bool], recommended: tuple | No
             "yaxis": {"title": {"text": "retention (× base accuracy)"}, "rangemode": "tozero"},
             "height": 460,
         },
+    }
+
+
+def _run_points(run: str, mine: list[CheckpointRecord], eligible: dict[tuple, bool]) -> dict:
+    """One run's checkpoints as labelled markers: a circle when eligible, an × when not."""
+    return {
+        "type": "scatter",
+        "mode": "markers+text",
+        "name": run,
+        "x": [r.metric("identity_recall") for r in mine],
+        "y": [r.metric("retention") for r in mine],
+        "text": [str(r.step) for r in mine],
+        "textposition": "top center",
+        "marker": {
+            "size": 11,
+            "symbol": ["circle" if eligible.get((str(r.run), r.step)) else "x" for r in mine],
+        },
+        "hovertemplate": "step %{text}<br>identity %{x:.0%}<br>retention %{y:.2f}",
     }

@@ -49,7 +49,6 @@ def probe(
     MODEL_OR_CHECKPOINT is a model folder, a peft adapter folder (probed on its base), or empty
     for the default base. An adapter is compared with its base (probed first, or --reference).
     """
-    from diag.errors import DiagError
     from diag.identity import load_identity
     from diag.probes.registry import resolve_probes
     from diag.probes.suite import prepare_sets
@@ -61,17 +60,7 @@ def probe(
     base_name, adapter = _resolve_model(model, base)
     chat = ChatFormat(system=system)
 
-    reference = None
-    if reference_file is not None:
-        from diag.probes.reference import Reference
-
-        try:
-            reference = Reference.from_dict(json.loads(Path(reference_file).read_text("utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DiagError(
-                f"cannot read reference '{reference_file}': {exc}",
-                fix="pass the reference.json that `diag probe` wrote for the base",
-            ) from exc
+    reference = _read_reference(reference_file) if reference_file is not None else None
 
     from diag.backend import load_backend
     from diag.probes.suite import run_probes
@@ -97,6 +86,20 @@ def probe(
     write_run(run, out)
     click.echo(render_table(run.summary))
     click.echo(f"wrote {out}/summary.json, samples.jsonl, records.jsonl, reference.json")
+
+
+def _read_reference(path: Path):
+    """The base's reference.json from an earlier `diag probe` run."""
+    from diag.errors import DiagError
+    from diag.probes.reference import Reference
+
+    try:
+        return Reference.from_dict(json.loads(Path(path).read_text("utf-8")))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DiagError(
+            f"cannot read reference '{path}': {exc}",
+            fix="pass the reference.json that `diag probe` wrote for the base",
+        ) from exc
 
 
 def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str | None]:
