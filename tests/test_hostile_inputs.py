@@ -392,7 +392,7 @@ def test_second_sweep_on_the_same_out_waits_and_says_so(
     import logging
     import threading
 
-    from diag.diagnostics.sweeper import exclusive
+    from diag.diagnostics.outdir import exclusive
 
     root = tmp_path / "runs"
     shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
