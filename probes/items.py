@@ -113,56 +113,16 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"line {lineno}: not JSON ({exc.msg})")
+        row = _load_row(line, lineno, problems)
+        if row is None:
             continue
-        if not isinstance(row, dict):
-            problems.append(f"line {lineno}: expected an object")
-            continue
-        item_id, prompt = row.get("id"), row.get("prompt")
-        lang = row.get("language", "en")
-        accept, reject = row.get("accept", []), row.get("reject", [])
-        accept = [accept] if isinstance(accept, str) else accept
-        reject = [reject] if isinstance(reject, str) else reject
-        about = row.get("about")
-        if not isinstance(item_id, str) or not item_id:
-            problems.append(f"line {lineno}: 'id' must be a non-empty string")
-        elif item_id in seen:
-            problems.append(f"line {lineno}: duplicate id '{item_id}'")
-        if not isinstance(prompt, str) or not prompt.strip():
-            problems.append(f"line {lineno}: 'prompt' must be a non-empty string")
-        if lang not in LANGUAGES:
-            problems.append(f"line {lineno}: 'language' must be one of {list(LANGUAGES)}")
-        if graded and (not isinstance(accept, list) or not accept):
-            problems.append(f"line {lineno}: 'accept' must list at least one regex")
-        if not isinstance(reject, list):
-            problems.append(f"line {lineno}: 'reject' must be a list of regexes")
-            reject = []
-        if about is not None and about not in ABOUT:
-            problems.append(f"line {lineno}: 'about' must be one of {list(ABOUT)} or absent")
-        for pattern in (accept if isinstance(accept, list) else []) + reject:
-            try:
-                re.compile(_PLACEHOLDER.sub("x", str(pattern)))
-            except re.error as exc:
-                problems.append(f"line {lineno}: bad regex {pattern!r} ({exc})")
+        fields = _row_fields(row)
+        problems += _field_problems(lineno, fields, seen, graded)
         if len(problems) > 20:
             break
         if not problems:
-            seen.add(item_id)
-            items.append(
-                ProbeItem(
-                    item_id,
-                    lang,
-                    prompt,
-                    tuple(str(p) for p in accept),
-                    row.get("group"),
-                    row.get("category"),
-                    tuple(str(p) for p in reject),
-                    about,
-                )
-            )
+            seen.add(fields[0])
+            items.append(_make_item(row, fields))
     if problems:
         raise DiagError(
             f"probe file '{source}': " + "; ".join(problems[:20]),
@@ -171,6 +131,78 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
     if not items:
         raise DiagError(f"probe file '{source}' has no items", fix="add one JSON object per line")
     return items
+
+
+def _load_row(line: str, lineno: int, problems: list[str]) -> dict | None:
+    """One line as a JSON object, or None with the reason appended to ``problems``."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        problems.append(f"line {lineno}: not JSON ({exc.msg})")
+        return None
+    if not isinstance(row, dict):
+        problems.append(f"line {lineno}: expected an object")
+        return None
+    return row
+
+
+def _row_fields(row: dict) -> tuple:
+    """A row's ``(id, prompt, language, accept, reject, about)``; a lone pattern becomes a list."""
+    item_id, prompt = row.get("id"), row.get("prompt")
+    lang = row.get("language", "en")
+    accept, reject = row.get("accept", []), row.get("reject", [])
+    accept = [accept] if isinstance(accept, str) else accept
+    reject = [reject] if isinstance(reject, str) else reject
+    return item_id, prompt, lang, accept, reject, row.get("about")
+
+
+def _field_problems(lineno: int, fields: tuple, seen: set[str], graded: bool) -> list[str]:
+    """Every problem with one row's fields, in the order they are checked."""
+    item_id, prompt, lang, accept, reject, about = fields
+    problems: list[str] = []
+    if not isinstance(item_id, str) or not item_id:
+        problems.append(f"line {lineno}: 'id' must be a non-empty string")
+    elif item_id in seen:
+        problems.append(f"line {lineno}: duplicate id '{item_id}'")
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append(f"line {lineno}: 'prompt' must be a non-empty string")
+    if lang not in LANGUAGES:
+        problems.append(f"line {lineno}: 'language' must be one of {list(LANGUAGES)}")
+    if graded and (not isinstance(accept, list) or not accept):
+        problems.append(f"line {lineno}: 'accept' must list at least one regex")
+    if not isinstance(reject, list):
+        problems.append(f"line {lineno}: 'reject' must be a list of regexes")
+        reject = []
+    if about is not None and about not in ABOUT:
+        problems.append(f"line {lineno}: 'about' must be one of {list(ABOUT)} or absent")
+    patterns = (accept if isinstance(accept, list) else []) + reject
+    return problems + _regex_problems(lineno, patterns)
+
+
+def _regex_problems(lineno: int, patterns: list) -> list[str]:
+    """Every pattern that does not compile (``{kwN}`` placeholders read as plain text)."""
+    problems: list[str] = []
+    for pattern in patterns:
+        try:
+            re.compile(_PLACEHOLDER.sub("x", str(pattern)))
+        except re.error as exc:
+            problems.append(f"line {lineno}: bad regex {pattern!r} ({exc})")
+    return problems
+
+
+def _make_item(row: dict, fields: tuple) -> ProbeItem:
+    """The :class:`ProbeItem` for a row that passed every check."""
+    item_id, prompt, lang, accept, reject, about = fields
+    return ProbeItem(
+        item_id,
+        lang,
+        prompt,
+        tuple(str(p) for p in accept),
+        row.get("group"),
+        row.get("category"),
+        tuple(str(p) for p in reject),
+        about,
+    )
 
 
 def load_builtin(name: str) -> ProbeSet:

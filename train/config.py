@@ -246,50 +246,91 @@ def _get(c: TrainConfig, key: str):
 
 def validate(c: TrainConfig) -> list[str]:
     """Every problem with a built config, as short phrases naming the key and the bad value."""
+    return (
+        _integer_problems(c)
+        + _bool_problems(c)
+        + _choice_problems(c)
+        + _top_level_problems(c)
+        + _schedule_problems(c)
+        + _lora_problems(c.lora)
+        + _mix_problems(c.mix)
+    )
+
+
+def _failed(*checks: tuple[Any, str]) -> list[str]:
+    """The message of every ``(ok, message)`` check whose ``ok`` is false, in order."""
+    return [msg for ok, msg in checks if not ok]
+
+
+def _integer_problems(c: TrainConfig) -> list[str]:
+    """Every integer setting in ``_INTS`` below its smallest value (or null where not allowed)."""
     p: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            p.append(msg)
-
     for key, low, nullable in _INTS:
         v = _get(c, key)
         if not ((nullable and v is None) or (_is_int(v) and v >= low)):
             p.append(
                 f"'{key}' must be {'null or ' if nullable else ''}an integer >= {low}, got {v!r}"
             )
-    for key in _BOOLS:
-        need(isinstance(_get(c, key), bool), f"'{key}' must be true/false, got {_get(c, key)!r}")
-    for key, allowed in _CHOICES.items():
-        v = _get(c, key)
-        need(v in allowed, f"'{key}' must be one of {list(allowed)}, got {v!r}")
-    need(
-        c.base is None or isinstance(c.base, str),
-        f"'base' must be a model name or folder, got {c.base!r}",
+    return p
+
+
+def _bool_problems(c: TrainConfig) -> list[str]:
+    """Every ``_BOOLS`` setting that is not true/false."""
+    return [
+        f"'{key}' must be true/false, got {_get(c, key)!r}"
+        for key in _BOOLS
+        if not isinstance(_get(c, key), bool)
+    ]
+
+
+def _choice_problems(c: TrainConfig) -> list[str]:
+    """Every ``_CHOICES`` setting outside its allowed values."""
+    return [
+        f"'{key}' must be one of {list(allowed)}, got {_get(c, key)!r}"
+        for key, allowed in _CHOICES.items()
+        if _get(c, key) not in allowed
+    ]
+
+
+def _top_level_problems(c: TrainConfig) -> list[str]:
+    """The remaining top-level settings, each checked on its own."""
+    return _failed(
+        (
+            c.base is None or isinstance(c.base, str),
+            f"'base' must be a model name or folder, got {c.base!r}",
+        ),
+        (
+            isinstance(c.identity, str) and c.identity != "",
+            f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
+        ),
+        (
+            isinstance(c.output_dir, str) and c.output_dir != "",
+            "'output_dir' must be a folder path",
+        ),
+        (
+            c.resume_from is None or (Path(c.resume_from) / "trainer_state.json").is_file(),
+            f"'resume_from' must be a checkpoint folder with trainer_state.json, got {c.resume_from!r}",
+        ),
+        (
+            c.system is None or isinstance(c.system, str),
+            f"'system' must be a string or null, got {c.system!r}",
+        ),
+        (_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {c.lr!r}"),
+        (
+            c.epochs is None or (_is_num(c.epochs) and c.epochs > 0),
+            f"'epochs' must be a number > 0, got {c.epochs!r}",
+        ),
+        (_is_int(c.seed), f"'seed' must be an integer, got {c.seed!r}"),
+        (
+            c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
+            f"'parrot_limit' must be null or in [0, 1], got {c.parrot_limit!r}",
+        ),
     )
-    need(
-        isinstance(c.identity, str) and c.identity != "",
-        f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
-    )
-    need(isinstance(c.output_dir, str) and c.output_dir != "", "'output_dir' must be a folder path")
-    need(
-        c.resume_from is None or (Path(c.resume_from) / "trainer_state.json").is_file(),
-        f"'resume_from' must be a checkpoint folder with trainer_state.json, got {c.resume_from!r}",
-    )
-    need(
-        c.system is None or isinstance(c.system, str),
-        f"'system' must be a string or null, got {c.system!r}",
-    )
-    need(_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {c.lr!r}")
-    need(
-        c.epochs is None or (_is_num(c.epochs) and c.epochs > 0),
-        f"'epochs' must be a number > 0, got {c.epochs!r}",
-    )
-    need(_is_int(c.seed), f"'seed' must be an integer, got {c.seed!r}")
-    need(
-        c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
-        f"'parrot_limit' must be null or in [0, 1], got {c.parrot_limit!r}",
-    )
+
+
+def _schedule_problems(c: TrainConfig) -> list[str]:
+    """Settings that only make sense together: the run's length, probing and early stopping."""
+    p: list[str] = []
     if c.max_steps is None and c.epochs is None:
         p.append("set 'max_steps' or 'epochs'")
     if (
@@ -303,21 +344,31 @@ def validate(c: TrainConfig) -> list[str]:
         )
     if c.stop_on_parrot is True and c.probe_every is None:
         p.append("'stop_on_parrot' needs 'probe_every' (how often to check)")
-    lo, m = c.lora, c.mix
-    need(_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {lo.alpha!r}")
-    need(
-        _is_num(lo.dropout) and 0 <= lo.dropout < 1,
-        f"'lora.dropout' must be in [0, 1), got {lo.dropout!r}",
-    )
+    return p
+
+
+def _lora_problems(lo: LoraSettings) -> list[str]:
+    """The ``lora`` section's alpha, dropout and target modules (``r`` is in ``_INTS``)."""
     tm = lo.target_modules
-    need(
-        tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),
-        f"'lora.target_modules' must be 'all-linear' or a list of module names, got {tm!r}",
+    return _failed(
+        (_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {lo.alpha!r}"),
+        (
+            _is_num(lo.dropout) and 0 <= lo.dropout < 1,
+            f"'lora.dropout' must be in [0, 1), got {lo.dropout!r}",
+        ),
+        (
+            tm == "all-linear"
+            or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),
+            f"'lora.target_modules' must be 'all-linear' or a list of module names, got {tm!r}",
+        ),
     )
-    need(
-        _is_num(m.general_ratio) and 0 <= m.general_ratio < 1,
-        f"'mix.general_ratio' must be in [0, 1), got {m.general_ratio!r}",
-    )
+
+
+def _mix_problems(m: MixSettings) -> list[str]:
+    """The ``mix`` section: the general-chat share, its source files, and where it comes from."""
+    p: list[str] = []
+    if not (_is_num(m.general_ratio) and 0 <= m.general_ratio < 1):
+        p.append(f"'mix.general_ratio' must be in [0, 1), got {m.general_ratio!r}")
     if not isinstance(m.sources, list) or not all(isinstance(s, str) for s in m.sources):
         p.append(f"'mix.sources' must be a list of file paths, got {m.sources!r}")
     else:

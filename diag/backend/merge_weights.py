@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,7 @@ def merge_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DiagError(
-            f"output '{out}' already exists and is not empty",
-            fix="pass a new --out folder (diag never overwrites a model)",
-        )
+    _refuse_nonempty(out)
     quiet_transformers()
     started = time.perf_counter()
     model_source = resolve_base(base)
@@ -106,41 +103,83 @@ def merge_adapter(
     saved_dtype = _stored_dtype(folder)
     template_info = set_default_system(tokenizer, chat)
 
-    peft_model = _attach(model, source, model_source.name)
+    merged = _merge(model, source, model_source.name, saved_dtype)
+    merged.generation_config = _generation_config(merged, tokenizer, GenerationConfig)
+
+    _save_folder(
+        out,
+        merged,
+        tokenizer,
+        lambda: _provenance_record(
+            source, model_source.name, saved_dtype, template_info, started, provenance
+        ),
+    )
+    log.info("merged %s into %s -> %s", source.key, model_source.name, out)
+    return out
+
+
+def _refuse_nonempty(out: Path) -> None:
+    """Raise unless ``out`` is absent or an empty folder: diag never overwrites a model."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DiagError(
+            f"output '{out}' already exists and is not empty",
+            fix="pass a new --out folder (diag never overwrites a model)",
+        )
+
+
+def _merge(model, source: AdapterSource, base_name: str, saved_dtype: torch.dtype | None):
+    """Attach ``source``, merge it into ``model`` and cast the result to the base's stored dtype."""
+    peft_model = _attach(model, source, base_name)
     merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN weights
     if saved_dtype is not None and saved_dtype != torch.float32:
         merged = merged.to(saved_dtype)
-    merged.generation_config = _generation_config(merged, tokenizer, GenerationConfig)
+    return merged
 
+
+def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> None:
+    """Write weights, tokenizer and provenance under a temporary name, then rename it to ``out``.
+
+    ``record`` is called after the weights are written, so its timings include the save.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        record = {
-            "schema_version": 1,
-            "tool": tool_block(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "base": model_source.name,
-            "source": {"checkpoint": source.key, "adapter_dir": _str(source.adapter_dir)},
-            "dtype": str(saved_dtype or torch.float32).replace("torch.", ""),
-            "chat_template": template_info,
-            "versions": _versions(),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        for key, value in (provenance or {}).items():  # nested blocks are merged, not replaced
-            both = isinstance(value, dict) and isinstance(record.get(key), dict)
-            record[key] = {**record[key], **value} if both else value
-        write_json_atomic(tmp / PROVENANCE_FILE, record)
+        write_json_atomic(tmp / PROVENANCE_FILE, record())
         if out.exists():  # an empty folder the user made
             out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("merged %s into %s -> %s", source.key, model_source.name, out)
-    return out
+
+
+def _provenance_record(
+    source: AdapterSource,
+    base_name: str,
+    saved_dtype: torch.dtype | None,
+    template_info: dict,
+    started: float,
+    provenance: dict[str, Any] | None,
+) -> dict:
+    """The ``diag-merge.json`` contents: where the weights came from, plus ``provenance``."""
+    record = {
+        "schema_version": 1,
+        "tool": tool_block(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base": base_name,
+        "source": {"checkpoint": source.key, "adapter_dir": _str(source.adapter_dir)},
+        "dtype": str(saved_dtype or torch.float32).replace("torch.", ""),
+        "chat_template": template_info,
+        "versions": _versions(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    for key, value in (provenance or {}).items():  # nested blocks are merged, not replaced
+        both = isinstance(value, dict) and isinstance(record.get(key), dict)
+        record[key] = {**record[key], **value} if both else value
+    return record
 
 
 def set_default_system(tokenizer, chat: dict | None) -> dict:
