@@ -55,12 +55,7 @@ def answers_table(
         )
         return {"parrot": parrot, "passed": row.get("passed")}
 
-    chosen: list[tuple] = []
-    for probe in ANSWER_PROBES:
-        items = [i for i in cells if i[0] == probe]
-        full = [i for i in items if len(cells[i]) == len(col_keys)] or items
-        ranked = sorted(full, key=lambda i: (-_change(cells[i], flags), i[1]))
-        chosen += ranked[: quotas.get(probe, 0)]
+    chosen = _most_changed(cells, len(col_keys), flags, quotas)
 
     rows = []
     for item in chosen:
@@ -85,6 +80,18 @@ def answers_table(
             }
         )
     return {"columns": [columns[c] for c in col_keys], "rows": rows}
+
+
+def _most_changed(cells: dict, n_columns: int, flags, quotas: dict[str, int]) -> list[tuple]:
+    """Per probe, up to its quota of items, those whose answers change most across columns first
+    (items answered in every column preferred)."""
+    chosen: list[tuple] = []
+    for probe in ANSWER_PROBES:
+        items = [i for i in cells if i[0] == probe]
+        full = [i for i in items if len(cells[i]) == n_columns] or items
+        ranked = sorted(full, key=lambda i: (-_change(cells[i], flags), i[1]))
+        chosen += ranked[: quotas.get(probe, 0)]
+    return chosen
 
 
 def _sort_safe(col: tuple) -> tuple:
