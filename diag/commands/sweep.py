@@ -69,9 +69,10 @@ def sweep(
         **options,
     )
     if not no_report:
+        from diag.display import literal
         from diag.reports.build import write_report
 
-        write_report(result)
+        click.echo(f"report: {literal(write_report(result))}", err=True)
     if not quiet:
         from diag.reports.terminal import print_summary
 
