@@ -120,7 +120,7 @@ def child_naive(root: Path, out: Path, subset: int) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from diag.backend.hf import ensure_local_weights
+    from diag.backend.loading import ensure_local_weights
     from diag.models import resolve_base
 
     torch.set_grad_enabled(False)

@@ -24,7 +24,7 @@ warnings.simplefilter("ignore")
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-from diag.backend.hf import ensure_local_weights
+from diag.backend.loading import ensure_local_weights
 from diag.models import resolve_base
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)

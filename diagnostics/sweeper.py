@@ -72,7 +72,7 @@ def sweep(
     found = _discover(root, out, settle_seconds)
     check_writable(out)
     if device is not None and load_model is None:
-        from diag.backend.hf import check_device
+        from diag.backend.loading import check_device
 
         check_device(device)  # before any model is loaded or any checkpoint probed
     with exclusive(out):

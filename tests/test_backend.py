@@ -141,7 +141,7 @@ def test_gguf_conversion_keeps_logits_exactly(smollm_backend):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from diag.backend.hf import clear_gguf_quantizer
+    from diag.backend.loading import clear_gguf_quantizer
     from diag.models import EMBEDDED_GGUF, embedded_gguf_dir
 
     gguf_model = AutoModelForCausalLM.from_pretrained(

@@ -153,8 +153,8 @@ def _import_training_libraries() -> None:
         TrainingArguments,
     )
 
-    from diag.backend.hf import (  # noqa: F401
-        HFBackend,
+    from diag.backend.hf import HFBackend  # noqa: F401
+    from diag.backend.loading import (  # noqa: F401
         default_device,
         ensure_local_weights,
         quiet_transformers,
@@ -185,7 +185,7 @@ def _load_base_model(config: TrainConfig) -> tuple:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from diag.backend.hf import default_device, ensure_local_weights, quiet_transformers
+    from diag.backend.loading import default_device, ensure_local_weights, quiet_transformers
     from diag.models import resolve_base
 
     quiet_transformers()

@@ -296,7 +296,8 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
     """A second model for full weights (base tokenizer, same device); freed by the caller."""
     from transformers import AutoModelForCausalLM
 
-    from diag.backend.hf import HFBackend, ensure_local_weights
+    from diag.backend.hf import HFBackend
+    from diag.backend.loading import ensure_local_weights
     from diag.models import resolve_base
 
     dtype = next(lm.model.parameters()).dtype
@@ -319,7 +320,7 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
             f"full weights '{ckpt.path}' do not fit base model '{lm.name}': {first}",
             fix="pass --base with the model the checkpoint was trained from",
         ) from exc
-    from diag.backend.hf import non_finite
+    from diag.backend.loading import non_finite
 
     bad = non_finite(model.named_parameters())
     if bad:

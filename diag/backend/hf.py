@@ -1,168 +1,31 @@
 """transformers + peft backend: load a base once, swap LoRA adapters, batched generate/score.
 
-Besides ``diag.train`` this is the only module that imports torch, transformers and peft.
+With ``diag.backend.loading`` (weights on disk, device) and ``diag.train``, the only code that
+imports torch, transformers and peft.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
-import shutil
-import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from diag.backend.loading import (
+    check_device,
+    ensure_local_weights,
+    non_finite,
+    quiet_transformers,
+)
 from diag.errors import DiagError
-from diag.models import ModelSource, resolve_base
+from diag.models import resolve_base
 from diag.types import ChatFormat, Generation, GenerationConfig, Loglikelihood, LoglikelihoodRequest
 
 log = logging.getLogger("diag")
-
-
-def quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    # peft 0.21 calls an API transformers 5 deprecates; the user can do nothing about it
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-
-
-def clear_gguf_quantizer(model) -> None:
-    """Make a GGUF-loaded (already dequantised) model saveable.
-
-    transformers 5 refuses ``save_pretrained`` on a model "quantized with gguf" although the
-    weights in memory are plain float tensors; dropping the quantizer state is enough, and the
-    saved weights reproduce the logits exactly (tests/test_backend.py checks it).
-    """
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for attr in ("is_quantized", "quantization_method"):
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(model, attr, False if attr == "is_quantized" else None)
-
-
-def ensure_local_weights(source: ModelSource) -> Path:
-    """Folder with safetensors + tokenizer for ``source``; converts the embedded GGUF once."""
-    if source.gguf_file is None:
-        return source.path
-    cache = source.cache_dir
-    assert cache is not None
-    if (cache / "config.json").is_file():
-        return cache
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    quiet_transformers()
-    log.warning(
-        "converting the embedded %s GGUF to safetensors once (about 40 s) into %s",
-        source.name,
-        cache,
-    )
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        source.path, gguf_file=source.gguf_file, dtype=torch.float32
-    )
-    clear_gguf_quantizer(model)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.parent / f".{cache.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "diag-conversion.json").write_text(
-        json.dumps(
-            {
-                "source": str(source.path / source.gguf_file),
-                "seconds": round(time.perf_counter() - started, 1),
-                "transformers": __import__("transformers").__version__,
-            },
-            indent=2,
-        )
-    )
-    try:
-        os.replace(tmp, cache)  # atomic: a half-written cache never looks complete
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache
-
-
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def check_device(device: str | None) -> str:
-    """``device`` (or the best one here) if this machine has it; a one-line DiagError if not.
-
-    >>> check_device("cpu")
-    'cpu'
-    """
-    if device is None:
-        return default_device()
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise DiagError(
-            f"--device {device!r} is not a device diag knows", fix="use cpu, cuda, cuda:N or mps"
-        )
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (index and int(index) >= count):
-            have = f"{count} CUDA device(s)" if count else "no CUDA device"
-            raise DiagError(
-                f"--device {device}: this machine has {have}",
-                fix="use --device cpu, or leave it out",
-            )
-    if kind == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise DiagError(
-            f"--device {device}: MPS is not available here", fix="use --device cpu, or leave it out"
-        )
-    return device
-
-
-def non_finite(named_tensors) -> str | None:
-    """ "12 NaN values in lora_B of layers.3.self_attn.q_proj" for the first bad tensor, or None."""
-    total, first = 0, None
-    for name, tensor in named_tensors:
-        if not tensor.is_floating_point():
-            continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
-            continue
-        nan = int(torch.isnan(tensor).sum())
-        count = int((~finite).sum())
-        total += count
-        if first is None:
-            kind = "NaN" if nan == count else ("inf" if nan == 0 else "NaN/inf")
-            first = (kind, count, _short_name(name))
-    if first is None:
-        return None
-    kind, count, where = first
-    more = f" ({total} non-finite values in all)" if total > count else ""
-    return f"{count} {kind} value{'s' if count > 1 else ''} in {where}{more}"
-
-
-def _short_name(name: str) -> str:
-    """``base_model.model.model.layers.3.self_attn.q_proj.lora_B.adapter_1.weight`` ->
-    ``lora_B of layers.3.self_attn.q_proj``."""
-    parts = [p for p in name.split(".") if p not in ("base_model", "model", "weight", "default")]
-    parts = [p for p in parts if not p.startswith("adapter_")]
-    lora = next((p for p in parts if p.startswith("lora_")), None)
-    if lora:
-        parts.remove(lora)
-        return f"{lora} of {'.'.join(parts)}"
-    return ".".join(parts)
 
 
 class HFBackend:

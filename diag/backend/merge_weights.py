@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from diag.backend.hf import ensure_local_weights, quiet_transformers
+from diag.backend.loading import ensure_local_weights, quiet_transformers
 from diag.errors import DiagError
 from diag.files import write_json_atomic
 from diag.models import resolve_base
