@@ -207,7 +207,7 @@ def test_cpu_busy_check_sees_other_processes_but_not_this_one():
     import sys
     import time
 
-    from diag.train.recipe import cpu_used_by_others
+    from diag.train.threads import cpu_used_by_others
 
     end = time.perf_counter() + 0.3
     while time.perf_counter() < end:  # this process's own work must not count

@@ -7,7 +7,11 @@ truth). On a machine without CUDA the run says so and trains without DeepSpeed.
 
 from __future__ import annotations
 
+import logging
+
 from diag.errors import DiagError
+
+log = logging.getLogger("diag")
 
 PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 
@@ -79,3 +83,41 @@ def deepspeed_usable() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device: DeepSpeed ZeRO needs GPUs"
     return True, ""
+
+
+def deepspeed_settings(config) -> dict | None:
+    """The DeepSpeed config for ``config`` (a TrainConfig), validated with DeepSpeed's own
+    parser when it is installed, and whether it is used or why the run falls back."""
+    if config.deepspeed is None:
+        return None
+    import importlib.util
+
+    ds = deepspeed_config(config.deepspeed)
+    validated = False
+    if importlib.util.find_spec("deepspeed") is not None:
+        from deepspeed.runtime.config import DeepSpeedConfig
+
+        try:
+            DeepSpeedConfig(
+                resolve_auto(ds, micro_batch=config.batch_size, grad_accum=config.grad_accum)
+            )
+        except Exception as exc:  # pydantic's errors name the bad key
+            raise DiagError(
+                f"deepspeed preset '{config.deepspeed}' does not validate: {str(exc).splitlines()[0]}"
+            ) from exc
+        validated = True
+    usable, why = deepspeed_usable()
+    if not usable:
+        log.warning(
+            "deepspeed=%s: %s -- falling back to plain training (config %s)",
+            config.deepspeed,
+            why,
+            "validated" if validated else "not validated",
+        )
+    return {
+        "preset": config.deepspeed,
+        "config": ds,
+        "used": usable,
+        "validated": validated,
+        "reason": why or None,
+    }
