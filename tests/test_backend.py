@@ -30,6 +30,34 @@ def test_batched_generation_equals_one_by_one(tiny_backend):
     assert all(g.new_tokens <= 12 for g in batched)
 
 
+def test_shared_prefix_runs_once_and_changes_no_answer(tiny_backend, monkeypatch):
+    from diag.backend.hf import shared_prefix
+
+    config = GenerationConfig(
+        max_new_tokens=12, batch_size=8, chat=ChatFormat(system="You are a helpful assistant.")
+    )
+    encoded = tiny_backend._encode_prompts(PROMPTS, config.chat)
+    assert shared_prefix(encoded) >= 8  # the system block: the path under test is taken
+    widths = []
+    real = tiny_backend.model.forward
+
+    def counting(*args, **kwargs):
+        widths.append((kwargs["input_ids"].shape[0], kwargs["input_ids"].shape[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_backend.model, "forward", counting)
+    shared = tiny_backend.generate(PROMPTS, config)
+    assert widths[0] == (1, shared_prefix(encoded))  # the prefix, once, for one row
+    tiny_backend.share_prefix = False
+    try:
+        padded = tiny_backend.generate(PROMPTS, config)
+    finally:
+        tiny_backend.share_prefix = True
+    assert [(g.text, g.new_tokens, g.hit_limit) for g in shared] == [
+        (g.text, g.new_tokens, g.hit_limit) for g in padded
+    ]
+
+
 def test_rows_that_stop_early_leave_the_batch_without_changing_answers(tiny_backend):
     config = GenerationConfig(max_new_tokens=12, batch_size=8)
     # make a token the model often says mid-answer a stop token: rows now end at different steps

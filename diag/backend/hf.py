@@ -28,6 +28,26 @@ from diag.types import ChatFormat, Generation, GenerationConfig, Loglikelihood, 
 log = logging.getLogger("diag")
 
 
+# A shared prefix shorter than this is not worth a second forward pass.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence has in common, leaving each at least one of its
+    own; 0 when that is under MIN_SHARED_PREFIX.
+
+    >>> shared_prefix([[1] * 9 + [2, 3], [1] * 9 + [4]])
+    9
+    >>> shared_prefix([[1, 2, 3], [1, 2, 4]])
+    0
+    """
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    while n < limit and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
 class HFBackend:
     """A causal LM with optional LoRA adapters, answering batched chat prompts.
 
@@ -53,6 +73,8 @@ class HFBackend:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.stop_ids = self._stop_token_ids()
+        # run the prompts' shared prefix once per batch (see _decode); off only to measure it
+        self.share_prefix = True
         # transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; older ones lack it
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -323,15 +345,19 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            width = max(len(encoded[i]) for i in batch)
+            seqs = [encoded[i] for i in batch]
+            shared = shared_prefix(seqs) if self.share_prefix else 0
+            width = shared + max(len(seq) - shared for seq in seqs)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding
-                seq = encoded[i]
-                ids[row, width - len(seq) :] = torch.tensor(seq)
-                mask[row, width - len(seq) :] = 1
+            for row, seq in enumerate(seqs):  # [shared prefix][left padding][the rest]
+                ids[row, :shared] = torch.tensor(seq[:shared], dtype=torch.long)
+                mask[row, :shared] = 1
+                rest = seq[shared:]
+                ids[row, width - len(rest) :] = torch.tensor(rest)
+                mask[row, width - len(rest) :] = 1
             with self._adapter_context():
-                new = self._decode(ids.to(self.device), mask.to(self.device), config)
+                new = self._decode(ids.to(self.device), mask.to(self.device), config, shared)
             for row, i in enumerate(batch):
                 tokens = new[row]
                 stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
@@ -345,13 +371,19 @@ class HFBackend:
                 )
         return results  # type: ignore[return-value]
 
-    def _decode(self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig):
-        """Decode one left-padded batch; returns each row's new tokens (its stop token included).
+    def _decode(
+        self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig, shared: int = 0
+    ):
+        """Decode one padded batch; returns each row's new tokens (its stop token included).
 
         A hand-written loop instead of ``model.generate``: a row that reaches its stop token
         leaves the batch and the KV cache at once, so short answers do not pay for the longest
         one in their batch (on a CPU most answers are short, and this halves a probe run).
-        Greedy unless ``config.do_sample`` (plain temperature sampling, no top-k/top-p).
+        The first ``shared`` tokens are the same in every row (the chat template's system block):
+        they are run once, for one row, and their KV cache is copied to the others. The padding
+        sits after them, and positions come from the mask, so every row sees exactly the
+        sequence it would see alone. Greedy unless ``config.do_sample`` (plain temperature
+        sampling, no top-k/top-p).
         """
         from transformers import DynamicCache
 
@@ -361,6 +393,16 @@ class HFBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         inputs = ids
+        if shared:
+            self.model(
+                input_ids=ids[:1, :shared],
+                position_ids=positions[:1, :shared],
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            )
+            cache.batch_repeat_interleave(ids.shape[0])
+            inputs, positions = ids[:, shared:], positions[:, shared:]
         for _ in range(config.max_new_tokens):
             logits = self.model(
                 input_ids=inputs,
