@@ -3,7 +3,7 @@ describe themselves as JSON Schema.
 
 A record's fields carry a ``doc`` (the schema's description) and an ``omit`` rule ("none": not
 written while None; "empty": not while None/{}/[]). Reading is lenient: a missing key takes its
-default, a null where the type allows none takes the default, an unknown key is kept and
+default, so does a null where the type does not allow None, and an unknown key is kept and
 written back unchanged.
 
 >>> from dataclasses import dataclass
@@ -20,6 +20,7 @@ written back unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import field
@@ -46,9 +47,9 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: typing.Mapping[str, Any]):
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        # a null where the type allows none (an older or hand-made file) takes the default
+        hints = _field_types(cls)
+        known = hints.keys()
+        # a null where the type does not allow None (an older or hand-made file): the default
         values = {
             k: _load(hints[k], v)
             for k, v in data.items()
@@ -82,6 +83,13 @@ class Record:
     def _omitted(self) -> set[str]:
         """Fields left out of this record's JSON (a rule that depends on other fields)."""
         return set()
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    """Each dataclass field's resolved type (resolved once per class)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _nullable(hint) -> bool:
