@@ -17,7 +17,7 @@ and written back unchanged); the schema is strict about what is there.
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from diag.serde import Record, record_field
@@ -77,9 +77,6 @@ class Check(Record):
     def no_evidence(self) -> bool:
         """The policy could not evaluate it: the probe errored or the metric is missing."""
         return not self.passed and (self.name == "status" or self.value is None)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ class CollectedResults:
         samples = sorted(self.samples, key=lambda s: (str(s["run"]), s["step"]))
         lines = "".join(_json_line(s) for s in samples)
         write_text_atomic(self.out / "samples.jsonl", lines)
-        write_text_atomic(self.out / "scores.csv", scores_frame(data).to_csv(index=False))
+        write_text_atomic(self.out / "scores.csv", scores_frame(record).to_csv(index=False))
         write_json_atomic(self.out / "results.json", data)
         return SweepResult(data, self.out)
 

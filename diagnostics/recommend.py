@@ -33,8 +33,8 @@ from diag.records import (
     RunPick,
     RunRecord,
     SweepRecord,
+    find_base,
 )
-from diag.records import find_base as find_base_record
 
 RULE = (
     "eligible = every blocking check passes; per run: the earliest eligible checkpoint whose "
@@ -60,11 +60,6 @@ def rejudged(sweep, policy_file=None, overrides=None):
         "recommendation": recommend(sweep.data, load_policy(policy_file, overrides)),
     }
     return replace(sweep, data=data)
-
-
-def find_base(checkpoints: list, run: str | None) -> CheckpointRecord | None:
-    """The step-0 record for ``run``: its own if it has one, else a shared base record."""
-    return find_base_record([CheckpointRecord.coerce(c) for c in checkpoints], run)
 
 
 @dataclass
@@ -108,7 +103,7 @@ def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
             by_run[str(c.run)].append(c)
     judged = _judge_all(checkpoints, by_run, policy)
     runs, picks = _run_picks(checkpoints, by_run, judged, policy)
-    _advise_runs(runs, checkpoints, by_run, judged, sweep.runs, policy)
+    _advise_runs(runs, judged, sweep.runs, policy)
 
     best = _pick_across_runs(picks, policy)
     miss = None if best else _nearest_miss(judged)
@@ -147,7 +142,7 @@ def _judge_all(checkpoints, by_run, policy: Policy) -> list[Judged]:
     """Every fine-tuned checkpoint judged against its base, by run, then step and path."""
     judged = []
     for run in sorted(by_run):
-        base = find_base_record(checkpoints, run)
+        base = find_base(checkpoints, run)
         for record in sorted(by_run[run], key=lambda r: (r.step, str(r.path))):
             checks = evaluate_checkpoint(record, base, policy)
             judged.append(Judged(record, base, checks, is_eligible(checks)))
@@ -161,7 +156,7 @@ def _run_picks(checkpoints, by_run, judged, policy: Policy):
     for run in sorted(by_run):
         mine = [j for j in judged if str(j.record.run) == run]
         pick = _pick_in_run([j for j in mine if j.eligible], policy)
-        onset = locate_onset(by_run[run], find_base_record(checkpoints, run), policy)
+        onset = locate_onset(by_run[run], find_base(checkpoints, run), policy)
         miss = None if pick else _nearest_miss(mine)
         if pick:
             picks.append(pick)
@@ -175,7 +170,7 @@ def _run_picks(checkpoints, by_run, judged, policy: Policy):
     return runs, picks
 
 
-def _advise_runs(runs, checkpoints, by_run, judged, run_facts, policy: Policy) -> None:
+def _advise_runs(runs, judged, run_facts, policy: Policy) -> None:
     """Next steps for every run without a pick, citing the runs that have one."""
     facts = {name: RunRecord.coerce(info) for name, info in (run_facts or {}).items()}
     healthy = {
@@ -186,9 +181,8 @@ def _advise_runs(runs, checkpoints, by_run, judged, run_facts, policy: Policy) -
     for run, info in runs.items():
         if info.step is None:
             mine = [j for j in judged if str(j.record.run) == run]
-            onset = locate_onset(by_run[run], find_base_record(checkpoints, run), policy)
             info.next_steps = run_next_steps(
-                run, mine, facts.get(run) or RunRecord(), onset, policy, healthy
+                run, mine, facts.get(run) or RunRecord(), info.onset, policy, healthy
             )
 
 

@@ -59,7 +59,7 @@ def score_rows(data: SweepRecord | dict) -> list[dict]:
     return rows
 
 
-def scores_frame(data: dict):
+def scores_frame(data: SweepRecord | dict):
     """The long-format scores as a pandas DataFrame (columns: :data:`SCORE_COLUMNS`)."""
     import pandas as pd
 
