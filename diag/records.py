@@ -143,6 +143,15 @@ class CheckpointRecord(Record):
     status: str = record_field("ok", '"ok" or "error"')
     error: str | None = record_field(None, "one-line message when status is error")
     error_type: str | None = record_field(None, "the kind of error (DiagError, OSError, ...)")
+    stage: str | None = record_field(
+        None,
+        '"full": the full probe suite measured it; "screen": only the screen (a fixed subset '
+        "of prompts in the identity's languages); null in results written before stages",
+        "none",
+    )
+    prompts: dict[str, int] | None = record_field(
+        None, "prompts asked per probe set (each metric's own count is stats[name].n)", "none"
+    )
     cached: bool | None = record_field(None, "read from cache/ rather than probed now", "none")
     cache_key: str | None = record_field(
         None, "the cache entry it was read from or written to", "none"
@@ -189,8 +198,19 @@ class CheckpointRecord(Record):
     def where(self) -> str:
         return f"{self.run} step {self.step}"
 
+    @property
+    def screened_only(self) -> bool:
+        """Measured by the screen alone, not by the full probe suite."""
+        return self.stage == "screen"
+
     def metric(self, name: str) -> float | None:
         return self.metrics.get(name)
+
+    def base_metric(self, name: str, base: CheckpointRecord | None) -> float | None:
+        """The base model's value of ``name``, asked the same prompts as this checkpoint: the
+        base row's, or for a screened checkpoint the base's own value on the screen's prompts."""
+        value = None if base is None or self.screened_only else base.metric(name)
+        return self.stat(name).base_value if value is None else value
 
     def stat(self, name: str) -> MetricStats:
         """The metric's stats (an empty MetricStats when there are none)."""
@@ -325,13 +345,18 @@ class SweepSettings(Record):
     """What decides what the model is asked and how it answers: the cache key."""
 
     probes: list[str] = record_field(doc="probe names", factory=list)
-    size: str = record_field("full", '"full" or "quick"')
+    size: str = record_field("full", '"staged" (the default), "full" or "quick"')
     languages: list[str] | None = record_field(None, "prompt languages asked (null: all)")
     probe_sets: dict[str, str] = record_field(doc="hash of the exact prompts asked", factory=dict)
     generation: dict[str, Any] = record_field(doc="decoding settings", factory=dict)
     reference_version: int = record_field(0, "version of the base reference's format")
     identity: str = record_field("", "hash of the identity spec")
     probe_files: list[str] = record_field(doc="user probe files", factory=list)
+    screen: dict[str, Any] | None = record_field(
+        None,
+        "a staged sweep's screen: its languages and the hash of each of its probe sets",
+        "none",
+    )
 
 
 @dataclass

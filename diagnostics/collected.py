@@ -38,17 +38,34 @@ def _loss_at(points: list, step: int) -> float | None:
 class CollectedResults:
     """The results being assembled; written after every checkpoint so nothing done is lost."""
 
-    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict, sets):
+    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict):
         self.root, self.out, self.found = root, out, found
-        self.identity, self.settings, self.sets = identity, settings, sets
-        self.records: list[CheckpointRecord] = []
-        self.samples: list[dict] = []
+        self.identity, self.settings = identity, settings
+        self._records: dict[tuple, CheckpointRecord] = {}  # by (run, step, path): the latest
+        self._samples: dict[tuple, list[dict]] = {}
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    def add(self, record: CheckpointRecord, run, *, cached: bool, cache_key: str, ckpt=None):
+    @property
+    def records(self) -> list[CheckpointRecord]:
+        return list(self._records.values())
+
+    def add(
+        self,
+        record: CheckpointRecord,
+        run,
+        *,
+        cached: bool,
+        cache_key: str,
+        ckpt=None,
+        stage: str = "full",
+    ):
+        """Add a probed checkpoint; one measured again (a staged sweep's full suite after its
+        screen) replaces what was there."""
         summary = run.summary
         record.status, record.error, record.error_type = "ok", None, None
         record.cached, record.cache_key = cached, cache_key
+        record.stage = stage
+        record.prompts = dict(summary.get("counts") or {})
         record.metrics = {m: summary.get("metrics", {}).get(m) for m in METRICS}
         record.stats = _stats(summary.get("stats", {}))
         record.by_language = summary.get("by_language", {})
@@ -66,14 +83,16 @@ class CollectedResults:
                 "this adapter does not change the model (its likelihoods equal the base's "
                 "exactly): was it trained, and applied?"
             )
-        for sample in run.samples:
-            self.samples.append({"run": record.run, "step": record.step, **sample})
+        self._samples[_key(record)] = [
+            {"run": record.run, "step": record.step, **sample} for sample in run.samples
+        ]
 
     def add_error(
         self, record: CheckpointRecord, message: str, ckpt=None, error_type: str = "OSError"
     ) -> None:
         record.status, record.error, record.error_type = "error", message, error_type
         record.metrics = dict.fromkeys(METRICS)
+        self._samples.pop(_key(record), None)
         self._finish_record(record, ckpt)
 
     def _finish_record(self, record: CheckpointRecord, ckpt) -> None:
@@ -84,7 +103,7 @@ class CollectedResults:
             record.train_loss = _loss_at(run.train_loss, ckpt.step) if known else None
             record.eval_loss = _loss_at(run.eval_loss, ckpt.step) if known else None
             record.notes = list(ckpt.notes)
-        self.records.append(record)
+        self._records[_key(record)] = record
 
     def record(self, complete: bool) -> SweepRecord:
         return SweepRecord(
@@ -111,9 +130,10 @@ class CollectedResults:
         record = self.record(complete=True)
         probed = sum(1 for r in self.records if r.ok and not r.cached)
         record.timing = Timing(round(seconds, 2), probed, sum(1 for r in self.records if r.cached))
-        record.recommendation = judge_sweep(record, _policy(policy))
+        record.recommendation = judge_sweep(record, as_policy(policy))
         data = record.to_dict()
-        samples = sorted(self.samples, key=lambda s: (str(s["run"]), s["step"]))
+        every = [s for rows in self._samples.values() for s in rows]
+        samples = sorted(every, key=lambda s: (str(s["run"]), s["step"]))
         lines = "".join(_json_line(s) for s in samples)
         write_text_atomic(self.out / "samples.jsonl", lines)
         write_text_atomic(self.out / "scores.csv", scores_frame(record).to_csv(index=False))
@@ -125,6 +145,10 @@ def _stats(block: dict) -> dict[str, MetricStats]:
     return {name: MetricStats.from_dict(st) for name, st in block.items()}
 
 
+def _key(record: CheckpointRecord) -> tuple:
+    return (str(record.run), record.step, str(record.path))
+
+
 def _order(record: CheckpointRecord):
     return (record.step != 0, str(record.run), record.step, str(record.path))
 
@@ -133,7 +157,7 @@ def _json_line(row: dict) -> str:
     return strict_json(row) + "\n"
 
 
-def _policy(policy):
+def as_policy(policy):
     """A Policy from what ``sweep(policy=...)`` accepts: a Policy, a file, a dict of overrides or
     None for the built-in one."""
     from diag.diagnostics.policy import Policy, load_policy

@@ -47,7 +47,7 @@ def collapse_score(
         value = record.metric(name)
         if value is None:
             continue
-        ref = base.metric(name) if base is not None else None
+        ref = record.base_metric(name, base)
         if name in ("parrot_leakage", "modal_share"):
             bad = value - (ref or 0.0)
         elif name == "retention":

@@ -234,9 +234,7 @@ def _metric(record: CheckpointRecord | None, name: str) -> float | None:
 
 
 def _base_value(ckpt: CheckpointRecord, base: CheckpointRecord | None, name: str) -> float | None:
-    value = _metric(base, name)
-    if value is None:
-        value = ckpt.stat(name).base_value
+    value = ckpt.base_metric(name, base)
     return None if value is None else float(value)
 
 

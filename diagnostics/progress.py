@@ -61,6 +61,13 @@ class SweepProgress:
         elif self.mode == "plain":
             log.info(literal(text))
 
+    def add(self, count: int, why: str) -> None:
+        """``count`` more checkpoints to probe than planned (a staged sweep's full suite)."""
+        self.total += count
+        if self._rich is not None:
+            self._rich.update(self._task, total=self.total)
+        self.note(why)
+
     def start(self, label: str) -> None:
         self._started = time.perf_counter()
         if self._rich is not None:

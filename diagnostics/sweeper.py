@@ -12,10 +12,11 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
-from diag.diagnostics.collected import CollectedResults
+from diag.diagnostics.collected import CollectedResults, as_policy
 from diag.diagnostics.discover import Checkpoint, Discovery, discover
 from diag.diagnostics.outdir import check_writable, exclusive, remove_stale_temp_files, writing
 from diag.diagnostics.plan import make_plan, override_chat
@@ -42,7 +43,7 @@ def sweep(
     out=None,
     probes=None,
     probe_files=(),
-    size: str = "full",
+    size: str = "staged",
     languages=None,
     generation: GenerationConfig | None = None,
     system: str | None = None,
@@ -57,7 +58,9 @@ def sweep(
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
-    base: ``--base`` (overrides what checkpoints name). probes/probe_files/size/languages: as ``diag probe``. identity: an IdentitySpec, a YAML path,
+    base: ``--base`` (overrides what checkpoints name). probes/probe_files/languages: as ``diag probe``;
+    size: "staged" (screen every checkpoint, then the full suite where the decision is made),
+    "full" (the full suite everywhere) or "quick" (the screen only). identity: an IdentitySpec, a YAML path,
     "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
@@ -75,13 +78,11 @@ def sweep(
         from diag.backend.loading import check_device
 
         check_device(device)  # before any model is loaded or any checkpoint probed
+    policy = as_policy(policy)
     with exclusive(out):
         remove_stale_temp_files(out)
-        from diag.probes.suite import prepare_sets
-
-        sets = prepare_sets(spec, size, probe_files, languages)
-        settings = generation_settings(spec, probes, size, generation, probe_files, languages, sets)
-        state = CollectedResults(root, out, found, spec, settings, sets)
+        stages = make_stages(spec, probes, size, generation, probe_files, languages)
+        state = CollectedResults(root, out, found, spec, sweep_settings(stages, size))
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
         plan = make_plan(found, base, override_chat(system, template))
         runner_options = dict(
@@ -89,8 +90,10 @@ def sweep(
             fingerprints=fingerprints,
             load_model=load_model,
             device=device,
+            stages=stages,
         )
-        _probe_plan(plan, state, runner_options, progress, allow_pickle, lora_alpha)
+        options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
+        _probe_plan(plan, state, runner_options, progress, options, policy)
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
@@ -110,9 +113,12 @@ def _discover(root: Path, out: Path, settle_seconds: float) -> Discovery:
     return found
 
 
-def _probe_plan(plan, state, runner_options: dict, progress, allow_pickle, lora_alpha) -> None:
-    """Per base: load it once, probe the base per prompt format, then every checkpoint on it;
-    the partial results and the fingerprint memo are written after each checkpoint."""
+def _probe_plan(plan, state, runner_options: dict, progress, options: dict, policy) -> None:
+    """Per base: load it once, probe the base per prompt format, then every checkpoint on it
+    (the first stage: the screen of a staged sweep); a staged sweep then measures with the full
+    suite the checkpoints its decision rests on (:mod:`diag.diagnostics.staging`). The partial
+    results and the fingerprint memo are written after each checkpoint."""
+    stages = runner_options["stages"]
     total = len(plan.checkpoints) + len(plan.bases_chats)
     with SweepProgress(progress, total=total) as bar:
         for base_name, items in plan.by_base().items():
@@ -120,13 +126,86 @@ def _probe_plan(plan, state, runner_options: dict, progress, allow_pickle, lora_
             for chat in plan.chats_for(base_name):
                 runner.probe_base(chat, plan.base_rows(base_name, chat))
             for ckpt, chat in items:
-                runner.probe_checkpoint(
-                    ckpt, chat, allow_pickle=allow_pickle, lora_alpha=lora_alpha
-                )
-                with writing(state.out):
-                    state.write_partial()
-                    runner_options["fingerprints"].save()
+                runner.probe_checkpoint(ckpt, chat, stages[0], **options)
+                _save_partial(state, runner_options["fingerprints"])
+            if len(stages) > 1:
+                _promote(runner, items, state, policy, bar, options)
             runner.close()
+
+
+def _promote(runner, items, state, policy, bar, options: dict) -> None:
+    """Measure with the full suite what the decision rests on, judge again, until it rests on
+    full-suite checkpoints only."""
+    from diag.diagnostics.staging import key, to_promote
+
+    full = runner.stages[-1]
+    by_key = {(str(c.run), c.step, str(c.path)): (c, chat) for c, chat in items}
+    while True:
+        wanted = [
+            by_key[key(r)] for r in to_promote(state.record(False), policy) if key(r) in by_key
+        ]
+        if not wanted:
+            return
+        bar.add(len(wanted), f"full suite for {len(wanted)} checkpoint(s) the decision rests on")
+        for ckpt, chat in wanted:
+            runner.probe_checkpoint(ckpt, chat, full, **options)
+            _save_partial(state, runner.fp)
+
+
+def _save_partial(state, fingerprints) -> None:
+    with writing(state.out):
+        state.write_partial()
+        fingerprints.save()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One way of probing a checkpoint: which prompts (``sets``) and the cache key that goes with
+    them (``settings``, see :func:`generation_settings`). ``name``: "full" or "screen"."""
+
+    name: str
+    settings: dict
+    sets: dict
+
+
+def make_stages(spec, probes, size: str, generation, probe_files, languages) -> list[Stage]:
+    """``size`` "full": the full suite; "quick": the screen only; "staged": the screen, then the
+    full suite where the decision is made. The screen asks a fixed subset of prompts in the
+    identity's languages (of ``languages``, when given)."""
+    from diag.probes.items import parse_languages
+    from diag.probes.suite import prepare_sets
+
+    if size not in ("staged", "full", "quick"):
+        raise DiagError(f"unknown sweep size '{size}'", fix="use --size staged, full or quick")
+    stages = []
+    if size in ("staged", "quick"):
+        asked = parse_languages(languages)
+        if size == "quick" and asked:
+            screen_langs = list(asked)  # a screen-only sweep asks the languages it is told to
+        else:
+            screen_langs = [x for x in spec.languages if asked is None or x in asked]
+            screen_langs = screen_langs or list(asked)
+        sets = prepare_sets(spec, "quick", probe_files, screen_langs)
+        settings = generation_settings(
+            spec, probes, "quick", generation, probe_files, screen_langs, sets
+        )
+        stages.append(Stage("screen", settings, sets))
+    if size in ("staged", "full"):
+        sets = prepare_sets(spec, "full", probe_files, languages)
+        settings = generation_settings(
+            spec, probes, "full", generation, probe_files, languages, sets
+        )
+        stages.append(Stage("full", settings, sets))
+    return stages
+
+
+def sweep_settings(stages: list[Stage], size: str) -> dict:
+    """The settings results.json records: the widest stage's, with the screen's beside them."""
+    settings = dict(stages[-1].settings, size=size)
+    if len(stages) > 1:
+        screen = stages[0].settings
+        settings["screen"] = {k: screen[k] for k in ("languages", "probe_sets")}
+    return settings
 
 
 def generation_settings(
@@ -179,14 +258,19 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
 
 # ------------------------------------------------------------------------------------- probing
 class _BaseRunner:
-    """Probes one base and its checkpoints; loads the model only on the first cache miss."""
+    """Probes one base and its checkpoints; loads the model only on the first cache miss.
 
-    def __init__(self, name, state, *, cache, fingerprints, load_model, device, bar):
+    The base is probed with the widest stage; each narrower stage compares checkpoints with the
+    base's answers to that stage's own prompts (its reference is cut from the same records).
+    """
+
+    def __init__(self, name, state, *, cache, fingerprints, load_model, device, bar, stages):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
-        self.load_model, self.device, self.bar = load_model, device, bar
+        self.load_model, self.device, self.bar, self.stages = load_model, device, bar, stages
         self.lm = None
         self.base_fp = base_fingerprint(name, fingerprints)
-        self.references: dict[ChatFormat, object] = {}
+        self.references: dict[tuple[str, ChatFormat], object] = {}  # (stage, chat) -> Reference
+        self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
 
     def model(self):
         if self.lm is None:
@@ -199,19 +283,20 @@ class _BaseRunner:
                 self.lm = HFBackend.load(self.name, device=self.device)
         return self.lm
 
-    def _key(self, fingerprint: str, chat: ChatFormat) -> str:
+    def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage) -> str:
         return cache_key(
             weights=fingerprint,
             base=self.name,
             base_weights=self.base_fp,
             chat=chat.to_dict(),
-            **self.state.settings,
+            **stage.settings,
         )
 
     def probe_base(self, chat: ChatFormat, rows: list[str]) -> None:
-        from diag.probes.suite import rescore
+        from diag.probes.suite import rescore, subset_records
 
-        key = self._key("base", chat)
+        widest = self.stages[-1]
+        key = self._key("base", chat, widest)
         entry = self.cache.get("base", key)
         cached = entry is not None
         label = f"base {self.name}"
@@ -220,12 +305,17 @@ class _BaseRunner:
             lm = self.model()
             if hasattr(lm, "use_adapter"):
                 lm.use_adapter(None)
-            run = self._run(lm, chat, None, label)
+            run = self._run(lm, chat, None, label, widest)
             with writing(self.state.out):
                 self.cache.put("base", key, {"records": run.records})
         else:
-            run = rescore(entry["records"], self.state.identity, None, self.state.sets)
-        self.references[chat] = run.reference
+            run = rescore(entry["records"], self.state.identity, None, widest.sets)
+        self.references[(widest.name, chat)] = run.reference
+        for stage in self.stages[:-1]:
+            size = stage.settings["size"]
+            part = subset_records(run.records, stage.sets, size, stage.settings["languages"])
+            screen = rescore(part, self.state.identity, None, stage.sets)
+            self.references[(stage.name, chat)] = screen.reference
         for row in rows:
             record = CheckpointRecord(
                 run=row,
@@ -236,11 +326,13 @@ class _BaseRunner:
                 base=self.name,
                 chat=chat.to_dict(),
             )
-            self.state.add(record, run, cached=cached, cache_key=key)
+            self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached)
 
-    def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, **options) -> None:
+    def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, **options) -> None:
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
+        if stage is not self.stages[0]:
+            label += f" ({stage.name} suite)"
         record = CheckpointRecord(
             run=ckpt.run,
             step=ckpt.step,
@@ -259,21 +351,22 @@ class _BaseRunner:
             self.state.add_error(record, f"cannot read weights: {exc}")
             self.bar.done(label, False, error=True)
             return
-        key = self._key(record.fingerprint, chat)
+        key = self._key(record.fingerprint, chat, stage)
+        reference = self.references[(stage.name, chat)]
         entry = self.cache.get("checkpoint", key)
         if entry is not None:
             from diag.probes.suite import rescore
 
-            run = rescore(
-                entry["records"], self.state.identity, self.references[chat], self.state.sets
-            )
-            self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt)
+            run = rescore(entry["records"], self.state.identity, reference, stage.sets)
+            self._keep(record.fingerprint, chat, stage, run)
+            self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt, stage=stage.name)
             self.bar.done(label, True)
             return
         self.bar.start(label)
         base_lm = self.model()
+        reuse = self.screened.get((record.fingerprint, chat), [])
         try:
-            run = self._probe_one(base_lm, ckpt, chat, options, label)
+            run = self._probe_one(base_lm, ckpt, chat, options, label, stage, reuse)
         except DiagError as exc:  # does not fit the base, refused pickle, non-finite, ...
             self._fail(record, ckpt, label, str(exc), "DiagError")
             return
@@ -290,16 +383,22 @@ class _BaseRunner:
             return
         with writing(self.state.out):
             self.cache.put("checkpoint", key, {"records": run.records})
-        self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt)
+        self._keep(record.fingerprint, chat, stage, run)
+        self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt, stage=stage.name)
         self.bar.done(label, False)
 
-    def _probe_one(self, base_lm, ckpt: Checkpoint, chat: ChatFormat, options: dict, label: str):
+    def _keep(self, fingerprint: str, chat: ChatFormat, stage: Stage, run) -> None:
+        """A screen's answers, for the full suite to reuse if this checkpoint is promoted."""
+        if len(self.stages) > 1 and stage is self.stages[0]:
+            self.screened[(fingerprint, chat)] = run.records
+
+    def _probe_one(self, base_lm, ckpt, chat, options: dict, label: str, stage, reuse):
         from diag.backend.checkpoints import apply_checkpoint
 
         lm = None
         try:
             lm = apply_checkpoint(base_lm, ckpt, **options)
-            return self._run(lm, chat, self.references[chat], label)
+            return self._run(lm, chat, self.references[(stage.name, chat)], label, stage, reuse)
         finally:
             if lm is not None and lm is not base_lm:  # full weights: a second model, freed now
                 del lm
@@ -314,10 +413,10 @@ class _BaseRunner:
         self.state.add_error(record, message, ckpt=ckpt, error_type=kind)
         self.bar.done(label, False, error=True)
 
-    def _run(self, lm, chat: ChatFormat, reference, label: str):
+    def _run(self, lm, chat: ChatFormat, reference, label: str, stage: Stage, reuse=()):
         from diag.probes.suite import run_probes
 
-        settings = self.state.settings
+        settings = stage.settings
         return run_probes(
             lm,
             self.state.identity,
@@ -329,6 +428,7 @@ class _BaseRunner:
             generation=_generation(settings),
             probe_files=settings["probe_files"],
             progress=self.bar.probe_callback(label),
+            reuse=reuse,
         )
 
     def close(self) -> None:

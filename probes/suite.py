@@ -91,11 +91,14 @@ def run_probes(
     progress: Callable[[str], None] | None = None,
     probe_files: Sequence[str | Path] = (),
     languages: Sequence[str] | str | None = None,
+    reuse: Sequence[dict] = (),
 ) -> ProbeRun:
     """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
 
     probes: names or "a,b" (None = all); size: "full" or "quick"; probe_files: user JSONL sets;
-    languages: only prompts in these languages (None = all).
+    languages: only prompts in these languages (None = all). reuse: records of an earlier run of
+    the same model with the same generation settings (a staged sweep's screen): a prompt or
+    log-likelihood found there is taken from it, not asked again.
     All prompts are generated in one batched call; drift and the identity answer's likelihood
     need only ``loglikelihood``.
     """
@@ -122,11 +125,36 @@ def run_probes(
         "identity": {"name": identity.name, "hash": identity.hash},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if not _reusable(reuse, meta):
+        reuse = ()
     records: list[dict] = [meta]
-    records += _generations(lm, order, sets, generation, say)
+    records += _generations(lm, order, sets, generation, say, _asked_before(reuse))
     requests = _likelihood_requests(names, records, sets, identity, reference)
-    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say)
+    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say, _asked_before(reuse))
     return rescore(records, identity, reference)
+
+
+def _asked_key(record: dict) -> tuple:
+    """What makes two records the same question: kind, set, item, prompt (and continuation)."""
+    return (
+        record["kind"],
+        record["set"],
+        record["id"],
+        record["prompt"],
+        record.get("continuation"),
+    )
+
+
+def _asked_before(records: Sequence[dict]) -> dict[tuple, dict]:
+    return {_asked_key(r): r for r in records if r.get("kind") in ("generation", "loglikelihood")}
+
+
+def _reusable(records: Sequence[dict], meta: dict) -> bool:
+    """Answers are reused only from the same model asked the same way."""
+    earlier = next((r for r in records if r.get("kind") == "meta"), None)
+    return earlier is not None and all(
+        earlier.get(k) == meta[k] for k in ("model", "generation", "chat", "identity")
+    )
 
 
 def _sets_to_ask(names: list[str], sets: dict, reference: Reference | None) -> list[str]:
@@ -138,24 +166,29 @@ def _sets_to_ask(names: list[str], sets: dict, reference: Reference | None) -> l
     return [s for s in sets if s in wanted]
 
 
-def _generations(lm, order: list[str], sets: dict, generation, say) -> list[dict]:
+def _generations(lm, order: list[str], sets: dict, generation, say, known: dict) -> list[dict]:
     """Every prompt of the ``order`` sets answered in one batched call: one ``generation``
-    record per (set, item)."""
+    record per (set, item). Prompts already answered (``known``, by :func:`_asked_key`) are not
+    asked again."""
     jobs = [(s, item) for s in order for item in sets[s].items]
-    say(f"generating {len(jobs)} answers ({', '.join(order)})")
-    answers = lm.generate([item.prompt for _, item in jobs], generation) if jobs else []
-    return [
-        {
-            "kind": "generation",
-            "set": set_name,
-            **item.to_dict(),
+    records = [{"kind": "generation", "set": s, **item.to_dict()} for s, item in jobs]
+    todo = [r for r in records if _asked_key(r) not in known]
+    say(f"generating {len(todo)} answers ({', '.join(order)})")
+    answers = lm.generate([r["prompt"] for r in todo], generation) if todo else []
+    made = {
+        _asked_key(r): {
             "text": gen.text,
             "new_tokens": gen.new_tokens,
             "hit_limit": gen.hit_limit,
             "prompt_tokens": gen.prompt_tokens,
         }
-        for (set_name, item), gen in zip(jobs, answers)
-    ]
+        for r, gen in zip(todo, answers)
+    }
+    answered = ("text", "new_tokens", "hit_limit", "prompt_tokens")
+    for r in records:
+        key = _asked_key(r)
+        r.update(made[key] if key in made else {k: known[key][k] for k in answered})
+    return records
 
 
 def _likelihood_requests(names, records, sets, identity, reference) -> list[tuple[str, dict]]:
@@ -172,25 +205,27 @@ def _likelihood_requests(names, records, sets, identity, reference) -> list[tupl
     return requests
 
 
-def _loglikelihoods(lm, requests, chat: ChatFormat, batch_size: int, say) -> list[dict]:
-    if not requests:
-        return []
-    say(f"scoring {len(requests)} log-likelihoods")
-    lls = lm.loglikelihood(
-        [LoglikelihoodRequest(r["prompt"], r["continuation"]) for _, r in requests],
-        chat=chat,
-        batch_size=batch_size,
-    )
-    return [
-        {
-            "kind": "loglikelihood",
-            "set": set_name,
-            **req,
-            "logprob": ll.logprob,
-            "tokens": ll.tokens,
+def _loglikelihoods(
+    lm, requests, chat: ChatFormat, batch_size: int, say, known: dict
+) -> list[dict]:
+    records = [{"kind": "loglikelihood", "set": set_name, **req} for set_name, req in requests]
+    todo = [r for r in records if _asked_key(r) not in known]
+    if todo:
+        say(f"scoring {len(todo)} log-likelihoods")
+        lls = lm.loglikelihood(
+            [LoglikelihoodRequest(r["prompt"], r["continuation"]) for r in todo],
+            chat=chat,
+            batch_size=batch_size,
+        )
+        made = {
+            _asked_key(r): {"logprob": ll.logprob, "tokens": ll.tokens} for r, ll in zip(todo, lls)
         }
-        for (set_name, req), ll in zip(requests, lls)
-    ]
+    else:
+        made = {}
+    for r in records:
+        key = _asked_key(r)
+        r.update(made.get(key) or {k: known[key][k] for k in ("logprob", "tokens")})
+    return records
 
 
 def _drift_texts(records, sets, reference) -> list[dict]:
@@ -230,6 +265,38 @@ def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentityS
             f"the base reference was built for another identity ({reference.identity_hash})",
             fix="rebuild the reference: run the base model with this identity file",
         )
+
+
+def subset_records(
+    records: Sequence[dict],
+    sets: dict[str, probe_items.ProbeSet],
+    size: str,
+    languages: Sequence[str] | str | None = None,
+) -> list[dict]:
+    """The records of a larger run restricted to the prompts of ``sets`` (a subset of what that
+    run asked: a staged sweep's screen taken out of the base's full suite), as if only those had
+    been asked. The identity answer's likelihood follows the identity prompts, drift the general
+    ones."""
+    ids = {name: {item.id for item in probe_set.items} for name, probe_set in sets.items()}
+    follows = {"identity_answer": "identity", "drift": "general"}
+    out = []
+    for rec in records:
+        kind = rec.get("kind")
+        if kind == "meta":
+            out.append(
+                {
+                    **rec,
+                    "size": size,
+                    "languages": list(probe_items.parse_languages(languages) or ()) or None,
+                    "probe_sets": {s: sets[s].hash for s in rec["probe_sets"] if s in sets},
+                    "set_versions": {
+                        s: v for s, v in rec.get("set_versions", {}).items() if s in sets
+                    },
+                }
+            )
+        elif rec["id"] in ids.get(follows.get(rec["set"], rec["set"]), ()):
+            out.append(rec)
+    return out
 
 
 def regrade(records: list[dict], sets: dict[str, probe_items.ProbeSet]) -> list[dict]:

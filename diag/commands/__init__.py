@@ -8,7 +8,7 @@ import click
 from diag.types import DEFAULT_GENERATION, GenerationConfig
 
 
-def probe_set_options(command):
+def probe_set_options(command, sizes=("full", "quick"), size_help=None):
     """--identity, --probes, --probe-file, --size, --languages: what a command asks (probe, sweep)."""
     options = [
         click.option(
@@ -26,7 +26,11 @@ def probe_set_options(command):
             help="Extra probe set (JSONL: id, language, prompt, accept). Repeatable.",
         ),
         click.option(
-            "--size", type=click.Choice(["full", "quick"]), default="full", show_default=True
+            "--size",
+            type=click.Choice(list(sizes)),
+            default=sizes[0],
+            show_default=True,
+            help=size_help,
         ),
         click.option(
             "--languages",
@@ -37,6 +41,16 @@ def probe_set_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def sweep_set_options(command):
+    """probe_set_options with the sweep's sizes: staged (the default), full, quick."""
+    return probe_set_options(
+        command,
+        sizes=("staged", "full", "quick"),
+        size_help="staged: screen every checkpoint, then the full suite where the decision is "
+        "made; full: the full suite on every checkpoint; quick: the screen only.",
+    )
 
 
 def policy_options(purpose: str):

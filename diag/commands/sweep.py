@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from diag.commands import generation_options, policy_options, probe_set_options
+from diag.commands import generation_options, policy_options, sweep_set_options
 
 
 @click.command()
@@ -17,7 +17,7 @@ from diag.commands import generation_options, policy_options, probe_set_options
     type=click.Path(path_type=Path),
     help="Result folder (default: RUNS_DIR/diag): results.json, scores.csv, samples.jsonl, report.",
 )
-@probe_set_options
+@sweep_set_options
 @click.option("--system", help="System prompt for every checkpoint (default: as trained).")
 @click.option(
     "--template",

@@ -1,0 +1,151 @@
+"""The staged sweep's second stage: which screened checkpoints the full probe suite must measure.
+
+A staged sweep screens every checkpoint (a fixed subset of prompts in the identity's languages),
+then spends the full suite only where the decision is made. Pure: records in, checkpoints out.
+
+The rule, applied per run to the current mix of screened and fully measured checkpoints, and
+repeated (the sweep measures what it names, judges again, asks again) until it names nothing new:
+
+1. **Decisive**: the run's pick (or its nearest miss when nothing is eligible), the checkpoints
+   just before and after it, and the two checkpoints either side of the onset.
+2. **Not told apart from the pick**: a screened checkpoint whose screen verdict the full suite
+   could overturn in a way that changes the decision:
+   - before the pick, one that is eligible on the screen, or whose every failed blocking check is
+     *unsettled* (it could be the earliest eligible checkpoint);
+   - after the pick and before the onset, one that could be eligible with an identity recall
+     above the plateau the pick was chosen on (it could move the plateau);
+   - in the failing tail, one whose every failed collapse check is unsettled (it could be
+     healthy, which moves the onset).
+
+A check is *settled* on the screen when its threshold lies outside the 95 % interval of the
+screened metric (retention: when the paired test already fails it, or its point value clears the
+margin). Only full-suite checkpoints can be picked in the end: a screened pick is decisive and
+gets measured, and the loop judges again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from diag.diagnostics.policy import Policy
+from diag.diagnostics.recommend import judge_sweep
+
+from diag.metrics import with_symptom
+from diag.records import Check, CheckpointRecord, SweepRecord
+from diag.stats import wilson_interval
+
+COLLAPSE = set(with_symptom("parrot", "forgetting"))
+
+
+def key(record: CheckpointRecord) -> tuple[str, int, str]:
+    return (str(record.run), record.step, str(record.path))
+
+
+def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
+    """The screened-only checkpoints of ``sweep`` that the full suite must measure next, in run and
+    step order (empty: the decision rests on full-suite checkpoints only)."""
+    judged = judge_sweep(sweep, policy)
+    checks = {(str(j.run), j.step, str(j.path)): j.checks for j in judged.checks}
+    by_run: dict[str, list[CheckpointRecord]] = defaultdict(list)
+    for record in sweep.checkpoints:
+        if record.step and record.ok:
+            by_run[str(record.run)].append(record)
+    wanted: list[CheckpointRecord] = []
+    for run, records in sorted(by_run.items()):
+        records.sort(key=lambda r: (r.step, str(r.path)))
+        pick = judged.runs.get(run)
+        if pick is None:
+            continue
+        chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
+        wanted += [r for r in records if key(r) in chosen and r.screened_only]
+    return wanted
+
+
+def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
+    """The pick (or nearest miss), its two neighbours and the checkpoints either side of the onset."""
+    steps = [r.step for r in records]
+    anchor = pick.step if pick.step is not None else getattr(pick.nearest_miss, "step", None)
+    out: set[tuple] = set()
+    if anchor in steps:
+        i = steps.index(anchor)
+        out.update(key(r) for r in records[max(0, i - 1) : i + 2])
+    if pick.onset is not None:
+        edges = (pick.onset.healthy_until, pick.onset.collapsing_from)
+        out.update(key(r) for r in records if r.step in edges)
+    return out
+
+
+def _undecided(records, pick, checks: dict, policy: Policy) -> set[tuple]:
+    """Screened checkpoints whose screen verdict could be overturned where it would matter."""
+    anchor = pick.step
+    onset = pick.onset.collapsing_from if pick.onset is not None else None
+    full_n = max(
+        (r.stat("identity_recall").n or 0 for r in records if not r.screened_only), default=0
+    )
+    floor = top = None  # the recall a checkpoint needs to be on the pick's plateau, and above it
+    if anchor is not None:
+        chosen = next(r for r in records if r.step == anchor)
+        recall = chosen.metric("identity_recall") or 0.0
+        floor, top = recall - policy.plateau_tolerance, recall + policy.plateau_tolerance
+    out: set[tuple] = set()
+    for record in records:
+        if not record.screened_only:
+            continue
+        mine = checks.get(key(record), [])
+        failed = [c for c in mine if c.blocking and not c.passed]
+        open_ = all(not settled(c, record, policy, full_n) for c in failed)  # could pass them all
+        _, high = recall_range(record, full_n)
+        if anchor is not None and record.step < anchor:
+            if open_ and high is not None and high >= floor - 1e-12:
+                out.add(key(record))  # it could be the earliest checkpoint on the plateau
+        elif anchor is not None and (onset is None or record.step < onset):
+            if open_ and high is not None and high > top + 1e-12:
+                out.add(key(record))  # it could raise the plateau
+        elif onset is not None and record.step >= onset:
+            collapse = [c for c in failed if c.name in COLLAPSE]
+            if collapse and all(not settled(c, record, policy, full_n) for c in collapse):
+                out.add(key(record))
+        elif anchor is None and open_ and failed:
+            out.add(key(record))  # nothing eligible and no onset: any that could pass
+    return out
+
+
+def recall_range(record: CheckpointRecord, full_n: int) -> tuple[float | None, float | None]:
+    """The identity recall the full suite could find for a screened checkpoint.
+
+    The screen's identity prompts are a subset of the full suite's: with k of n screened prompts
+    answered and N asked in full, the full recall lies in [k/N, (k + N - n)/N] exactly. Without a
+    full-suite count to go by, the screen's own 95 % interval.
+    """
+    st = record.stat("identity_recall")
+    if st.n and st.successes is not None and full_n >= st.n:
+        return st.successes / full_n, (st.successes + full_n - st.n) / full_n
+    return st.low, st.high
+
+
+def settled(check: Check, record: CheckpointRecord, policy: Policy, full_n: int = 0) -> bool:
+    """Whether the screen's verdict on ``check`` stands however the rest of the suite answers:
+    the threshold lies outside what the full suite could measure (identity recall, whose screen
+    prompts are a subset of the full suite's) or outside the 95 % interval of the screened metric."""
+    if check.name == "status" or check.value is None or check.threshold is None:
+        return True
+    if check.name == "retention":
+        # judged by a paired test: a significant loss on few items stands; a pass stands when
+        # the point value itself clears the margin
+        return not check.passed or check.value >= check.threshold
+    st = record.stat(check.name)
+    if check.name == "identity_recall":  # the check compares the Wilson lower bound
+        return _identity_settled(record, check.threshold, full_n)
+    if st.low is None or st.high is None:
+        return False
+    return not (st.low <= check.threshold <= st.high)
+
+
+def _identity_settled(record: CheckpointRecord, limit: float, full_n: int) -> bool:
+    st = record.stat("identity_recall")
+    if not (st.n and st.successes is not None and full_n >= st.n):
+        return st.low is not None and st.high is not None and not (st.low < limit <= st.high)
+    deff = float(st.extra.get("design_effect") or 1.0)
+    worst, _ = wilson_interval(st.successes / deff, full_n / deff)
+    best, _ = wilson_interval((st.successes + full_n - st.n) / deff, full_n / deff)
+    return worst >= limit or best < limit
