@@ -233,22 +233,27 @@ def _shortfall(check: Check) -> float:
     return max(0.0, check.value - check.threshold) / scale
 
 
+def miss_order(j: Judged) -> tuple:
+    """How near ``j`` comes to eligible (lower is nearer): probed without error, then the fewest
+    failed blocking checks, the smallest total relative shortfall, the highest identity recall."""
+    failed = j.failed()
+    return (
+        not j.record.ok,
+        len(failed),
+        sum(_shortfall(c) for c in failed),
+        -_num(j.metric("identity_recall"), 0.0),
+        str(j.record.run),
+        j.step,
+    )
+
+
 def _nearest_miss(judged: list[Judged]) -> Judged | None:
+    """The nearest miss; in a staged sweep, one the full suite measured (the screen only picks
+    which checkpoints those are: its numbers are not compared with the full suite's)."""
     if not judged:
         return None
-
-    def key(j: Judged):
-        failed = j.failed()
-        return (
-            not j.record.ok,
-            len(failed),
-            sum(_shortfall(c) for c in failed),
-            -_num(j.metric("identity_recall"), 0.0),
-            str(j.record.run),
-            j.step,
-        )
-
-    return min(judged, key=key)
+    measured = [j for j in judged if not j.record.screened_only] or judged
+    return min(measured, key=miss_order)
 
 
 def _miss_record(miss: Judged | None) -> NearestMiss | None:

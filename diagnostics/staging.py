@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from diag.diagnostics.policy import Policy
-from diag.diagnostics.recommend import judge_sweep
+from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible
+from diag.diagnostics.recommend import Judged, judge_sweep, miss_order
 
 from diag.metrics import with_symptom
-from diag.records import Check, CheckpointRecord, SweepRecord
+from diag.records import Check, CheckpointRecord, SweepRecord, find_base
 from diag.stats import wilson_interval
 
 COLLAPSE = set(with_symptom("parrot", "forgetting"))
@@ -57,6 +57,8 @@ def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
         if pick is None:
             continue
         chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
+        if pick.step is None and all(r.screened_only for r in records):
+            chosen |= _screen_misses(records, sweep, policy)
         wanted += [r for r in records if key(r) in chosen and r.screened_only]
     return wanted
 
@@ -72,6 +74,24 @@ def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
     if pick.onset is not None:
         edges = (pick.onset.healthy_until, pick.onset.collapsing_from)
         out.update(key(r) for r in records if r.step in edges)
+    return out
+
+
+def _screen_misses(records: list[CheckpointRecord], sweep: SweepRecord, policy: Policy) -> set:
+    """Nothing eligible on the screen: the screen's two nearest misses and their neighbours, so
+    that the full suite names the nearest miss among the likeliest ones (ranked on one footing)."""
+    base = find_base(sweep.checkpoints, records[0].run)
+    ranked = sorted(
+        (
+            Judged(r, base, c := evaluate_checkpoint(r, base, policy), is_eligible(c))
+            for r in records
+        ),
+        key=miss_order,
+    )
+    out: set[tuple] = set()
+    for j in ranked[:2]:
+        i = records.index(j.record)
+        out.update(key(r) for r in records[max(0, i - 1) : i + 2])
     return out
 
 

@@ -55,6 +55,7 @@ def sweep(
     policy=None,
     progress: str = "auto",
     load_model=None,
+    full_for=(),
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
@@ -64,6 +65,8 @@ def sweep(
     "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
+    full_for: steps or paths a staged sweep measures with the full suite whatever the decision
+    (``--full``: e.g. a checkpoint the gate is asked to judge).
 
     >>> result = sweep("runs/", identity="zh", size="quick")        # doctest: +SKIP
     >>> result.scores().pivot_table(index="step", columns="metric", values="value")  # doctest: +SKIP
@@ -79,6 +82,11 @@ def sweep(
 
         check_device(device)  # before any model is loaded or any checkpoint probed
     policy = as_policy(policy)
+    if full_for and size != "staged":
+        raise DiagError(
+            f"--full applies to the staged sweep, not --size {size}",
+            fix="drop --size (a staged sweep is the default) or drop --full",
+        )
     with exclusive(out):
         remove_stale_temp_files(out)
         stages = make_stages(spec, probes, size, generation, probe_files, languages)
@@ -93,7 +101,8 @@ def sweep(
             stages=stages,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
-        _probe_plan(plan, state, runner_options, progress, options, policy)
+        forced = _forced(found, full_for)
+        _probe_plan(plan, state, runner_options, progress, options, (policy, forced))
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
@@ -113,7 +122,27 @@ def _discover(root: Path, out: Path, settle_seconds: float) -> Discovery:
     return found
 
 
-def _probe_plan(plan, state, runner_options: dict, progress, options: dict, policy) -> None:
+def _forced(found: Discovery, wanted) -> set[tuple]:
+    """The checkpoints ``--full`` names (a step, or a path), as (run, step, path) keys."""
+    keys = set()
+    for item in wanted:
+        text = str(item).strip()
+        target = None if text.isdigit() else Path(text).expanduser().resolve()
+        hits = [
+            c
+            for c in found.checkpoints
+            if (c.step == int(text) if target is None else c.is_at(target))
+        ]
+        if not hits:
+            raise DiagError(
+                f"--full {text}: no checkpoint found with that step or path",
+                fix="pass a step or a checkpoint path the sweep finds (see `diag sweep` output)",
+            )
+        keys.update((str(c.run), c.step, str(c.path)) for c in hits)
+    return keys
+
+
+def _probe_plan(plan, state, runner_options: dict, progress, options: dict, judging) -> None:
     """Per base: load it once, probe the base per prompt format, then every checkpoint on it
     (the first stage: the screen of a staged sweep); a staged sweep then measures with the full
     suite the checkpoints its decision rests on (:mod:`diag.diagnostics.staging`). The partial
@@ -129,21 +158,23 @@ def _probe_plan(plan, state, runner_options: dict, progress, options: dict, poli
                 runner.probe_checkpoint(ckpt, chat, stages[0], **options)
                 _save_partial(state, runner_options["fingerprints"])
             if len(stages) > 1:
-                _promote(runner, items, state, policy, bar, options)
+                _promote(runner, items, state, judging, bar, options)
             runner.close()
 
 
-def _promote(runner, items, state, policy, bar, options: dict) -> None:
-    """Measure with the full suite what the decision rests on, judge again, until it rests on
-    full-suite checkpoints only."""
+def _promote(runner, items, state, judging, bar, options: dict) -> None:
+    """Measure with the full suite what the decision rests on (and what ``--full`` names), judge
+    again, until the decision rests on full-suite checkpoints only."""
     from diag.diagnostics.staging import key, to_promote
 
+    policy, forced = judging
     full = runner.stages[-1]
     by_key = {(str(c.run), c.step, str(c.path)): (c, chat) for c, chat in items}
+    first = sorted(k for k in forced if k in by_key)
     while True:
-        wanted = [
-            by_key[key(r)] for r in to_promote(state.record(False), policy) if key(r) in by_key
-        ]
+        promoted = [key(r) for r in to_promote(state.record(False), policy)]
+        wanted = [by_key[k] for k in dict.fromkeys(first + promoted) if k in by_key]
+        first = []
         if not wanted:
             return
         bar.add(len(wanted), f"full suite for {len(wanted)} checkpoint(s) the decision rests on")

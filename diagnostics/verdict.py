@@ -183,6 +183,8 @@ def gate(
         result.notes.append(
             f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
         )
+    if chosen.screened_only:
+        result.problems.append(screened_only_problem(chosen, sweep))
     no_change = bool(chosen.no_change)
     if no_change:
         result.problems.append(NO_CHANGE)
@@ -198,6 +200,16 @@ def gate(
 
 
 NO_CHANGE = "this adapter does not change the model: was it trained, and applied?"
+
+
+def screened_only_problem(record: CheckpointRecord, sweep: SweepRecord) -> str:
+    """Why a checkpoint the staged sweep only screened cannot pass: the sentence and the fix."""
+    asked = sum((record.prompts or {}).values())
+    root = sweep.root or "RUNS"
+    return (
+        f"only the screen measured it ({asked} prompts), not the full probe suite; measure it "
+        f"fully first: `diag sweep {root} --full {record.path}`"
+    )
 
 
 def load_results(results_dir: str | os.PathLike) -> tuple[dict, Path, str | None]:

@@ -89,6 +89,7 @@ def build_context(
         "pareto": {"id": "tradeoff", "spec": tradeoff(records, eligible, recommended)},
         "check_names": check_names,
         "check_rows": _check_rows(records, judged, check_names, recommended),
+        "stages": _stages(records),
         "metric_tables": _metric_tables(records, judged),
         "probe_versions": _probe_versions(records),
         "answers": answers_table(_known(samples, records), sweep.identity),
@@ -134,10 +135,27 @@ def _check_rows(records, judged: dict, check_names: list[str], recommended) -> l
                 "also": r.also,
                 "eligible": entry.eligible if entry else None,
                 "recommended": recommended == (str(r.run), r.step),
+                "screened": r.screened_only,
+                "prompts": sum((r.prompts or {}).values()),
                 "cells": [by_name.get(n) for n in check_names],
             }
         )
     return rows
+
+
+def _stages(records: list[CheckpointRecord]) -> dict | None:
+    """How many checkpoints only the screen measured, and the prompts each stage asks (None when
+    every checkpoint had the full suite)."""
+    screened = [r for r in records if r.screened_only]
+    if not screened:
+        return None
+    full = [r for r in records if r.step and not r.screened_only]
+    return {
+        "screened": len(screened),
+        "full": len(full),
+        "screen_prompts": sum((screened[0].prompts or {}).values()),
+        "full_prompts": sum((full[0].prompts or {}).values()) if full else None,
+    }
 
 
 def _probe_versions(records: list[CheckpointRecord]) -> dict:
@@ -211,6 +229,7 @@ def _metric_tables(records: list[CheckpointRecord], judged: dict) -> list[dict]:
             rows.append(
                 {
                     "label": "base" if r.step == 0 else f"{r.run} · {r.step}",
+                    "screened": r.screened_only,
                     "value": value,
                     "low": st.low,
                     "high": st.high,

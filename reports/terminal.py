@@ -58,6 +58,7 @@ def checkpoint_table(results: SweepRecord | dict) -> Table:
             _pct(r.metric("parrot_leakage")),
             _pct(r.metric("modal_share")),
             _verdict_cell(r, judged.get(key), key == picked),
+            style="dim" if r.screened_only else None,
         )
     return table
 
@@ -71,10 +72,15 @@ def _verdict_cell(record: CheckpointRecord, entry: JudgedCheckpoint | None, pick
         return Text("not judged", style="dim")
     if entry.eligible:
         return Text(
-            "★ recommended" if picked else "eligible", style="bold green" if picked else "green"
+            "★ recommended" if picked else "eligible" + _screen(record),
+            style="bold green" if picked else "green",
         )
     failed = [c.name for c in entry.checks if c.blocking and not c.passed]
-    return Text("fails " + ", ".join(failed), style="red")
+    return Text("fails " + ", ".join(failed) + _screen(record), style="red")
+
+
+def _screen(record: CheckpointRecord) -> str:
+    return " (screen only)" if record.screened_only else ""
 
 
 def verdict_lines(results: SweepRecord | dict) -> list[str]:

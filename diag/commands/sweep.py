@@ -38,6 +38,14 @@ from diag.commands import generation_options, policy_options, sweep_set_options
     show_default=True,
     help="Skip checkpoints modified more recently than this (still being written).",
 )
+@click.option(
+    "--full",
+    "full_for",
+    multiple=True,
+    metavar="STEP|PATH",
+    help="Measure this checkpoint with the full suite even if the decision does not rest on it "
+    "(staged sweep; repeatable), e.g. before `diag gate --checkpoint STEP`.",
+)
 @policy_options("for the recommendation; default: the built-in policy")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")

@@ -1,0 +1,159 @@
+"""The staged sweep (screen everything, full suite where the decision is made) decides exactly as
+the exhaustive full sweep, on simulated runs of every shape: real discovery, caching, probing,
+grading, policy and onset; only the model is scripted (tests/simulated_runs.py)."""
+
+from __future__ import annotations
+
+import pytest
+from diag.diagnostics.sweeper import sweep
+from simulated_runs import RUNS, SimulatedModel, learned_then_parrot, random_run, write_run
+
+
+def _sweep(root, base, out, size, model=None):
+    model = model or SimulatedModel
+    return sweep(
+        root,
+        base=base,
+        identity="en",
+        out=out,
+        size=size,
+        progress="quiet",
+        load_model=lambda name: model(name),
+    )
+
+
+def _decision(data: dict) -> dict:
+    """What a user reads off a sweep: the pick (or nearest miss) and each run's pick and onset."""
+    rec = data["recommendation"]
+    out = {"overall": (rec["run"], rec["step"], (rec.get("nearest_miss") or {}).get("step"))}
+    for run, pick in rec["runs"].items():
+        onset = pick.get("onset") or {}
+        out[run] = (
+            pick["step"],
+            (pick.get("nearest_miss") or {}).get("step"),
+            onset.get("healthy_until"),
+            onset.get("collapsing_from"),
+            onset.get("method"),
+            tuple(onset.get("failed") or ()),
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def both_sweeps(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("simulated") / "runs"
+    for name, behaviours in RUNS.items():
+        write_run(root, name, behaviours)
+    for seed in range(4):
+        write_run(root, f"random-{seed}", random_run(seed))
+    write_run(root, "long", learned_then_parrot(50, learn_by=12, parrot_from=35, noise=7))
+    full = _sweep(root, tiny_model_dir, root.parent / "full", "full")
+    staged = _sweep(root, tiny_model_dir, root.parent / "staged", "staged")
+    return full.data, staged.data
+
+
+def test_staged_sweep_gives_the_full_sweeps_recommendation_and_onsets(both_sweeps):
+    full, staged = both_sweeps
+    expected = _decision(full)
+    # the runs cover every shape: picks, nothing eligible, onsets and none
+    assert {v[0] is None for k, v in expected.items() if k != "overall"} == {True, False}
+    assert {v[3] is None for k, v in expected.items() if k != "overall"} == {True, False}
+    assert _decision(staged) == expected
+
+
+def test_the_full_suite_measures_few_checkpoints_and_every_one_a_verdict_names(both_sweeps):
+    _, staged = both_sweeps
+    records = [c for c in staged["checkpoints"] if c["step"]]
+    stage = {(c["run"], c["step"]): c["stage"] for c in records}
+    rec = staged["recommendation"]
+    named = {(rec["run"], rec["step"])}
+    for run, pick in rec["runs"].items():
+        named.add((run, pick["step"] if pick["step"] is not None else pick["nearest_miss"]["step"]))
+        if pick.get("onset"):
+            named.add((run, pick["onset"]["collapsing_from"]))
+    assert {stage[n] for n in named if n in stage} == {"full"}
+    per_run = {}
+    for c in records:
+        per_run.setdefault(c["run"], []).append(c["stage"])
+    assert len(per_run["long"]) == 50 and per_run["long"].count("full") <= 8
+    assert all(stages.count("full") <= 8 for stages in per_run.values())
+    assert sum(s == "screen" for s in stage.values()) > len(stage) / 2
+    # a screened checkpoint rests on fewer prompts, and says so
+    screened = next(c for c in records if c["stage"] == "screen")
+    promoted = next(c for c in records if c["stage"] == "full")
+    assert screened["prompts"]["general"] < promoted["prompts"]["general"]
+    assert screened["stats"]["parrot_leakage"]["n"] < promoted["stats"]["parrot_leakage"]["n"]
+
+
+class CountingModel(SimulatedModel):
+    asked: list[str] = []
+
+    def generate(self, prompts, config):
+        CountingModel.asked.extend(prompts)
+        return super().generate(prompts, config)
+
+
+def test_the_full_suite_asks_only_what_the_screen_did_not_and_a_full_sweep_reuses_it(
+    tiny_model_dir, tmp_path
+):
+    root = tmp_path / "runs"
+    write_run(root, "run", learned_then_parrot(6))
+    CountingModel.asked = []
+    staged = _sweep(root, tiny_model_dir, tmp_path / "out", "staged", CountingModel)
+    records = [c for c in staged.data["checkpoints"] if c["step"]]
+    promoted = [c for c in records if c["stage"] == "full"]
+    assert 0 < len(promoted) < len(records)
+    base = next(c for c in staged.data["checkpoints"] if c["step"] == 0)
+    full_prompts = sum(base["prompts"].values())
+    screen_prompts = sum(records[0]["prompts"].values()) if records[0]["stage"] == "screen" else 0
+    assert screen_prompts and full_prompts > screen_prompts
+    # the base once in full, every checkpoint screened, the promoted ones only the rest
+    expected = full_prompts + len(records) * screen_prompts
+    expected += len(promoted) * (full_prompts - screen_prompts)
+    assert len(CountingModel.asked) == expected
+
+    CountingModel.asked = []
+    again = _sweep(root, tiny_model_dir, tmp_path / "out", "full", CountingModel)
+    cached = {c["step"] for c in again.data["checkpoints"] if c["step"] and c["cached"]}
+    assert cached == {c["step"] for c in promoted}
+    assert len(CountingModel.asked) == (len(records) - len(promoted)) * full_prompts
+
+
+def test_the_gate_passes_only_what_the_full_suite_measured(tiny_model_dir, tmp_path):
+    from diag.diagnostics.verdict import gate
+
+    root = tmp_path / "runs"
+    write_run(root, "diluted", RUNS["diluted"])  # healthy to the end: its pick is the earliest
+    out = tmp_path / "out"
+    staged = _sweep(root, tiny_model_dir, out, "staged")
+    assert gate(out).verdict == "pass"
+    last = max(c["step"] for c in staged.data["checkpoints"])
+    record = next(c for c in staged.data["checkpoints"] if c["step"] == last)
+    assert record["stage"] == "screen"  # healthy, but the decision does not rest on it
+
+    from diag.reports.build import write_report
+    from diag.reports.terminal import checkpoint_table
+    from rich.console import Console
+
+    html = write_report(staged).read_text(encoding="utf-8")
+    screened = [c for c in staged.data["checkpoints"] if c.get("stage") == "screen"]
+    assert html.count('<tr class=" screened"') == len(screened) > 0
+    assert 'id="stages"' in html and f"Grey rows: {len(screened)} checkpoint(s)" in html
+    console = Console(record=True, width=200)
+    console.print(checkpoint_table(staged.data))
+    assert console.export_text().count("(screen only)") == len(screened)
+
+    result = gate(out, checkpoint=str(last))
+    assert (result.verdict, result.exit_code, result.failed) == ("undecided", 2, [])
+    assert any("only the screen measured it" in p and "--full" in p for p in result.problems)
+
+    sweep(
+        root,
+        base=tiny_model_dir,
+        identity="en",
+        out=out,
+        progress="quiet",
+        load_model=lambda name: SimulatedModel(name),
+        full_for=[str(last)],
+    )
+    assert gate(out, checkpoint=str(last)).verdict == "pass"
