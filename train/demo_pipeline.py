@@ -74,7 +74,7 @@ def run_demo(
     out: str | Path = "demo-runs",
     overrides: list[str] | None = None,
     *,
-    size: str = "quick",
+    size: str = "staged",
     progress: str = "auto",
 ) -> DemoResult:
     """Train the undiluted and the diluted run, sweep them, return the sweep's results.

@@ -17,10 +17,11 @@ import click
 )
 @click.option(
     "--size",
-    type=click.Choice(["quick", "full"]),
-    default="quick",
+    type=click.Choice(["staged", "full", "quick"]),
+    default="staged",
     show_default=True,
-    help="Probe set size for the sweep.",
+    help="Sweep size: staged (screen every checkpoint, full suite where the decision is made), "
+    "full or quick (the screen only).",
 )
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
