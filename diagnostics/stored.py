@@ -28,6 +28,7 @@ SCORE_COLUMNS = [
     "n",
     "base_value",
     "higher_is_better",
+    "stage",
 ]
 
 
@@ -54,6 +55,7 @@ def score_rows(data: SweepRecord | dict) -> list[dict]:
                     "n": s.n,
                     "base_value": s.base_value,
                     "higher_is_better": known.higher_is_better if known else None,
+                    "stage": ckpt.stage,
                 }
             )
     return rows

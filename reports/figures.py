@@ -101,6 +101,7 @@ def metric_traces(records: list[dict]) -> list[dict]:
             "x": xs,
             "y": ys,
             "line": {"color": metric.curve},
+            "marker": {"symbol": _symbols(records, name)},
         }
         if name == "identity_recall":
             trace["error_y"] = _interval_bars(records, name)
@@ -108,6 +109,15 @@ def metric_traces(records: list[dict]) -> list[dict]:
         if name == "identity_recall":
             traces += keyword_traces(records)
     return traces + nats
+
+
+def _symbols(records: list[CheckpointRecord], name: str) -> list[str]:
+    """Filled markers for the full suite, open ones for checkpoints only the screen measured."""
+    return [
+        "circle-open" if r.screened_only else "circle"
+        for r in records
+        if r.metric(name) is not None
+    ]
 
 
 def _interval_bars(records: list[dict], name: str) -> dict:
