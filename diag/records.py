@@ -152,6 +152,12 @@ class CheckpointRecord(Record):
     prompts: dict[str, int] | None = record_field(
         None, "prompts asked per probe set (each metric's own count is stats[name].n)", "none"
     )
+    stopped: dict[str, dict[str, Any]] | None = record_field(
+        None,
+        "probe sets whose prompts stopped early because every blocking check reading them was "
+        "settled: {set: {asked, of, settled: [checks]}}",
+        "none",
+    )
     cached: bool | None = record_field(None, "read from cache/ rather than probed now", "none")
     cache_key: str | None = record_field(
         None, "the cache entry it was read from or written to", "none"

@@ -49,6 +49,18 @@ class CollectedResults:
     def records(self) -> list[CheckpointRecord]:
         return list(self._records.values())
 
+    def base_record(self, base: str, chat) -> CheckpointRecord | None:
+        """The step-0 record of ``base`` probed with ``chat``."""
+        wanted = chat.to_dict()
+        return next(
+            (
+                r
+                for r in self._records.values()
+                if r.step == 0 and r.path == base and r.chat == wanted
+            ),
+            None,
+        )
+
     def add(
         self,
         record: CheckpointRecord,
@@ -61,19 +73,10 @@ class CollectedResults:
     ):
         """Add a probed checkpoint; one measured again (a staged sweep's full suite after its
         screen) replaces what was there."""
-        summary = run.summary
         record.status, record.error, record.error_type = "ok", None, None
         record.cached, record.cache_key = cached, cache_key
         record.stage = stage
-        record.prompts = dict(summary.get("counts") or {})
-        record.metrics = {m: summary.get("metrics", {}).get(m) for m in METRICS}
-        record.stats = _stats(summary.get("stats", {}))
-        record.by_language = summary.get("by_language", {})
-        record.identity_keywords = _stats(summary.get("identity_keywords", {}))
-        record.probe_sets = summary.get("probe_sets", {})
-        record.set_versions = summary.get("set_versions", {})
-        record.probes = {k: ProbeInfo.from_dict(v) for k, v in summary.get("probes", {}).items()}
-        record.rescored = summary.get("rescored") or None
+        fill_record(record, run.summary)
         if ckpt is not None and record.metrics.get("drift") == 0.0:
             # the same log-likelihoods as the base to the last bit: the weights change nothing
             record.no_change = True
@@ -139,6 +142,21 @@ class CollectedResults:
         write_text_atomic(self.out / "scores.csv", scores_frame(record).to_csv(index=False))
         write_json_atomic(self.out / "results.json", data)
         return SweepResult(data, self.out)
+
+
+def fill_record(record: CheckpointRecord, summary: dict) -> CheckpointRecord:
+    """``record`` with the measurements of a probe summary: metrics, stats, prompts asked."""
+    record.prompts = dict(summary.get("counts") or {})
+    record.stopped = summary.get("stopped") or None
+    record.metrics = {m: summary.get("metrics", {}).get(m) for m in METRICS}
+    record.stats = _stats(summary.get("stats", {}))
+    record.by_language = summary.get("by_language", {})
+    record.identity_keywords = _stats(summary.get("identity_keywords", {}))
+    record.probe_sets = summary.get("probe_sets", {})
+    record.set_versions = summary.get("set_versions", {})
+    record.probes = {k: ProbeInfo.from_dict(v) for k, v in summary.get("probes", {}).items()}
+    record.rescored = summary.get("rescored") or None
+    return record
 
 
 def _stats(block: dict) -> dict[str, MetricStats]:

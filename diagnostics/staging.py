@@ -30,7 +30,7 @@ from collections import defaultdict
 from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible
 from diag.diagnostics.recommend import Judged, judge_sweep, miss_order
 
-from diag.metrics import with_symptom
+from diag.metrics import METRICS, with_symptom
 from diag.records import Check, CheckpointRecord, SweepRecord, find_base
 from diag.stats import wilson_interval
 
@@ -99,9 +99,8 @@ def _undecided(records, pick, checks: dict, policy: Policy) -> set[tuple]:
     """Screened checkpoints whose screen verdict could be overturned where it would matter."""
     anchor = pick.step
     onset = pick.onset.collapsing_from if pick.onset is not None else None
-    full_n = max(
-        (r.stat("identity_recall").n or 0 for r in records if not r.screened_only), default=0
-    )
+    full = full_counts([r for r in records if not r.screened_only])
+    full_n = full.get("identity_recall", 0)
     floor = top = None  # the recall a checkpoint needs to be on the pick's plateau, and above it
     if anchor is not None:
         chosen = next(r for r in records if r.step == anchor)
@@ -113,7 +112,7 @@ def _undecided(records, pick, checks: dict, policy: Policy) -> set[tuple]:
             continue
         mine = checks.get(key(record), [])
         failed = [c for c in mine if c.blocking and not c.passed]
-        open_ = all(not settled(c, record, policy, full_n) for c in failed)  # could pass them all
+        open_ = all(not settled(c, record, policy, full) for c in failed)  # could pass them all
         _, high = recall_range(record, full_n)
         if anchor is not None and record.step < anchor:
             if open_ and high is not None and high >= floor - 1e-12:
@@ -123,11 +122,20 @@ def _undecided(records, pick, checks: dict, policy: Policy) -> set[tuple]:
                 out.add(key(record))  # it could raise the plateau
         elif onset is not None and record.step >= onset:
             collapse = [c for c in failed if c.name in COLLAPSE]
-            if collapse and all(not settled(c, record, policy, full_n) for c in collapse):
+            if collapse and all(not settled(c, record, policy, full) for c in collapse):
                 out.add(key(record))
         elif anchor is None and open_ and failed:
             out.add(key(record))  # nothing eligible and no onset: any that could pass
     return out
+
+
+def full_counts(measured: list[CheckpointRecord]) -> dict[str, int]:
+    """How many prompts each metric rests on in the full suite, read off fully measured records."""
+    counts: dict[str, int] = {}
+    for record in measured:
+        for name, st in (record.stats or {}).items():
+            counts[name] = max(counts.get(name, 0), st.n or 0)
+    return counts
 
 
 def recall_range(record: CheckpointRecord, full_n: int) -> tuple[float | None, float | None]:
@@ -143,21 +151,38 @@ def recall_range(record: CheckpointRecord, full_n: int) -> tuple[float | None, f
     return st.low, st.high
 
 
-def settled(check: Check, record: CheckpointRecord, policy: Policy, full_n: int = 0) -> bool:
-    """Whether the screen's verdict on ``check`` stands however the rest of the suite answers:
-    the threshold lies outside what the full suite could measure (identity recall, whose screen
-    prompts are a subset of the full suite's) or outside the 95 % interval of the screened metric."""
+def settled(
+    check: Check, record: CheckpointRecord, policy: Policy, full: dict[str, int] | None = None
+) -> bool:
+    """Whether the verdict on ``check``, measured on fewer prompts than the full suite asks,
+    stands however the rest would answer. ``full``: each metric's full-suite prompt count.
+
+    - identity recall: the screen's prompts are a subset of the full suite's, so the full recall
+      lies in a known range; settled when the Wilson lower bound is on one side at both ends;
+    - loop rate (fails only when its lower bound is above the limit): settled when the rest
+      answering at either end of the 95 % interval leaves the lower bound on the same side;
+    - retention (a paired test): a significant loss stands; a pass stands when the point value
+      itself clears the margin;
+    - every other check: the threshold lies outside the metric's 95 % interval.
+    """
+    full = full or {}
     if check.name == "status" or check.value is None or check.threshold is None:
         return True
     if check.name == "retention":
-        # judged by a paired test: a significant loss on few items stands; a pass stands when
-        # the point value itself clears the margin
         return not check.passed or check.value >= check.threshold
     st = record.stat(check.name)
     if check.name == "identity_recall":  # the check compares the Wilson lower bound
-        return _identity_settled(record, check.threshold, full_n)
+        return _identity_settled(record, check.threshold, full.get(check.name, 0))
     if st.low is None or st.high is None:
         return False
+    rest = full.get(check.name, 0) - (st.n or 0)
+    if check.name == "loop_rate" and rest > 0 and st.successes is not None:
+        total = st.n + rest
+        if check.passed:
+            low, _ = wilson_interval(st.successes + st.high * rest, total)
+            return low <= check.threshold
+        low, _ = wilson_interval(st.successes + st.low * rest, total)
+        return low > check.threshold
     return not (st.low <= check.threshold <= st.high)
 
 
@@ -169,3 +194,41 @@ def _identity_settled(record: CheckpointRecord, limit: float, full_n: int) -> bo
     worst, _ = wilson_interval(st.successes / deff, full_n / deff)
     best, _ = wilson_interval((st.successes + full_n - st.n) / deff, full_n / deff)
     return worst >= limit or best < limit
+
+
+def reads(check: str) -> tuple[str, ...]:
+    """The probe sets whose answers a policy check reads."""
+    from diag.probes.registry import PROBES
+
+    if check not in METRICS:
+        return ()
+    # drift reads no answers of its own: the base's answers to the general prompts
+    return PROBES[METRICS[check].probe].sets or ("general",)
+
+
+def stop_rule(base: CheckpointRecord | None, policy: Policy, sizes: dict[str, int]):
+    """Sequential stopping for the full suite: ``enough(run so far)`` -> {set: checks}.
+
+    Only a checkpoint that already fails a blocking check on settled evidence stops early (it
+    cannot be eligible; a checkpoint that may still ship is asked every prompt, so its intervals
+    are the full suite's). Then a probe set needs no more prompts once every blocking check that
+    reads it is settled, pass or fail: its verdict stands however the rest would answer.
+    ``sizes``: how many prompts each probe set has in full.
+    """
+    from diag.diagnostics.collected import fill_record
+
+    def enough(run) -> dict[str, list[str]]:
+        record = fill_record(CheckpointRecord(), run.summary)
+        blocking = [c for c in evaluate_checkpoint(record, base, policy) if c.blocking]
+        # a metric over a set's answers rests on all of them when the set is asked in full
+        full = {c.name: sizes.get("general", 0) for c in blocking if reads(c.name) == ("general",)}
+        if not any(not c.passed and settled(c, record, policy, full) for c in blocking):
+            return {}
+        done = {}
+        for set_name in run.summary.get("counts") or {}:
+            readers = [c for c in blocking if set_name in reads(c.name)]
+            if readers and all(settled(c, record, policy, full) for c in readers):
+                done[set_name] = [c.name for c in readers]
+        return done
+
+    return enough

@@ -151,7 +151,7 @@ def _probe_plan(plan, state, runner_options: dict, progress, options: dict, judg
     total = len(plan.checkpoints) + len(plan.bases_chats)
     with SweepProgress(progress, total=total) as bar:
         for base_name, items in plan.by_base().items():
-            runner = _BaseRunner(base_name, state, bar=bar, **runner_options)
+            runner = _BaseRunner(base_name, state, bar=bar, policy=judging[0], **runner_options)
             for chat in plan.chats_for(base_name):
                 runner.probe_base(chat, plan.base_rows(base_name, chat))
             for ckpt, chat in items:
@@ -295,9 +295,12 @@ class _BaseRunner:
     base's answers to that stage's own prompts (its reference is cut from the same records).
     """
 
-    def __init__(self, name, state, *, cache, fingerprints, load_model, device, bar, stages):
+    def __init__(
+        self, name, state, *, cache, fingerprints, load_model, device, bar, stages, policy
+    ):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.load_model, self.device, self.bar, self.stages = load_model, device, bar, stages
+        self.policy = policy
         self.lm = None
         self.base_fp = base_fingerprint(name, fingerprints)
         self.references: dict[tuple[str, ChatFormat], object] = {}  # (stage, chat) -> Reference
@@ -314,14 +317,22 @@ class _BaseRunner:
                 self.lm = HFBackend.load(self.name, device=self.device)
         return self.lm
 
-    def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage) -> str:
+    def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
+        """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
         return cache_key(
             weights=fingerprint,
             base=self.name,
             base_weights=self.base_fp,
             chat=chat.to_dict(),
             **stage.settings,
+            **more,
         )
+
+    def _stopping(self, stage: Stage):
+        """The policy that stops asking a set once its checks are settled: a staged sweep's
+        full suite only (the exhaustive sweep and the screen ask everything)."""
+        staged = len(self.stages) > 1 and stage is self.stages[-1]
+        return self.policy if staged else None
 
     def probe_base(self, chat: ChatFormat, rows: list[str]) -> None:
         from diag.probes.suite import rescore, subset_records
@@ -385,6 +396,10 @@ class _BaseRunner:
         key = self._key(record.fingerprint, chat, stage)
         reference = self.references[(stage.name, chat)]
         entry = self.cache.get("checkpoint", key)
+        stopping = self._stopping(stage)
+        if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
+            key = self._key(record.fingerprint, chat, stage, sequential=stopping.hash)
+            entry = self.cache.get("checkpoint", key)
         if entry is not None:
             from diag.probes.suite import rescore
 
@@ -397,7 +412,7 @@ class _BaseRunner:
         base_lm = self.model()
         reuse = self.screened.get((record.fingerprint, chat), [])
         try:
-            run = self._probe_one(base_lm, ckpt, chat, options, label, stage, reuse)
+            run = self._probe_one(base_lm, ckpt, chat, options, label, stage, reuse, stopping)
         except DiagError as exc:  # does not fit the base, refused pickle, non-finite, ...
             self._fail(record, ckpt, label, str(exc), "DiagError")
             return
@@ -412,6 +427,8 @@ class _BaseRunner:
             )
             self._fail(record, ckpt, label, message, type(exc).__name__)
             return
+        if stopping is not None and not run.summary.get("stopped"):
+            key = self._key(record.fingerprint, chat, stage)  # it asked everything after all
         with writing(self.state.out):
             self.cache.put("checkpoint", key, {"records": run.records})
         self._keep(record.fingerprint, chat, stage, run)
@@ -423,13 +440,20 @@ class _BaseRunner:
         if len(self.stages) > 1 and stage is self.stages[0]:
             self.screened[(fingerprint, chat)] = run.records
 
-    def _probe_one(self, base_lm, ckpt, chat, options: dict, label: str, stage, reuse):
+    def _probe_one(self, base_lm, ckpt, chat, options: dict, label: str, stage, reuse, stopping):
+        from diag.diagnostics.staging import stop_rule
+
         from diag.backend.checkpoints import apply_checkpoint
 
         lm = None
+        enough = None
+        if stopping is not None:
+            sizes = {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
+            enough = stop_rule(self.state.base_record(self.name, chat), stopping, sizes)
         try:
             lm = apply_checkpoint(base_lm, ckpt, **options)
-            return self._run(lm, chat, self.references[(stage.name, chat)], label, stage, reuse)
+            reference = self.references[(stage.name, chat)]
+            return self._run(lm, chat, reference, label, stage, reuse, enough)
         finally:
             if lm is not None and lm is not base_lm:  # full weights: a second model, freed now
                 del lm
@@ -444,7 +468,9 @@ class _BaseRunner:
         self.state.add_error(record, message, ckpt=ckpt, error_type=kind)
         self.bar.done(label, False, error=True)
 
-    def _run(self, lm, chat: ChatFormat, reference, label: str, stage: Stage, reuse=()):
+    def _run(
+        self, lm, chat: ChatFormat, reference, label: str, stage: Stage, reuse=(), enough=None
+    ):
         from diag.probes.suite import run_probes
 
         settings = stage.settings
@@ -460,6 +486,7 @@ class _BaseRunner:
             probe_files=settings["probe_files"],
             progress=self.bar.probe_callback(label),
             reuse=reuse,
+            enough=enough,
         )
 
     def close(self) -> None:

@@ -92,6 +92,8 @@ def run_probes(
     probe_files: Sequence[str | Path] = (),
     languages: Sequence[str] | str | None = None,
     reuse: Sequence[dict] = (),
+    enough: Callable[[ProbeRun], dict[str, list[str]]] | None = None,
+    chunk: int = 64,
 ) -> ProbeRun:
     """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
 
@@ -99,6 +101,10 @@ def run_probes(
     languages: only prompts in these languages (None = all). reuse: records of an earlier run of
     the same model with the same generation settings (a staged sweep's screen): a prompt or
     log-likelihood found there is taken from it, not asked again.
+    enough: sequential stopping. Each set is then asked ``chunk`` prompts at a time (reused ones
+    first, then alternating languages); after each round ``enough(run so far)`` names the sets
+    that need no more prompts, with the checks that settled them (``{set: [checks]}``). The
+    summary's ``stopped`` says which sets stopped early and on how many prompts.
     All prompts are generated in one batched call; drift and the identity answer's likelihood
     need only ``loglikelihood``.
     """
@@ -127,11 +133,93 @@ def run_probes(
     }
     if not _reusable(reuse, meta):
         reuse = ()
+    known = _asked_before(reuse)
+    if enough is not None:
+        asking = _Sequential(lm, identity, names, sets, generation, reference, say, known)
+        return asking.run(meta, order, enough, chunk)
     records: list[dict] = [meta]
-    records += _generations(lm, order, sets, generation, say, _asked_before(reuse))
+    records += _generations(lm, order, sets, generation, say, known)
     requests = _likelihood_requests(names, records, sets, identity, reference)
-    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say, _asked_before(reuse))
+    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say, known)
     return rescore(records, identity, reference)
+
+
+@dataclass
+class _Sequential:
+    """Asks the suite a chunk of prompts per set at a time, until each set is used up or settled."""
+
+    lm: object
+    identity: IdentitySpec
+    names: list[str]
+    sets: dict
+    generation: GenerationConfig
+    reference: Reference | None
+    say: Callable[[str], None]
+    known: dict
+
+    def run(self, meta: dict, order: list[str], enough, chunk: int) -> ProbeRun:
+        queue = {s: self._ask_order(s) for s in order}
+        asked: dict[str, list] = {s: [] for s in order}
+        generations: list[dict] = []
+        stopped: dict[str, dict] = {}
+        while True:
+            now = {s: q[:chunk] for s, q in queue.items() if q}
+            for s, items in now.items():
+                queue[s], asked[s] = queue[s][chunk:], asked[s] + items
+            part = {s: replace(self.sets[s], items=tuple(now[s])) for s in now}
+            generations += _generations(
+                self.lm, list(now), part, self.generation, self.say, self.known
+            )
+            run = self._score(meta, generations, asked)
+            if not any(queue.values()):
+                break
+            for s, checks in enough(run).items():
+                if queue.get(s):
+                    queue[s] = []
+                    stopped[s] = {
+                        "asked": len(asked[s]),
+                        "of": len(self.sets[s].items),
+                        "settled": list(checks),
+                    }
+            if not any(queue.values()):
+                break
+        if not stopped:
+            return run
+        meta["stopped"] = stopped
+        return rescore(run.records, self.identity, self.reference)
+
+    def _ask_order(self, set_name: str) -> list:
+        """Prompts already answered first, then by the quick subset's hash order, languages taking
+        turns: every prefix is a fair sample of the set in each language."""
+        items = self.sets[set_name].items
+        answered = {key[2] for key in self.known if key[0] == "generation" and key[1] == set_name}
+        ranks: dict[str, int] = {}
+        for lang in sorted({i.language for i in items}):
+            in_lang = sorted(
+                (i for i in items if i.language == lang), key=lambda i: probe_items.hash_rank(i.id)
+            )
+            ranks.update({i.id: rank for rank, i in enumerate(in_lang)})
+        return sorted(items, key=lambda i: (i.id not in answered, ranks[i.id], i.language))
+
+    def _score(self, meta: dict, generations: list[dict], asked: dict) -> ProbeRun:
+        part = {s: replace(self.sets[s], items=tuple(items)) for s, items in asked.items()}
+        place = {(s, item.id): i for s in asked for i, item in enumerate(self.sets[s].items)}
+        sets = list(asked)
+        generations.sort(key=lambda r: (sets.index(r["set"]), place[(r["set"], r["id"])]))
+        requests = _likelihood_requests(
+            self.names, [meta, *generations], part, self.identity, self.reference
+        )
+        lls = _loglikelihoods(
+            self.lm,
+            requests,
+            self.generation.chat,
+            self.generation.batch_size,
+            self.say,
+            self.known,
+        )
+        self.known.update(_asked_before(lls))
+        self.known.update(_asked_before(generations))
+        return rescore([meta, *generations, *lls], self.identity, self.reference)
 
 
 def _asked_key(record: dict) -> tuple:
@@ -436,6 +524,8 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
     }
     if rescored:  # answers generated under another version of the set, graded by this one
         summary["rescored"] = rescored
+    if meta.get("stopped"):  # sequential stopping: sets asked only until their checks settled
+        summary["stopped"] = meta["stopped"]
     if custom:
         summary["custom"] = custom
     return summary

@@ -137,6 +137,11 @@ def _check_rows(records, judged: dict, check_names: list[str], recommended) -> l
                 "recommended": recommended == (str(r.run), r.step),
                 "screened": r.screened_only,
                 "prompts": sum((r.prompts or {}).values()),
+                "stopped": [
+                    f"{name}: stopped after {info.get('asked')} of {info.get('of')} prompts, "
+                    f"{', '.join(info.get('settled') or [])} settled"
+                    for name, info in (r.stopped or {}).items()
+                ],
                 "cells": [by_name.get(n) for n in check_names],
             }
         )

@@ -95,7 +95,7 @@ class SimulatedModel(ScriptedBackend):
         set_name, item = self.items[prompt]
         right = self.right[prompt]
         base_right = right if _unit("base", prompt) > 0.25 else None  # the base misses a quarter
-        wrong = "I am not sure about that."
+        wrong = f"Sorry, I cannot answer: {prompt}"  # wrong answers differ, as a model's do
         b = self.behaviour
         if b is None:
             return "I am an AI assistant." if set_name == "identity" else (base_right or wrong)

@@ -107,53 +107,23 @@ def test_the_full_suite_asks_only_what_the_screen_did_not_and_a_full_sweep_reuse
     full_prompts = sum(base["prompts"].values())
     screen_prompts = sum(records[0]["prompts"].values()) if records[0]["stage"] == "screen" else 0
     assert screen_prompts and full_prompts > screen_prompts
-    # the base once in full, every checkpoint screened, the promoted ones only the rest
+    # the base once in full, every checkpoint screened, the promoted ones only the rest (of what
+    # they were asked: one that parrots stops asking general prompts once its checks settle)
     expected = full_prompts + len(records) * screen_prompts
-    expected += len(promoted) * (full_prompts - screen_prompts)
+    expected += sum(sum(c["prompts"].values()) - screen_prompts for c in promoted)
     assert len(CountingModel.asked) == expected
+    stopped = [c for c in promoted if c.get("stopped")]
+    assert stopped and all(c["stopped"]["general"]["asked"] < 182 for c in stopped)
+    assert all(set(c["stopped"]["general"]["settled"]) >= {"parrot_leakage"} for c in stopped)
+    assert all(c["step"] != staged.data["recommendation"]["step"] for c in stopped)
+    from diag.reports.build import write_report
+
+    html = write_report(staged).read_text(encoding="utf-8")
+    assert html.count("general: stopped after 64 of 182 prompts") == len(stopped)
 
     CountingModel.asked = []
     again = _sweep(root, tiny_model_dir, tmp_path / "out", "full", CountingModel)
     cached = {c["step"] for c in again.data["checkpoints"] if c["step"] and c["cached"]}
-    assert cached == {c["step"] for c in promoted}
-    assert len(CountingModel.asked) == (len(records) - len(promoted)) * full_prompts
-
-
-def test_the_gate_passes_only_what_the_full_suite_measured(tiny_model_dir, tmp_path):
-    from diag.diagnostics.verdict import gate
-
-    root = tmp_path / "runs"
-    write_run(root, "diluted", RUNS["diluted"])  # healthy to the end: its pick is the earliest
-    out = tmp_path / "out"
-    staged = _sweep(root, tiny_model_dir, out, "staged")
-    assert gate(out).verdict == "pass"
-    last = max(c["step"] for c in staged.data["checkpoints"])
-    record = next(c for c in staged.data["checkpoints"] if c["step"] == last)
-    assert record["stage"] == "screen"  # healthy, but the decision does not rest on it
-
-    from diag.reports.build import write_report
-    from diag.reports.terminal import checkpoint_table
-    from rich.console import Console
-
-    html = write_report(staged).read_text(encoding="utf-8")
-    screened = [c for c in staged.data["checkpoints"] if c.get("stage") == "screen"]
-    assert html.count('<tr class=" screened"') == len(screened) > 0
-    assert 'id="stages"' in html and f"Grey rows: {len(screened)} checkpoint(s)" in html
-    console = Console(record=True, width=200)
-    console.print(checkpoint_table(staged.data))
-    assert console.export_text().count("(screen only)") == len(screened)
-
-    result = gate(out, checkpoint=str(last))
-    assert (result.verdict, result.exit_code, result.failed) == ("undecided", 2, [])
-    assert any("only the screen measured it" in p and "--full" in p for p in result.problems)
-
-    sweep(
-        root,
-        base=tiny_model_dir,
-        identity="en",
-        out=out,
-        progress="quiet",
-        load_model=lambda name: SimulatedModel(name),
-        full_for=[str(last)],
-    )
-    assert gate(out, checkpoint=str(last)).verdict == "pass"
+    # the exhaustive sweep reuses every full suite that asked everything, nothing stopped early
+    assert cached == {c["step"] for c in promoted if not c.get("stopped")}
+    assert len(CountingModel.asked) == (len(records) - len(cached)) * full_prompts
