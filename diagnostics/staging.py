@@ -17,21 +17,23 @@ repeated (the sweep measures what it names, judges again, asks again) until it n
    - in the failing tail, one whose every failed collapse check is unsettled (it could be
      healthy, which moves the onset).
 
-A check is *settled* on the screen when its threshold lies outside the 95 % interval of the
-screened metric (retention: when the paired test already fails it, or its point value clears the
-margin). Only full-suite checkpoints can be picked in the end: a screened pick is decisive and
-gets measured, and the loop judges again.
+3. **Nothing eligible on the screen**: the screen's two nearest misses and their neighbours.
+
+A check is *settled* when the prompts not yet asked cannot overturn it (:func:`settled`). Only
+full-suite checkpoints can be picked in the end: a screened pick is decisive and gets measured,
+and the loop judges again. :func:`stop_rule` is the sequential stopping inside one checkpoint's
+full suite. ``docs/sweep.md`` says all of this for users.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible
+from diag.diagnostics.policy import Policy, evaluate_checkpoint
 from diag.diagnostics.recommend import Judged, judge_sweep, miss_order
 
 from diag.metrics import METRICS, with_symptom
-from diag.records import Check, CheckpointRecord, SweepRecord, find_base
+from diag.records import Check, CheckpointRecord, SweepRecord
 from diag.stats import wilson_interval
 
 COLLAPSE = set(with_symptom("parrot", "forgetting"))
@@ -58,7 +60,7 @@ def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
             continue
         chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
         if pick.step is None and all(r.screened_only for r in records):
-            chosen |= _screen_misses(records, sweep, policy)
+            chosen |= _screen_misses(records, checks)
         wanted += [r for r in records if key(r) in chosen and r.screened_only]
     return wanted
 
@@ -77,19 +79,12 @@ def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
     return out
 
 
-def _screen_misses(records: list[CheckpointRecord], sweep: SweepRecord, policy: Policy) -> set:
+def _screen_misses(records: list[CheckpointRecord], checks: dict) -> set[tuple]:
     """Nothing eligible on the screen: the screen's two nearest misses and their neighbours, so
     that the full suite names the nearest miss among the likeliest ones (ranked on one footing)."""
-    base = find_base(sweep.checkpoints, records[0].run)
-    ranked = sorted(
-        (
-            Judged(r, base, c := evaluate_checkpoint(r, base, policy), is_eligible(c))
-            for r in records
-        ),
-        key=miss_order,
-    )
+    judged = [Judged(r, None, checks.get(key(r), []), False) for r in records]
     out: set[tuple] = set()
-    for j in ranked[:2]:
+    for j in sorted(judged, key=miss_order)[:2]:
         i = records.index(j.record)
         out.update(key(r) for r in records[max(0, i - 1) : i + 2])
     return out

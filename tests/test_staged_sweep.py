@@ -127,3 +127,44 @@ def test_the_full_suite_asks_only_what_the_screen_did_not_and_a_full_sweep_reuse
     # the exhaustive sweep reuses every full suite that asked everything, nothing stopped early
     assert cached == {c["step"] for c in promoted if not c.get("stopped")}
     assert len(CountingModel.asked) == (len(records) - len(cached)) * full_prompts
+
+
+def _judged(metric: str, successes: int, n: int, **extra):
+    """A record measuring one proportion metric, and the policy's check of it (no base)."""
+    from diag.diagnostics.policy import Policy, evaluate_checkpoint
+
+    from diag.records import CheckpointRecord
+    from diag.stats import wilson_interval
+
+    low, high = wilson_interval(successes, n)
+    stats = {"value": successes / n, "low": low, "high": high, "successes": successes, "n": n}
+    record = CheckpointRecord.from_dict(
+        {"metrics": {metric: successes / n}, "stats": {metric: {**stats, "extra": extra}}}
+    )
+    check = next(c for c in evaluate_checkpoint(record, None, Policy()) if c.name == metric)
+    return check, record
+
+
+def test_settled_means_the_prompts_not_asked_cannot_overturn_the_check():
+    from diag.diagnostics.policy import Policy
+    from diag.diagnostics.staging import settled
+
+    policy = Policy()
+    # identity: 16 of the 16 screened prompts; the full suite asks 18. Its lower bound is 67 % if
+    # the two others fail and 82 % if they pass: the 70 % limit lies between, so not settled.
+    check, record = _judged("identity_recall", 16, 16, design_effect=1.0)
+    assert not settled(check, record, policy, {"identity_recall": 18})
+    assert settled(
+        *_judged("identity_recall", 2, 16, design_effect=1.0), policy, {"identity_recall": 18}
+    )
+    # loop rate 0 of 64 answers: even if the other 118 looped at the interval's top (5.7 %), the
+    # lower bound over 182 stays below the 5 % limit, so the pass stands; without that count the
+    # interval [0 %, 5.7 %] straddles the limit
+    check, record = _judged("loop_rate", 0, 64)
+    assert check.passed and settled(check, record, policy, {"loop_rate": 182})
+    assert not settled(check, record, policy)
+    # leakage 60 of 64: the interval lies wholly above the 10 % limit
+    check, record = _judged("parrot_leakage", 60, 64)
+    assert not check.passed and settled(check, record, policy)
+    check, record = _judged("parrot_leakage", 5, 64)  # 7.8 % [3.4 %, 17 %] straddles 10 %
+    assert check.passed and not settled(check, record, policy)
