@@ -184,7 +184,7 @@ def gate(
             f"the sweep recommended with policy {stored}; this gate uses {policy.hash}"
         )
     if chosen.screened_only:
-        result.problems.append(screened_only_problem(chosen, sweep))
+        result.problems.append(screened_only_problem(chosen, sweep, results_file.parent))
     no_change = bool(chosen.no_change)
     if no_change:
         result.problems.append(NO_CHANGE)
@@ -202,13 +202,18 @@ def gate(
 NO_CHANGE = "this adapter does not change the model: was it trained, and applied?"
 
 
-def screened_only_problem(record: CheckpointRecord, sweep: SweepRecord) -> str:
+def screened_only_problem(record: CheckpointRecord, sweep: SweepRecord, results: Path) -> str:
     """Why a checkpoint the staged sweep only screened cannot pass: the sentence and the fix."""
+    import shlex
+
     asked = sum((record.prompts or {}).values())
-    root = sweep.root or "RUNS"
+    root = Path(sweep.root) if sweep.root else Path("RUNS")
+    command = f"diag sweep {shlex.quote(str(root))} --full {shlex.quote(str(record.path))}"
+    if results.resolve() != (root / "diag").resolve():
+        command += f" --out {shlex.quote(str(results))}"
     return (
         f"only the screen measured it ({asked} prompts), not the full probe suite; measure it "
-        f"fully first: `diag sweep {root} --full {record.path}`"
+        f"fully first (with the sweep's --identity): `{command}`"
     )
 
 
