@@ -162,7 +162,8 @@ class _Sequential:
         asked: dict[str, list] = {s: [] for s in order}
         generations: list[dict] = []
         stopped: dict[str, dict] = {}
-        while True:
+        run = None
+        while any(queue.values()):
             now = {s: q[:chunk] for s, q in queue.items() if q}
             for s, items in now.items():
                 queue[s], asked[s] = queue[s][chunk:], asked[s] + items
@@ -171,18 +172,17 @@ class _Sequential:
                 self.lm, list(now), part, self.generation, self.say, self.known
             )
             run = self._score(meta, generations, asked)
-            if not any(queue.values()):
-                break
-            for s, checks in enough(run).items():
-                if queue.get(s):
+            waiting = {s for s, q in queue.items() if q}
+            for s, checks in (enough(run) if waiting else {}).items():
+                if s in waiting:
                     queue[s] = []
                     stopped[s] = {
                         "asked": len(asked[s]),
                         "of": len(self.sets[s].items),
                         "settled": list(checks),
                     }
-            if not any(queue.values()):
-                break
+        if run is None:  # a suite of no prompts
+            return self._score(meta, generations, asked)
         if not stopped:
             return run
         meta["stopped"] = stopped
