@@ -102,7 +102,7 @@ def sweep(
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
         forced = _forced(found, full_for)
-        _probe_plan(plan, state, runner_options, progress, options, (policy, forced))
+        _probe_plan(plan, state, runner_options, progress, options, policy, forced)
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
@@ -142,7 +142,7 @@ def _forced(found: Discovery, wanted) -> set[tuple]:
     return keys
 
 
-def _probe_plan(plan, state, runner_options: dict, progress, options: dict, judging) -> None:
+def _probe_plan(plan, state, runner_options: dict, progress, options: dict, policy, forced) -> None:
     """Per base: load it once, probe the base per prompt format, then every checkpoint on it
     (the first stage: the screen of a staged sweep); a staged sweep then measures with the full
     suite the checkpoints its decision rests on (:mod:`diag.diagnostics.staging`). The partial
@@ -151,23 +151,23 @@ def _probe_plan(plan, state, runner_options: dict, progress, options: dict, judg
     total = len(plan.checkpoints) + len(plan.bases_chats)
     with SweepProgress(progress, total=total) as bar:
         for base_name, items in plan.by_base().items():
-            runner = _BaseRunner(base_name, state, bar=bar, policy=judging[0], **runner_options)
+            runner = _BaseRunner(base_name, state, bar=bar, policy=policy, **runner_options)
             for chat in plan.chats_for(base_name):
                 runner.probe_base(chat, plan.base_rows(base_name, chat))
             for ckpt, chat in items:
                 runner.probe_checkpoint(ckpt, chat, stages[0], **options)
                 _save_partial(state, runner_options["fingerprints"])
             if len(stages) > 1:
-                _promote(runner, items, state, judging, bar, options)
+                _promote(runner, items, state, forced, bar, options)
             runner.close()
 
 
-def _promote(runner, items, state, judging, bar, options: dict) -> None:
+def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> None:
     """Measure with the full suite what the decision rests on (and what ``--full`` names), judge
     again, until the decision rests on full-suite checkpoints only."""
     from diag.diagnostics.staging import key, to_promote
 
-    policy, forced = judging
+    policy = runner.policy
     full = runner.stages[-1]
     by_key = {(str(c.run), c.step, str(c.path)): (c, chat) for c, chat in items}
     first = sorted(k for k in forced if k in by_key)
@@ -317,6 +317,11 @@ class _BaseRunner:
                 self.lm = HFBackend.load(self.name, device=self.device)
         return self.lm
 
+    @property
+    def staged(self) -> bool:
+        """A screen first, then the full suite where the decision is made."""
+        return len(self.stages) > 1
+
     def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
         """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
         return cache_key(
@@ -331,8 +336,7 @@ class _BaseRunner:
     def _stopping(self, stage: Stage):
         """The policy that stops asking a set once its checks are settled: a staged sweep's
         full suite only (the exhaustive sweep and the screen ask everything)."""
-        staged = len(self.stages) > 1 and stage is self.stages[-1]
-        return self.policy if staged else None
+        return self.policy if self.staged and stage is self.stages[-1] else None
 
     def probe_base(self, chat: ChatFormat, rows: list[str]) -> None:
         from diag.probes.suite import rescore, subset_records
@@ -437,7 +441,7 @@ class _BaseRunner:
 
     def _keep(self, fingerprint: str, chat: ChatFormat, stage: Stage, run) -> None:
         """A screen's answers, for the full suite to reuse if this checkpoint is promoted."""
-        if len(self.stages) > 1 and stage is self.stages[0]:
+        if self.staged and stage is self.stages[0]:
             self.screened[(fingerprint, chat)] = run.records
 
     def _probe_one(self, base_lm, ckpt, chat, options: dict, label: str, stage, reuse, stopping):
