@@ -73,15 +73,15 @@ class SweepProgress:
         if self._rich is not None:
             self._rich.update(self._task, description=f"probing {markup_literal(label)}")
 
-    def done(self, label: str, cached: bool, error: bool = False) -> None:
+    def done(
+        self, label: str, cached: bool, error: bool = False, seconds: float | None = None
+    ) -> None:
+        """One more checkpoint finished; ``seconds``: how long probing it took (default: since
+        :meth:`start`; a worker elsewhere measures its own)."""
         self.count += 1
-        how = (
-            "error"
-            if error
-            else "cached"
-            if cached
-            else f"{time.perf_counter() - self._started:.1f} s"
-        )
+        if seconds is None:
+            seconds = time.perf_counter() - self._started
+        how = "error" if error else "cached" if cached else f"{seconds:.1f} s"
         if self._rich is not None:
             self._rich.advance(self._task)
             self._rich.console.print(f"  {markup_literal(label)}: {how}")

@@ -9,10 +9,11 @@ is rewritten after each one, so Ctrl-C or kill -9 loses at most the checkpoint b
 
 from __future__ import annotations
 
-import gc
+import contextlib
+import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from diag.diagnostics.cache import Fingerprinter, ResultCache, cache_key
@@ -22,6 +23,7 @@ from diag.diagnostics.outdir import check_writable, exclusive, remove_stale_temp
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
 from diag.diagnostics.stored import SweepResult
+from diag.diagnostics.workers import LocalPool, Outcome, ProbeTask, load_base
 
 from diag.errors import DiagError
 from diag.formats.layouts import shards
@@ -56,6 +58,8 @@ def sweep(
     progress: str = "auto",
     load_model=None,
     full_for=(),
+    ray: str | None = None,
+    actors: int | None = None,
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
@@ -66,7 +70,9 @@ def sweep(
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
     full_for: steps or paths a staged sweep measures with the full suite whatever the decision
-    (``--full``: e.g. a checkpoint the gate is asked to judge).
+    (``--full``: e.g. a checkpoint the gate is asked to judge). ray: probe on a Ray cluster
+    ("auto", "local" or an address, see :mod:`diag.diagnostics.ray_workers`) with ``actors``
+    model replicas (default: one per GPU, or one per 4 CPUs); the driver writes the same files.
 
     >>> result = sweep("runs/", identity="zh", size="quick")        # doctest: +SKIP
     >>> result.scores().pivot_table(index="step", columns="metric", values="value")  # doctest: +SKIP
@@ -77,27 +83,28 @@ def sweep(
     spec = identity if isinstance(identity, IdentitySpec) else load_identity(identity)
     found = _discover(root, out, settle_seconds)
     check_writable(out)
-    if device is not None and load_model is None:
+    if device is not None and load_model is None and ray is None:
         from diag.backend.loading import check_device
 
         check_device(device)  # before any model is loaded or any checkpoint probed
+    load = load_model or functools.partial(load_base, device=device)
     policy = as_policy(policy)
     if full_for and size != "staged":
         raise DiagError(
             f"--full applies to the staged sweep, not --size {size}",
             fix="drop --size (a staged sweep is the default) or drop --full",
         )
-    with exclusive(out):
+    with exclusive(out), _workers(ray, actors, load, device) as pool:
         remove_stale_temp_files(out)
+        plan = make_plan(found, base, override_chat(system, template))
+        generation = _sized(generation, next(iter(plan.by_base())), pool)
         stages = make_stages(spec, probes, size, generation, probe_files, languages)
         state = CollectedResults(root, out, found, spec, sweep_settings(stages, size))
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
-        plan = make_plan(found, base, override_chat(system, template))
         runner_options = dict(
             cache=ResultCache(out / "cache"),
             fingerprints=fingerprints,
-            load_model=load_model,
-            device=device,
+            pool=pool,
             stages=stages,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
@@ -106,6 +113,36 @@ def sweep(
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _workers(ray: str | None, actors: int | None, load, device: str | None):
+    """Who probes: this process, or actors on a Ray cluster (a Ray instance the sweep started is
+    shut down after it). Yields a pool with ``for_base(base, bar, tasks)`` and
+    ``device_memory()``."""
+    if ray is None:
+        if actors is not None:
+            raise DiagError("--actors applies to a Ray sweep", fix="add --ray, or drop --actors")
+        yield LocalPool(load, device)
+        return
+    from diag.diagnostics.ray_workers import RayCluster
+
+    with RayCluster.connect(ray, actors, load) as cluster:  # a one-line error before probing
+        yield cluster
+
+
+def _sized(generation: GenerationConfig | None, base: str, pool) -> GenerationConfig:
+    """``generation`` with ``--batch-size auto`` (None) sized to the device and the first base."""
+    from diag.probes.suite import DEFAULT_GENERATION
+
+    from diag.backend.loading import auto_batch_size
+
+    generation = generation or replace(DEFAULT_GENERATION, batch_size=None)
+    if generation.batch_size is not None:
+        return generation
+    device, memory = pool.device_memory()
+    size = auto_batch_size(device, base, generation.max_new_tokens, memory)
+    return replace(generation, batch_size=size)
 
 
 def _discover(root: Path, out: Path, settle_seconds: float) -> Discovery:
@@ -148,18 +185,22 @@ def _probe_plan(plan, state, runner_options: dict, progress, options: dict, poli
     suite the checkpoints its decision rests on (:mod:`diag.diagnostics.staging`). The partial
     results and the fingerprint memo are written after each checkpoint."""
     stages = runner_options["stages"]
+    pool = runner_options.pop("pool")
     total = len(plan.checkpoints) + len(plan.bases_chats)
     with SweepProgress(progress, total=total) as bar:
         for base_name, items in plan.by_base().items():
-            runner = _BaseRunner(base_name, state, bar=bar, policy=policy, **runner_options)
-            for chat in plan.chats_for(base_name):
-                runner.probe_base(chat, plan.base_rows(base_name, chat))
-            for ckpt, chat in items:
-                runner.probe_checkpoint(ckpt, chat, stages[0], **options)
-                _save_partial(state, runner_options["fingerprints"])
-            if len(stages) > 1:
-                _promote(runner, items, state, forced, bar, options)
-            runner.close()
+            workers = pool.for_base(base_name, bar, len(items) + len(plan.chats_for(base_name)))
+            runner = _BaseRunner(
+                base_name, state, bar=bar, policy=policy, workers=workers, **runner_options
+            )
+            try:
+                for chat in plan.chats_for(base_name):
+                    runner.probe_base(chat, plan.base_rows(base_name, chat))
+                runner.probe_all(items, stages[0], options)
+                if runner.staged:
+                    _promote(runner, items, state, forced, bar, options)
+            finally:
+                runner.close()
 
 
 def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> None:
@@ -178,9 +219,7 @@ def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> No
         if not wanted:
             return
         bar.add(len(wanted), f"full suite for {len(wanted)} checkpoint(s) the decision rests on")
-        for ckpt, chat in wanted:
-            runner.probe_checkpoint(ckpt, chat, full, **options)
-            _save_partial(state, runner.fp)
+        runner.probe_all(wanted, full, options)
 
 
 def _save_partial(state, fingerprints) -> None:
@@ -289,33 +328,20 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
 
 # ------------------------------------------------------------------------------------- probing
 class _BaseRunner:
-    """Probes one base and its checkpoints; loads the model only on the first cache miss.
+    """Probes one base and its checkpoints through ``workers`` (this process or Ray actors),
+    which load the model only when a cache miss needs it. The runner alone reads the cache and
+    adds to the results: workers get tasks and send back outcomes.
 
     The base is probed with the widest stage; each narrower stage compares checkpoints with the
     base's answers to that stage's own prompts (its reference is cut from the same records).
     """
 
-    def __init__(
-        self, name, state, *, cache, fingerprints, load_model, device, bar, stages, policy
-    ):
+    def __init__(self, name, state, *, cache, fingerprints, workers, bar, stages, policy):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
-        self.load_model, self.device, self.bar, self.stages = load_model, device, bar, stages
-        self.policy = policy
-        self.lm = None
+        self.workers, self.bar, self.stages, self.policy = workers, bar, stages, policy
         self.base_fp = base_fingerprint(name, fingerprints)
         self.references: dict[tuple[str, ChatFormat], object] = {}  # (stage, chat) -> Reference
         self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
-
-    def model(self):
-        if self.lm is None:
-            self.bar.note(f"loading base {self.name}")
-            if self.load_model is not None:
-                self.lm = self.load_model(self.name)
-            else:
-                from diag.backend.hf import HFBackend
-
-                self.lm = HFBackend.load(self.name, device=self.device)
-        return self.lm
 
     @property
     def staged(self) -> bool:
@@ -346,12 +372,13 @@ class _BaseRunner:
         entry = self.cache.get("base", key)
         cached = entry is not None
         label = f"base {self.name}"
+        seconds = None
         if entry is None:
-            self.bar.start(label)
-            lm = self.model()
-            if hasattr(lm, "use_adapter"):
-                lm.use_adapter(None)
-            run = self._run(lm, chat, None, label, widest)
+            task = ProbeTask(label, None, chat, self.state.identity, widest.settings)
+            [(_, outcome)] = self.workers.run([task])
+            if not outcome.ok:  # its Ray workers died: nothing can be compared with this base
+                raise DiagError(f"base {self.name} could not be probed: {outcome.error}")
+            run, seconds = outcome.run, outcome.seconds
             with writing(self.state.out):
                 self.cache.put("base", key, {"records": run.records})
         else:
@@ -373,9 +400,24 @@ class _BaseRunner:
                 chat=chat.to_dict(),
             )
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
-        self.bar.done(label, cached)
+        self.bar.done(label, cached, seconds=seconds)
 
-    def probe_checkpoint(self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, **options) -> None:
+    def probe_all(self, items, stage: Stage, options: dict) -> None:
+        """Probe ``items`` ((checkpoint, chat) pairs) with ``stage``: cache hits at once, the rest
+        through the workers; the partial results are written after each checkpoint."""
+        jobs: dict[ProbeTask, tuple] = {}
+        for ckpt, chat in items:
+            job = self._prepare(ckpt, chat, stage, options)
+            if job is not None:
+                jobs[job[0]] = job
+        if len(jobs) < len(items):  # cache hits (or unreadable weights) to keep at once
+            _save_partial(self.state, self.fp)
+        for task, outcome in self.workers.run(list(jobs)):
+            self._finish(*jobs[task], outcome)
+            _save_partial(self.state, self.fp)
+
+    def _prepare(self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, options: dict):
+        """A cache hit is added at once (None); a miss becomes (task, record, key, stage)."""
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages[0]:
             label += f" ({stage.name} suite)"
@@ -396,7 +438,7 @@ class _BaseRunner:
         except OSError as exc:  # vanished or unreadable mid-sweep
             self.state.add_error(record, f"cannot read weights: {exc}")
             self.bar.done(label, False, error=True)
-            return
+            return None
         key = self._key(record.fingerprint, chat, stage)
         reference = self.references[(stage.name, chat)]
         entry = self.cache.get("checkpoint", key)
@@ -411,94 +453,47 @@ class _BaseRunner:
             self._keep(record.fingerprint, chat, stage, run)
             self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt, stage=stage.name)
             self.bar.done(label, True)
+            return None
+        task = ProbeTask(
+            label,
+            ckpt,
+            chat,
+            self.state.identity,
+            stage.settings,
+            reference=reference,
+            reuse=tuple(self.screened.get((record.fingerprint, chat), ())),
+            enough=self._stop_rule(stage, chat, stopping),
+            options=options,
+        )
+        return task, record, key, stage
+
+    def _stop_rule(self, stage: Stage, chat: ChatFormat, stopping):
+        if stopping is None:
+            return None
+        from diag.diagnostics.staging import stop_rule
+
+        sizes = {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
+        return stop_rule(self.state.base_record(self.name, chat), stopping, sizes)
+
+    def _finish(self, task: ProbeTask, record, key: str, stage: Stage, outcome: Outcome) -> None:
+        ckpt = task.ckpt
+        if not outcome.ok:
+            self.state.add_error(record, outcome.error, ckpt=ckpt, error_type=outcome.error_type)
+            self.bar.done(task.label, False, error=True)
             return
-        self.bar.start(label)
-        base_lm = self.model()
-        reuse = self.screened.get((record.fingerprint, chat), [])
-        try:
-            run = self._probe_one(base_lm, ckpt, chat, options, label, stage, reuse, stopping)
-        except DiagError as exc:  # does not fit the base, refused pickle, non-finite, ...
-            self._fail(record, ckpt, label, str(exc), "DiagError")
-            return
-        except Exception as exc:  # noqa: BLE001 -- the per-checkpoint boundary: a corrupt or
-            # foreign file in one checkpoint (SafetensorError, PytorchStreamReader failures,
-            # UnpicklingError, ...) becomes that checkpoint's error row; the sweep goes on
-            log.debug("%s failed", ckpt.path, exc_info=True)
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            message = (
-                f"'{ckpt.path}' could not be read or probed: {type(exc).__name__}: {first} "
-                "(fix: if the file is truncated or corrupt, copy it again or remove it)"
-            )
-            self._fail(record, ckpt, label, message, type(exc).__name__)
-            return
-        if stopping is not None and not run.summary.get("stopped"):
-            key = self._key(record.fingerprint, chat, stage)  # it asked everything after all
+        run = outcome.run
+        if task.enough is not None and not run.summary.get("stopped"):
+            key = self._key(record.fingerprint, task.chat, stage)  # it asked everything after all
         with writing(self.state.out):
             self.cache.put("checkpoint", key, {"records": run.records})
-        self._keep(record.fingerprint, chat, stage, run)
+        self._keep(record.fingerprint, task.chat, stage, run)
         self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt, stage=stage.name)
-        self.bar.done(label, False)
+        self.bar.done(task.label, False, seconds=outcome.seconds)
 
     def _keep(self, fingerprint: str, chat: ChatFormat, stage: Stage, run) -> None:
         """A screen's answers, for the full suite to reuse if this checkpoint is promoted."""
         if self.staged and stage is self.stages[0]:
             self.screened[(fingerprint, chat)] = run.records
 
-    def _probe_one(self, base_lm, ckpt, chat, options: dict, label: str, stage, reuse, stopping):
-        from diag.diagnostics.staging import stop_rule
-
-        from diag.backend.checkpoints import apply_checkpoint
-
-        lm = None
-        enough = None
-        if stopping is not None:
-            sizes = {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
-            enough = stop_rule(self.state.base_record(self.name, chat), stopping, sizes)
-        try:
-            lm = apply_checkpoint(base_lm, ckpt, **options)
-            reference = self.references[(stage.name, chat)]
-            return self._run(lm, chat, reference, label, stage, reuse, enough)
-        finally:
-            if lm is not None and lm is not base_lm:  # full weights: a second model, freed now
-                del lm
-                gc.collect()
-
-    def _fail(
-        self, record: CheckpointRecord, ckpt: Checkpoint, label: str, message: str, kind: str
-    ) -> None:
-        log.warning("%s: %s", ckpt.path, message)
-        if hasattr(self.lm, "use_adapter"):
-            self.lm.use_adapter(None)  # whatever half-loaded adapter there was, the base is back
-        self.state.add_error(record, message, ckpt=ckpt, error_type=kind)
-        self.bar.done(label, False, error=True)
-
-    def _run(
-        self, lm, chat: ChatFormat, reference, label: str, stage: Stage, reuse=(), enough=None
-    ):
-        from diag.probes.suite import run_probes
-
-        settings = stage.settings
-        return run_probes(
-            lm,
-            self.state.identity,
-            chat=chat,
-            probes=settings["probes"],
-            size=settings["size"],
-            languages=settings.get("languages"),
-            reference=reference,
-            generation=_generation(settings),
-            probe_files=settings["probe_files"],
-            progress=self.bar.probe_callback(label),
-            reuse=reuse,
-            enough=enough,
-        )
-
     def close(self) -> None:
-        self.lm = None
-        gc.collect()
-
-
-def _generation(settings: dict) -> GenerationConfig:
-    data = dict(settings["generation"])
-    data["chat"] = ChatFormat.from_dict(data.get("chat"))
-    return GenerationConfig(**data)
+        self.workers.close()

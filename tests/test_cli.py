@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from diag.cli import cli
 
-HEAVY = ("torch", "transformers", "peft", "plotly")
+HEAVY = ("torch", "transformers", "peft", "plotly", "ray")
 
 
 def _modules_after(args: list[str]) -> tuple[int, str, list[str]]:
@@ -71,8 +71,16 @@ def test_cli_defaults_match_the_probe_suite():
     """--help promises the suite's generation settings (the CLI does not import them)."""
     from diag.probes.suite import DEFAULT_GENERATION
 
+    from diag.backend.loading import auto_batch_size
     from diag.commands.probe import probe
 
     defaults = {p.name: p.default for p in probe.params}
     assert defaults["max_new_tokens"] == DEFAULT_GENERATION.max_new_tokens
-    assert defaults["batch_size"] == DEFAULT_GENERATION.batch_size
+    assert defaults["batch_size"] == "auto"  # on a CPU: the suite's own batch size
+    assert auto_batch_size("cpu", None, 48) == DEFAULT_GENERATION.batch_size
+
+
+def test_batch_size_is_a_number_or_auto(tmp_path):
+    result = CliRunner().invoke(cli, ["sweep", str(tmp_path), "--batch-size", "0"])
+    assert result.exit_code == 2
+    assert "'0' is not a number of prompts >= 1, or auto" in result.output

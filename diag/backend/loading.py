@@ -130,6 +130,30 @@ def check_device(device: str | None) -> str:
     return device
 
 
+def auto_batch_size(device: str, base, max_new_tokens: int, memory: int | None = None) -> int:
+    """``--batch-size auto`` for ``base`` on ``device``: 64 on a CPU or MPS; on CUDA, what the
+    device's memory (``memory``: its total bytes, default: read here) holds beside the weights
+    (:func:`diag.backend.sizing.fit_batch_size`).
+
+    >>> auto_batch_size("cpu", None, 48)
+    64
+    """
+    from diag.backend.sizing import CPU_BATCH, fit_batch_size, model_footprint
+    from diag.models import resolve_base
+
+    if device.partition(":")[0] != "cuda":
+        return CPU_BATCH
+    if memory is None:
+        index = device.partition(":")[2]
+        memory = torch.cuda.get_device_properties(int(index or 0)).total_memory
+    source = resolve_base(base)
+    folder = source.cache_dir if source.gguf_file and source.cache_dir else source.path
+    weights, config = model_footprint(folder)
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    dtype_bytes = 2 if bf16 else 4  # HFBackend.load: bf16 where the device has it, else fp32
+    return fit_batch_size(memory, weights * dtype_bytes // 2, config, max_new_tokens, dtype_bytes)
+
+
 def non_finite(named_tensors) -> str | None:
     """ "12 NaN values in lora_B of layers.3.self_attn.q_proj" for the first bad tensor, or None."""
     total, first = 0, None

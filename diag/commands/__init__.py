@@ -77,6 +77,19 @@ def policy_options(purpose: str):
     return decorate
 
 
+class BatchSize(click.ParamType):
+    """A positive number of prompts, or "auto" (None)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        if (isinstance(value, int) or str(value).isdigit()) and int(value) >= 1:
+            return int(value)
+        self.fail(f"{value!r} is not a number of prompts >= 1, or auto", param, ctx)
+
+
 def generation_options(command):
     """--max-new-tokens, --batch-size (defaults: the suite's DEFAULT_GENERATION), --device and
     --trust-remote-code: how a command runs the model (probe, sweep).
@@ -87,6 +100,7 @@ def generation_options(command):
 
     @functools.wraps(command)
     def with_generation(*args, max_new_tokens, batch_size, **kwargs):
+        # batch_size None: "auto", sized to the device once it is known
         generation = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
         return command(*args, generation=generation, **kwargs)
 
@@ -100,10 +114,10 @@ def generation_options(command):
         ),
         click.option(
             "--batch-size",
-            type=click.IntRange(min=1),
-            default=DEFAULT_GENERATION.batch_size,
+            type=BatchSize(),
+            default="auto",
             show_default=True,
-            help="Prompts per generation batch.",
+            help="Prompts per generation batch; auto: 64 on a CPU, what the memory holds on a GPU.",
         ),
         click.option("--device", help="cpu, cuda or mps (default: the best available)."),
         click.option(

@@ -69,6 +69,13 @@ def probe(
         click.echo(message, err=True)
 
     lm = load_backend(base_name, device=device, trust_remote_code=trust_remote_code)
+    if generation.batch_size is None:  # --batch-size auto: what this device holds
+        from dataclasses import replace
+
+        from diag.backend.loading import auto_batch_size
+
+        batch = auto_batch_size(lm.device, base_name, generation.max_new_tokens)
+        generation = replace(generation, batch_size=batch)
     common = dict(
         chat=chat,
         size=size,

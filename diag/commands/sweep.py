@@ -46,6 +46,22 @@ from diag.commands import generation_options, policy_options, sweep_set_options
     help="Measure this checkpoint with the full suite even if the decision does not rest on it "
     "(staged sweep; repeatable), e.g. before `diag gate --checkpoint STEP`.",
 )
+@click.option(
+    "--ray",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[auto|local|ADDRESS]",
+    help="Probe on a Ray cluster, one model replica per actor (per GPU where there are GPUs): "
+    "a running cluster or a new local one (auto, the default for a bare --ray), always a new "
+    "local one (local), or a cluster address (HOST:6379, ray://HOST:10001). Runs must be at "
+    "the same path on every node (docs/scale.md). Needs pip install 'diag[ray]'.",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    help="Model replicas on Ray (default: one per GPU, or one per 4 CPUs without GPUs).",
+)
 @policy_options("for the recommendation; default: the built-in policy")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")
@@ -117,6 +133,9 @@ def _policy(policy_file, overrides):
 
 def _remote_code_loader(device):
     """Base loader for --trust-remote-code (off by default: model repos can ship code)."""
+    import functools
+
     from diag.backend import load_backend
 
-    return lambda name: load_backend(name, device=device, trust_remote_code=True)
+    # a partial, not a lambda: a Ray sweep sends it to every actor
+    return functools.partial(load_backend, device=device, trust_remote_code=True)

@@ -1,0 +1,119 @@
+"""`diag sweep --ray`: the same results as a local sweep, on a local Ray cluster of 2 actors
+(CPU, the tiny model); a worker that dies mid-checkpoint has its checkpoint retried elsewhere."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from diag.diagnostics.sweeper import sweep
+from faults import load_dying
+from tiny import build_lora_adapter
+
+from diag.cli import cli
+from diag.types import GenerationConfig
+
+ray = pytest.importorskip("ray")  # a dev extra: CI installs it
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+from compare_results import compare  # noqa: E402
+
+GEN = GenerationConfig(max_new_tokens=8, batch_size=64)
+STEPS = (10, 20, 30, 40)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray instance with 2 CPUs; workers can import the test modules (faults.py)."""
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory) -> Path:
+    """One LoRA run of 4 checkpoints on the tiny model, aged past the sweep's settle time."""
+    root = tmp_path_factory.mktemp("ray-runs") / "runs"
+    for i, step in enumerate(STEPS):
+        build_lora_adapter(tiny_model_dir, root / "lora" / f"checkpoint-{step}", seed=200 + i)
+    when = time.time() - 600
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            os.utime(Path(dirpath) / name, (when, when))
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(runs, tiny_model_dir, tmp_path_factory):
+    """The same sweep in this process: what every Ray sweep must equal."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    return sweep(runs, base=tiny_model_dir, out=out, generation=GEN, progress="quiet")
+
+
+def test_ray_sweep_writes_the_local_sweeps_files(cluster, runs, tiny_model_dir, local, tmp_path):
+    out = tmp_path / "ray"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sweep", str(runs), "--base", str(tiny_model_dir), "--out", str(out),
+            "--max-new-tokens", "8", "--ray", "--actors", "2", "--log-format", "plain",
+            "--no-report",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    staged = json.loads((out / "results.json").read_text())
+    full = [c["step"] for c in staged["checkpoints"] if c.get("stage") == "full"]
+    assert len(full) >= 2, "the staged sweep measured no checkpoint with the full suite"
+    assert compare(local.out, out) == []  # every number, every sample, scores.csv byte for byte
+    assert "5 checkpoints (5 probed, 0 from cache, 0 failed)" in result.output
+
+    # a second sweep, local or on Ray, probes nothing: the cache is the same cache
+    again = sweep(runs, base=tiny_model_dir, out=out, generation=GEN, progress="quiet",
+                  ray="auto", actors=2)  # fmt: skip
+    assert again.data["timing"]["probed"] == 0
+    left = compare(local.out, out)  # what differs is only where the numbers came from
+    assert left and all(d.endswith("cached: False before, True after") or
+                        d.startswith("timing.") for d in left), left  # fmt: skip
+
+
+def test_a_worker_that_dies_mid_checkpoint_is_retried_on_another(
+    cluster, runs, tiny_model_dir, local, tmp_path
+):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    load = functools.partial(
+        load_dying, marks=str(marks), dies_once=("checkpoint-20",), dies_always=("checkpoint-40",)
+    )
+    result = sweep(runs, base=tiny_model_dir, out=tmp_path / "out", generation=GEN,
+                   progress="quiet", ray="auto", actors=2, load_model=load)  # fmt: skip
+    assert (marks / "checkpoint-20").exists()  # its first worker did die
+    rows = {c["step"]: c for c in result.checkpoints}
+    assert rows[40]["status"] == "error" and rows[40]["error_type"] == "WorkerDied"
+    assert "died 2 times" in rows[40]["error"]
+    expected = {c["step"]: c for c in local.checkpoints}
+    for step in (0, 10, 20, 30):
+        assert rows[step]["status"] == "ok"
+        assert rows[step]["metrics"] == expected[step]["metrics"]
+
+
+def test_without_ray_the_flag_says_how_to_install_it(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    result = CliRunner().invoke(cli, ["sweep", str(runs), "--out", str(tmp_path), "--ray"])
+    assert result.exit_code != 0
+    assert "--ray needs Ray, which is not installed" in result.output
+    assert "pip install 'diag[ray]'" in result.output
+    assert "Traceback" not in result.output
