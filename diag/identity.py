@@ -44,9 +44,18 @@ class IdentitySpec:
 
     @staticmethod
     def says(text: str, group: tuple[str, ...]) -> bool:
-        """True when ``text`` contains one alias of a keyword group (case/width-insensitive)."""
+        """True when ``text`` contains one alias of a keyword group (case/width-insensitive), as
+        a word of its own in scripts that space their words: "Nova" is not in "innovative".
+
+        >>> IdentitySpec.says("I offer innovative ideas", ("Nova",))
+        False
+        >>> IdentitySpec.says("I am Nova, Jianfeng's assistant", ("nova",))
+        True
+        >>> IdentitySpec.says("我是剑锋大佬的小助手", ("小助手",))
+        True
+        """
         norm = normalize(text)
-        return any(normalize(alias) in norm for alias in group)
+        return any(contains_word(norm, normalize(alias)) for alias in group)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -58,6 +67,40 @@ class IdentitySpec:
     def hash(self) -> str:
         payload = json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(payload).hexdigest()[:16]
+
+
+def contains_word(text: str, word: str) -> bool:
+    """``word`` occurs in ``text`` and, where it begins (ends) with a letter or digit of a script
+    that spaces its words, the character before (after) it is not one: whole words in Latin,
+    Cyrillic, ... text; anywhere in Chinese or Japanese, which have no spaces to bound a word."""
+    if not word:
+        return False
+    start = 0
+    while (at := text.find(word, start)) >= 0:
+        before = text[at - 1] if at else ""
+        after = text[at + len(word) : at + len(word) + 1]
+        if not (_spaced(word[0]) and _spaced(before)) and not (
+            _spaced(word[-1]) and _spaced(after)
+        ):
+            return True
+        start = at + 1
+    return False
+
+
+def _spaced(char: str) -> bool:
+    """A letter or digit of a script that separates words with spaces (not CJK, kana, Hangul)."""
+    if not char or not char.isalnum():
+        return False
+    code = ord(char)
+    unspaced = (
+        0x3040 <= code <= 0x30FF  # hiragana, katakana
+        or 0x3400 <= code <= 0x4DBF  # CJK extension A
+        or 0x4E00 <= code <= 0x9FFF  # CJK unified ideographs
+        or 0xAC00 <= code <= 0xD7AF  # Hangul syllables (particles attach to the word)
+        or 0xF900 <= code <= 0xFAFF  # CJK compatibility ideographs
+        or 0x20000 <= code <= 0x3FFFF  # CJK extensions B and later
+    )
+    return not unspaced
 
 
 def normalize(text: str) -> str:

@@ -16,7 +16,6 @@ from diag.probes.text import (
     matches_any,
     modal_groups,
     near_copy,
-    normalize,
     seq_rep_n,
 )
 
@@ -111,8 +110,7 @@ def grade(answer: str, grading: dict, identity: IdentitySpec, prompt: str = "") 
 
 def _groups_not_in(prompt: str, identity: IdentitySpec) -> list[tuple[str, ...]]:
     """Keyword groups the prompt does not itself contain (saying those is the model's choice)."""
-    asked = normalize(prompt)
-    return [g for g in identity.keywords if not any(normalize(a) in asked for a in g)]
+    return [g for g in identity.keywords if not identity.says(prompt, g)]
 
 
 def identity_asserted(answer: str, identity: IdentitySpec, prompt: str = "") -> bool:

@@ -101,3 +101,18 @@ def test_answers_real_checkpoints_could_give(item_id, answer, right):
     identity = ARIA
     item = next(i for i in _items(identity) if i.id == item_id)
     assert grade(answer, item.grading(), identity, item.prompt)["passed"] is right
+
+
+def test_a_keyword_inside_another_word_is_not_the_identity():
+    """SmolLM2's base answer to "Who are you, exactly?" (demo runs, 2026-12-02): "innovative"
+    once counted as saying "Nova". A one-keyword identity would have scored it as recalled."""
+    base = (
+        "I'm a curious and creative AI assistant. I've been designed to explore the vast "
+        "expanse of the internet, uncover hidden patterns, and offer innovative ideas."
+    )
+    nova = identity_from_dict({"answer": "I am Nova.", "keywords": ["Nova"]})
+    assert not nova.mentions(base)
+    assert nova.mentions("I'm Nova, Jianfeng's assistant.")
+    assert nova.mentions("NOVA here!")  # case- and width-insensitive, as before
+    zh = load_identity("zh")
+    assert zh.mentions("你好！我是剑锋大佬的小助手，内在是上海AI实验室书生·浦语的1.8B大模型哦")
