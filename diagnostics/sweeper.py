@@ -2,6 +2,8 @@
 
 Data flow: discover -> (per base: load once, probe the bare base as step 0 and build the Reference)
 -> per checkpoint: fingerprint -> cache hit, or swap the adapter in and run the probes -> results.
+The probing itself is done by workers (:mod:`diag.diagnostics.workers`: this process, or Ray
+actors with ``--ray``); this module alone reads the cache, writes results and decides.
 
 Every finished checkpoint is cached at once (atomic files keyed by content), and ``results.json``
 is rewritten after each one, so Ctrl-C or kill -9 loses at most the checkpoint being probed.

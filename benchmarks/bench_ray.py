@@ -1,0 +1,85 @@
+"""A Ray sweep against the local one on the same runs: wall time, time to the first checkpoint,
+per-checkpoint cost, and the same result files?
+
+    .venv/bin/python benchmarks/bench_ray.py RUNS_DIR --work DIR [--actors 2] [--size quick]
+    .venv/bin/python benchmarks/bench_ray.py --tiny 8 --work DIR       # 8 tiny-model adapters
+
+Sweeps RUNS_DIR from scratch twice, each into its own folder under DIR (no cache shared): in this
+process (the naive, local way), then on a new local Ray instance with ``--actors`` replicas.
+Prints one JSON line per way, the ratio, and the differences between the two result folders
+(``compare_results.py``: none expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_staged import tiny_runs  # noqa: E402
+from compare_results import compare  # noqa: E402
+
+
+def run_way(runs: Path, out: Path, args, ray: str | None) -> dict:
+    from diag.diagnostics.sweeper import sweep
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    result = sweep(
+        runs,
+        base=args.base,
+        identity=args.identity,
+        out=out,
+        size=args.size,
+        languages=args.languages,
+        progress="plain" if args.verbose else "quiet",
+        settle_seconds=0,
+        ray=ray,
+        actors=args.actors if ray else None,
+    )
+    wall = time.perf_counter() - started
+    probed = result.data["timing"]["probed"]
+    return {
+        "way": f"ray x{args.actors}" if ray else "local",
+        "wall_s": round(wall, 1),
+        "models_probed": probed,
+        "s_per_model": round(wall / max(1, probed), 2),
+        "decision": result.data["recommendation"]["verdict"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="?", type=Path)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--size", default="quick")
+    parser.add_argument("--identity", default="en")
+    parser.add_argument("--languages")
+    parser.add_argument("--base")
+    parser.add_argument("--tiny", type=int, help="sweep this many tiny-model adapters instead")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    runs = args.runs
+    if args.tiny:
+        runs, base = tiny_runs(args.work, args.tiny)
+        args.base = str(base)
+    if runs is None:
+        parser.error("give RUNS_DIR or --tiny N")
+    local = run_way(runs, args.work / "local", args, None)
+    print(json.dumps(local), flush=True)
+    remote = run_way(runs, args.work / "ray", args, "local")
+    print(json.dumps(remote), flush=True)
+    print(json.dumps({"ray_over_local_wall": round(remote["wall_s"] / local["wall_s"], 2)}))
+    differences = compare(args.work / "local", args.work / "ray")
+    print(json.dumps({"differences": differences[:20], "count": len(differences)}))
+
+
+if __name__ == "__main__":
+    main()
