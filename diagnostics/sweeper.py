@@ -408,15 +408,22 @@ class _BaseRunner:
         """Probe ``items`` ((checkpoint, chat) pairs) with ``stage``: cache hits at once, the rest
         through the workers; the partial results are written after each checkpoint."""
         jobs: dict[ProbeTask, tuple] = {}
+        keys: set[str] = set()
+        copies = []  # the same weights as a checkpoint already being probed: read from the cache
         for ckpt, chat in items:
             job = self._prepare(ckpt, chat, stage, options)
-            if job is not None:
+            if job is not None and job[2] in keys:
+                copies.append((ckpt, chat))
+            elif job is not None:
                 jobs[job[0]] = job
+                keys.add(job[2])
         if len(jobs) < len(items):  # cache hits (or unreadable weights) to keep at once
             _save_partial(self.state, self.fp)
         for task, outcome in self.workers.run(list(jobs)):
             self._finish(*jobs[task], outcome)
             _save_partial(self.state, self.fp)
+        if copies:  # cache hits now, or probed themselves where their original failed
+            self.probe_all(copies, stage, options)
 
     def _prepare(self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, options: dict):
         """A cache hit is added at once (None); a miss becomes (task, record, key, stage)."""

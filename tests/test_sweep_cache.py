@@ -227,3 +227,16 @@ def test_changed_grading_rescores_stored_answers_without_a_model(
         assert after["set_versions"]["general"] == 99
         assert after["rescored"] == {"general": {"generated": generated, "scored": 99}}
         assert after["metrics"]["identity_recall"] == before["metrics"]["identity_recall"]
+
+
+def test_a_copy_in_the_same_sweep_is_probed_once(tiny_model_dir, tiny_adapters, tmp_path):
+    """Checkpoints with the same weights (a copied folder, a final model saved twice) are one
+    probe: the copy is read from the cache its original just wrote."""
+    root = _run_dir(tmp_path, tiny_adapters)
+    shutil.copytree(tiny_adapters[0], root / "lora" / "checkpoint-30")
+    _settle(root)
+    cold = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    assert _probed(cold) == [("base", 0), ("lora", 10), ("lora", 20)]
+    rows = {c["step"]: c for c in cold.checkpoints}
+    assert rows[30]["status"] == "ok" and rows[30]["cached"]
+    assert rows[30]["metrics"] == rows[10]["metrics"]
