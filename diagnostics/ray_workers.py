@@ -81,7 +81,8 @@ class RayCluster:
             if cluster.started:
                 cluster.ray.shutdown()
 
-    def _init(self) -> None:
+    def start(self) -> None:
+        """Connect, or start a local instance, once (later calls do nothing)."""
         if self.ray.is_initialized():  # the caller's own ray.init() (a notebook, a test)
             return
         address = None if self.address == "auto" else self.address
@@ -119,7 +120,7 @@ class RayCluster:
     def device_memory(self) -> tuple[str, int | None]:
         """("cuda", one GPU's memory) on a cluster with GPUs (read by a task on one), else
         ("cpu", None): what ``--batch-size auto`` sizes for."""
-        self._init()
+        self.start()
         if self.ray.cluster_resources().get("GPU", 0) < 1:
             return "cpu", None
         return "cuda", self.ray.get(self.ray.remote(num_gpus=1)(_gpu_memory).remote())
@@ -139,7 +140,7 @@ class RayWorkers:
         self.count = 0
 
     def _start(self) -> None:
-        self.cluster._init()
+        self.cluster.start()
         ray = self.cluster.ray
         self.count, self.options = self.cluster.placement(self.most)
         self.remote = ray.remote(ProbeWorker).options(**self.options)
