@@ -12,7 +12,6 @@ Prints one JSON line per way, the ratio, and the differences between the two res
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_staged import tiny_runs  # noqa: E402
+from bench_staged import runs_to_sweep, sweep_parser  # noqa: E402
 from compare_results import compare  # noqa: E402
 
 
@@ -54,24 +53,11 @@ def run_way(runs: Path, out: Path, args, ray: str | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="?", type=Path)
-    parser.add_argument("--work", type=Path, required=True)
+    parser = sweep_parser(__doc__)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--size", default="quick")
-    parser.add_argument("--identity", default="en")
-    parser.add_argument("--languages")
-    parser.add_argument("--base")
-    parser.add_argument("--tiny", type=int, help="sweep this many tiny-model adapters instead")
-    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    runs = args.runs
-    if args.tiny:
-        runs, base = tiny_runs(args.work, args.tiny)
-        args.base = str(base)
-    if runs is None:
-        parser.error("give RUNS_DIR or --tiny N")
+    runs = runs_to_sweep(parser, args)
     local = run_way(runs, args.work / "local", args, None)
     print(json.dumps(local), flush=True)
     remote = run_way(runs, args.work / "ray", args, "local")

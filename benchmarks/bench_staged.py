@@ -112,24 +112,36 @@ def tiny_runs(work: Path, count: int) -> tuple[Path, Path]:
     return runs, base
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sweep_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every sweep benchmark takes: RUNS_DIR or --tiny N, --work, the identity."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", nargs="?", type=Path)
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--sizes", default="quick,staged,full")
     parser.add_argument("--identity", default="en")
     parser.add_argument("--languages")
     parser.add_argument("--base")
     parser.add_argument("--tiny", type=int, help="sweep this many tiny-model adapters instead")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def runs_to_sweep(parser: argparse.ArgumentParser, args) -> Path:
+    """RUNS_DIR, or the --tiny runs built under --work (then ``args.base`` is their model)."""
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = args.runs
     if args.tiny:
         runs, base = tiny_runs(args.work, args.tiny)
         args.base = str(base)
-    if runs is None:
+        return runs
+    if args.runs is None:
         parser.error("give RUNS_DIR or --tiny N")
+    return args.runs
+
+
+def main() -> None:
+    parser = sweep_parser(__doc__)
+    parser.add_argument("--sizes", default="quick,staged,full")
+    args = parser.parse_args()
+    runs = runs_to_sweep(parser, args)
     rows = {}
     for size in args.sizes.split(","):
         rows[size] = run_size(runs, args.work / size, size, args)

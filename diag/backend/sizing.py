@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diag.formats.layouts import shards
+
 CPU_BATCH = 64  # DEFAULT_GENERATION.batch_size: the measured CPU optimum
 MOST = 256  # beyond this the suite's sets (<= 182 prompts a language) gain nothing
 PROMPT_TOKENS = 256  # a generous bound on a probe prompt with its system block
@@ -53,5 +55,5 @@ def model_footprint(folder: Path) -> tuple[int, dict]:
     except (OSError, ValueError):
         return 0, {}
     config = config.get("text_config", config)  # multimodal configs nest the language model's
-    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.gguf")]
-    return sum(p.stat().st_size for p in weights), config
+    files, _ = shards(folder)
+    return sum(p.stat().st_size for p in files if p.suffix != ".json"), config
