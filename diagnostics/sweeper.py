@@ -106,12 +106,11 @@ def sweep(
         runner_options = dict(
             cache=ResultCache(out / "cache"),
             fingerprints=fingerprints,
-            pool=pool,
             stages=stages,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
         forced = _forced(found, full_for)
-        _probe_plan(plan, state, runner_options, progress, options, policy, forced)
+        _probe_plan(plan, state, pool, runner_options, progress, options, policy, forced)
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
@@ -181,13 +180,15 @@ def _forced(found: Discovery, wanted) -> set[tuple]:
     return keys
 
 
-def _probe_plan(plan, state, runner_options: dict, progress, options: dict, policy, forced) -> None:
-    """Per base: load it once, probe the base per prompt format, then every checkpoint on it
-    (the first stage: the screen of a staged sweep); a staged sweep then measures with the full
-    suite the checkpoints its decision rests on (:mod:`diag.diagnostics.staging`). The partial
-    results and the fingerprint memo are written after each checkpoint."""
+def _probe_plan(
+    plan, state, pool, runner_options: dict, progress, options: dict, policy, forced
+) -> None:
+    """Per base, on ``pool``'s workers for it: load it once, probe the base per prompt format,
+    then every checkpoint on it (the first stage: the screen of a staged sweep); a staged sweep
+    then measures with the full suite the checkpoints its decision rests on
+    (:mod:`diag.diagnostics.staging`). The partial results and the fingerprint memo are written
+    after each checkpoint."""
     stages = runner_options["stages"]
-    pool = runner_options.pop("pool")
     total = len(plan.checkpoints) + len(plan.bases_chats)
     with SweepProgress(progress, total=total) as bar:
         for base_name, items in plan.by_base().items():
