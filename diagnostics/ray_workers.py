@@ -86,6 +86,8 @@ class RayCluster:
         if self.ray.is_initialized():  # the caller's own ray.init() (a notebook, a test)
             return
         address = None if self.address == "auto" else self.address
+        if address not in (None, "local"):
+            _check_reachable(address)  # Ray itself retries an unreachable address for minutes
         try:
             self.ray.init(
                 address=address,
@@ -225,6 +227,26 @@ class RayWorkers:
             with contextlib.suppress(ray.exceptions.RayError):
                 ray.kill(actor)
         self.idle, self.loading = [], {}
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line error, within seconds, when nothing listens at a cluster address
+    (``HOST:PORT``, ``HOST`` for Ray's default 6379, or ``ray://HOST[:10001]``)."""
+    client = address.startswith("ray://")
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":") if ":" in where else (where, "", "")
+    port = port or ("10001" if client else "6379")
+    if not port.isdigit():
+        raise DiagError(
+            f"--ray {address}: not a cluster address", fix="use HOST:6379 or ray://HOST:10001"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise DiagError(
+            f"--ray {address}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc})",
+            fix="start one there with `ray start --head` (docs/scale.md), or use --ray local",
+        ) from None
 
 
 def _gpu_memory() -> int:

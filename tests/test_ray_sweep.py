@@ -140,3 +140,17 @@ def test_actors_never_ask_for_more_than_the_cluster_has(resources, actors, expec
     cluster.ray = type("Ray", (), {"cluster_resources": staticmethod(lambda: resources)})
     assert cluster.placement(most=100) == expected
     assert cluster.placement(most=3)[0] == min(3, expected[0])  # no more than models to probe
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(runs, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(
+        cli, ["sweep", str(runs), "--out", str(tmp_path), f"--ray=127.0.0.1:{port}"]
+    )  # diag's own check answers; Ray alone would retry the address for minutes
+    assert result.exit_code != 0
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in result.output
+    assert "ray start --head" in result.output and "Traceback" not in result.output
