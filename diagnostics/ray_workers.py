@@ -69,6 +69,7 @@ class RayCluster:
         if actors is not None and actors < 1:
             raise DiagError(f"--actors {actors}: need at least 1", fix="pass --actors 1 or more")
         self.address, self.actors = address, actors
+        self.connected = False
         self.started = False  # this sweep started the Ray instance, and shuts it down
 
     @classmethod
@@ -82,26 +83,29 @@ class RayCluster:
                 cluster.ray.shutdown()
 
     def start(self) -> None:
-        """Connect, or start a local instance, once (later calls do nothing)."""
-        if self.ray.is_initialized():  # the caller's own ray.init() (a notebook, a test)
+        """Connect, or start a local instance, once; an explicit address is checked even when
+        this process already runs Ray."""
+        if self.connected:
             return
         address = None if self.address == "auto" else self.address
         if address not in (None, "local"):
             _check_reachable(address)  # Ray itself retries an unreachable address for minutes
-        try:
-            self.ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,  # workers' logs stay in Ray's session folder
-                logging_level=logging.WARNING,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise DiagError(
-                f"--ray {self.address}: cannot connect to a Ray cluster ({first})",
-                fix="start one with `ray start --head` (docs/scale.md), or use --ray local",
-            ) from None
-        self.started = True
+        if not self.ray.is_initialized():  # else: the caller's own ray.init() (a notebook, a test)
+            try:
+                self.ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,  # workers' logs stay in Ray's session folder
+                    logging_level=logging.WARNING,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise DiagError(
+                    f"--ray {self.address}: cannot connect to a Ray cluster ({first})",
+                    fix="start one with `ray start --head` (docs/scale.md), or use --ray local",
+                ) from None
+            self.started = True
+        self.connected = True
 
     def placement(self, most: int) -> tuple[int, dict]:
         """How many actors (at most ``most``), and the resources each asks for: a GPU each where
