@@ -25,8 +25,9 @@ from diag.diagnostics.outdir import check_writable, exclusive, remove_stale_temp
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
 from diag.diagnostics.stored import SweepResult
-from diag.diagnostics.workers import LocalPool, Outcome, ProbeTask, load_base
+from diag.diagnostics.workers import LocalPool, Outcome, ProbeTask
 
+from diag.backend import load_backend
 from diag.errors import DiagError
 from diag.formats.layouts import shards
 from diag.identity import IdentitySpec, load_identity
@@ -89,7 +90,8 @@ def sweep(
         from diag.backend.loading import check_device
 
         check_device(device)  # before any model is loaded or any checkpoint probed
-    load = load_model or functools.partial(load_base, device=device)
+    # a partial of a module-level function, not a closure: a Ray sweep sends it to every actor
+    load = load_model or functools.partial(load_backend, device=device)
     policy = as_policy(policy)
     if full_for and size != "staged":
         raise DiagError(

@@ -130,13 +130,6 @@ def generation_config(settings: dict) -> GenerationConfig:
     return GenerationConfig(**data)
 
 
-def load_base(name: str, device: str | None = None):
-    """The default loader: the transformers backend on ``device`` (None: the best one here)."""
-    from diag.backend.hf import HFBackend
-
-    return HFBackend.load(name, device=device)
-
-
 class LocalPool:
     """Workers in this process: one :class:`LocalWorkers` per base, on ``device``."""
 
