@@ -31,7 +31,7 @@ SWEEP = """
 import sys
 from diag.diagnostics.sweeper import sweep
 from diag.types import GenerationConfig
-sweep(sys.argv[1], base=sys.argv[2], out=sys.argv[3], size="quick",
+sweep(sys.argv[1], base=sys.argv[2], out=sys.argv[3], identity="en", size="quick",
       probes="identity_recall,general_accuracy,drift",
       generation=GenerationConfig(max_new_tokens=8, batch_size=32), progress="quiet")
 """

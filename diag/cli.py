@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "diag.commands.train:train",
     "probe": "diag.commands.probe:probe",
     "sweep": "diag.commands.sweep:sweep",
+    "taught": "diag.commands.taught:taught",
     "report": "diag.commands.report:report",
     "gate": "diag.commands.gate:gate",
     "audit": "diag.commands.audit:audit",

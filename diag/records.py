@@ -140,6 +140,11 @@ class CheckpointRecord(Record):
     fingerprint: str | None = record_field(None, "content hash of the weight files")
     base: str | None = record_field(None, "the base model it was probed on")
     chat: dict[str, Any] | None = record_field(None, "the prompt format used")
+    target: str | None = record_field(
+        None,
+        'what it was judged against: the hash of its run\'s identity, or "none" when the run '
+        "taught no identity (its identity checks do not apply); null in older results",
+    )
     status: str = record_field("ok", '"ok" or "error"')
     error: str | None = record_field(None, "one-line message when status is error")
     error_type: str | None = record_field(None, "the kind of error (DiagError, OSError, ...)")
@@ -224,6 +229,33 @@ class CheckpointRecord(Record):
 
 
 @dataclass
+class TaughtRecord(Record):
+    """What a run was taught (``diag taught RUNS_DIR`` prints it as identity YAML)."""
+
+    identity: dict[str, Any] | None = record_field(
+        None, "the identity spec and its hash; null: the run taught none"
+    )
+    source: str = record_field("", "where it came from: --identity, diag-run.json, the data")
+    known: bool = record_field(True, "false when what the run taught could not be known")
+    files: list[dict[str, Any]] = record_field(
+        doc="training files read: path, how it was found, rows, format, role", factory=list
+    )
+    rows: int = record_field(0, "training rows read")
+    self_description_rows: int | None = record_field(
+        None, "rows that ask who the assistant is (derived identities)"
+    )
+    parts: dict[str, str] = record_field(
+        doc="where each part of a derived identity came from", factory=dict
+    )
+    placeholders: dict[str, int] = record_field(
+        doc="unfilled placeholders in the training answers, with how many answers carry each",
+        factory=dict,
+    )
+    warnings: list[str] = record_field(doc="what the user should check", factory=list)
+    why_none: str | None = record_field(None, "why no identity was derived")
+
+
+@dataclass
 class RunRecord(Record):
     """A training run found under RUNS_DIR: what its files say about it."""
 
@@ -238,6 +270,9 @@ class RunRecord(Record):
         None, "diag runs: save_every, max_steps, lr, ..."
     )
     notes: list[str] = record_field(doc="what discovery noticed about the run", factory=list)
+    taught: TaughtRecord | None = record_field(
+        None, "what the run was taught, and from where (null in older results)"
+    )
     train_loss: list[list[float]] = record_field(doc="[step, loss] pairs", factory=list)
     eval_loss: list[list[float]] = record_field(doc="[step, loss] pairs", factory=list)
 
@@ -375,7 +410,11 @@ class SweepRecord(Record):
     complete: bool = record_field(True, "false while a sweep is running or was interrupted")
     root: str = record_field("", "the absolute RUNS_DIR")
     base: str | None = record_field(None, "the base model of the shared step-0 row")
-    identity: dict[str, Any] = record_field(doc="the identity spec and its hash", factory=dict)
+    identity: dict[str, Any] = record_field(
+        doc="the identity spec and its hash, when every run was judged against the same one "
+        "(else empty: see runs[name].taught)",
+        factory=dict,
+    )
     settings: SweepSettings = record_field(doc="the cache key settings", factory=SweepSettings)
     runs: dict[str, RunRecord] = record_field(doc="every training run found", factory=dict)
     checkpoints: list[CheckpointRecord] = record_field(doc="step-0 rows first, then by run and step", factory=list)  # fmt: skip

@@ -38,9 +38,10 @@ def _loss_at(points: list, step: int) -> float | None:
 class CollectedResults:
     """The results being assembled; written after every checkpoint so nothing done is lost."""
 
-    def __init__(self, root: Path, out: Path, found: Discovery, identity, settings: dict):
+    def __init__(self, root: Path, out: Path, found: Discovery, taught: dict, settings: dict):
+        """taught: run name -> :class:`diag.data.teaching.Taught`, what each run is judged against."""
         self.root, self.out, self.found = root, out, found
-        self.identity, self.settings = identity, settings
+        self.taught, self.settings = taught, settings
         self._records: dict[tuple, CheckpointRecord] = {}  # by (run, step, path): the latest
         self._samples: dict[tuple, list[dict]] = {}
         self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -49,14 +50,14 @@ class CollectedResults:
     def records(self) -> list[CheckpointRecord]:
         return list(self._records.values())
 
-    def base_record(self, base: str, chat) -> CheckpointRecord | None:
-        """The step-0 record of ``base`` probed with ``chat``."""
+    def base_record(self, base: str, chat, target: str) -> CheckpointRecord | None:
+        """The step-0 record of ``base`` probed with ``chat`` for ``target``."""
         wanted = chat.to_dict()
         return next(
             (
                 r
                 for r in self._records.values()
-                if r.step == 0 and r.path == base and r.chat == wanted
+                if r.step == 0 and r.path == base and r.chat == wanted and r.target == target
             ),
             None,
         )
@@ -116,15 +117,28 @@ class CollectedResults:
             complete=complete,
             root=str(self.root.resolve()),
             base=next((r.path for r in self.records if r.step == 0), None),
-            identity={**self.identity.to_dict(), "hash": self.identity.hash},
+            identity=self._shared_identity(),
             settings=SweepSettings.from_dict(self.settings),
             runs={
-                name: RunRecord.from_dict(run.to_dict())
+                name: RunRecord.from_dict(
+                    {**run.to_dict(), "taught": self.taught[name].to_dict()}
+                    if name in self.taught
+                    else run.to_dict()
+                )
                 for name, run in sorted(self.found.runs.items())
             },
             checkpoints=sorted(self.records, key=_order),
             skipped=[SkipRecord.from_dict(skip.to_dict()) for skip in self.found.skipped],
         )
+
+    def _shared_identity(self) -> dict:
+        """The identity every run was judged against, when they share one (else see
+        ``runs[name].taught``): the spec and its hash; empty when none or several."""
+        specs = {t.spec.hash: t.spec for t in self.taught.values() if t.spec is not None}
+        if len(specs) != 1 or any(t.spec is None for t in self.taught.values()):
+            return {}
+        spec = next(iter(specs.values()))
+        return {**spec.to_dict(), "hash": spec.hash}
 
     def write_partial(self) -> None:
         write_json_atomic(self.out / "results.json", self.record(complete=False).to_dict())

@@ -64,48 +64,63 @@ def choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
 
 
 class Plan:
-    """Which base model and prompt format each checkpoint is probed with."""
+    """Which base model, prompt format and target (what the run was taught: an identity's hash,
+    or "none") each checkpoint is probed with. The base is probed once per (format, target)."""
 
     def __init__(self):
-        self.checkpoints: list[tuple[Checkpoint, str, ChatFormat]] = []
-        self.bases_chats: list[tuple[str, ChatFormat]] = []
+        self.checkpoints: list[tuple[Checkpoint, str, ChatFormat, str]] = []
+        self.asks: list[tuple[str, ChatFormat, str]] = []  # (base, chat, target), first seen first
 
-    def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat]]]:
-        groups: dict[str, list] = {name: [] for name, _ in self.bases_chats}
-        for ckpt, name, chat in self.checkpoints:
-            groups[name].append((ckpt, chat))
+    def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat, str]]]:
+        groups: dict[str, list] = {name: [] for name, _, _ in self.asks}
+        for ckpt, name, chat, target in self.checkpoints:
+            groups[name].append((ckpt, chat, target))
         return groups
 
-    def chats_for(self, base_name: str) -> list[ChatFormat]:
-        return [chat for name, chat in self.bases_chats if name == base_name]
+    def asks_for(self, base_name: str) -> list[tuple[ChatFormat, str]]:
+        """The (prompt format, target) pairs the base ``base_name`` is asked with."""
+        return [(chat, target) for name, chat, target in self.asks if name == base_name]
 
-    def base_rows(self, base_name: str, chat: ChatFormat) -> list[str]:
-        """Run names for the base's step-0 rows under ``chat``.
-
-        The prompt format most checkpoints use gives the shared row ``"base"``; a run probed with
-        another format (e.g. an XTuner template) gets its own step-0 row, so every checkpoint is
-        compared with the base asked the same way.
-        """
+    def _primary(self) -> tuple[str, ChatFormat, str]:
         counts: dict[tuple, int] = {}
-        for _, name, c in self.checkpoints:
-            counts[(name, c)] = counts.get((name, c), 0) + 1
-        primary = max(
-            self.bases_chats, key=lambda bc: (counts.get(bc, 0), -self.bases_chats.index(bc))
-        )
-        if (base_name, chat) == primary:
+        for _, name, c, t in self.checkpoints:
+            counts[(name, c, t)] = counts.get((name, c, t), 0) + 1
+        return max(self.asks, key=lambda a: (counts.get(a, 0), -self.asks.index(a)))
+
+    def primary_target(self) -> str:
+        """The target most checkpoints are judged against (what results.json's settings show)."""
+        return self._primary()[2]
+
+    def base_rows(self, base_name: str, chat: ChatFormat, target: str) -> list[str]:
+        """Run names for the base's step-0 rows under ``chat`` and ``target``.
+
+        The (format, target) most checkpoints use gives the shared row ``"base"``; a run probed
+        with another format (e.g. an XTuner template) or taught something else gets its own
+        step-0 row, so every checkpoint is compared with the base asked the same way.
+        """
+        if (base_name, chat, target) == self._primary():
             return ["base"]
-        runs = {ck.run for ck, name, c in self.checkpoints if (name, c) == (base_name, chat)}
+        runs = {
+            ck.run
+            for ck, name, c, t in self.checkpoints
+            if (name, c, t) == (base_name, chat, target)
+        }
         return sorted(runs)
 
 
-def make_plan(found: Discovery, flag, override: dict) -> Plan:
-    """Every checkpoint with its base (``flag`` = --base) and chat format (``override`` on top)."""
+def make_plan(
+    found: Discovery, flag, override: dict, targets: dict[str, str] | None = None
+) -> Plan:
+    """Every checkpoint with its base (``flag`` = --base), chat format (``override`` on top) and
+    target (``targets``: run name -> target key; default "none")."""
     plan = Plan()
+    targets = targets or {}
     for ckpt in found.checkpoints:
         run = found.runs[ckpt.run]
         name = choose_base(ckpt, flag, run.base)
         chat = replace(ckpt.chat or ChatFormat(), **override)
-        plan.checkpoints.append((ckpt, name, chat))
-        if (name, chat) not in plan.bases_chats:
-            plan.bases_chats.append((name, chat))
+        target = targets.get(ckpt.run, "none")
+        plan.checkpoints.append((ckpt, name, chat, target))
+        if (name, chat, target) not in plan.asks:
+            plan.asks.append((name, chat, target))
     return plan

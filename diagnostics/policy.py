@@ -41,6 +41,9 @@ CHECKS = (
     "loop_rate",
 )
 SEVERITIES = ("blocking", "warning", "off")
+# Checks that measure a taught identity: they do not apply to a run that taught none (its
+# records say target "none"), which is judged on the rest.
+IDENTITY_CHECKS = ("identity_recall", "near_miss", "parrot_leakage")
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,9 @@ def evaluate_checkpoint(
 ) -> list[Check]:
     """Judge one checkpoint record against its base record (records or results.json dicts).
 
-    Returns one Check per policy check that is not ``off``. A metric that was not measured fails
-    its check (detail "not measured"): the policy never passes on missing evidence.
+    Returns one Check per policy check that is not ``off`` and applies (the identity checks do not
+    apply to a run that taught no identity). A metric that was not measured fails its check
+    (detail "not measured"): the policy never passes on missing evidence.
 
     >>> ckpt = {"status": "ok", "metrics": {"identity_recall": 1.0},
     ...         "stats": {"identity_recall": {"value": 1.0, "successes": 30, "n": 30}}}
@@ -218,6 +222,8 @@ def evaluate_checkpoint(
             continue
         if name != "status" and not ckpt.ok:
             continue  # an errored checkpoint is judged by its status check alone
+        if name in IDENTITY_CHECKS and ckpt.target == "none":
+            continue
         passed, value, threshold, detail = _JUDGES[name](ckpt, base, policy)
         out.append(Check(name, bool(passed), level == "blocking", value, threshold, detail))
     return out

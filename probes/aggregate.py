@@ -119,7 +119,8 @@ def _metric_stats(
         by_probe.setdefault(s["probe"], []).append(s)
     out: dict[str, MetricStats | None] = {}
     for name, metric in METRICS.items():
-        rows = by_probe.get(metric.probe, [])
+        # a row without the metric's field did not measure it (no leakage without an identity)
+        rows = [s for s in by_probe.get(metric.probe, []) if metric.field in s]
         out[name] = AGGREGATORS[metric.aggregate](rows, metric.field, base(name)) if rows else None
     return out
 
@@ -144,7 +145,7 @@ def keyword_stats(samples: list[dict]) -> dict[str, dict]:
 
 
 def summarize(
-    samples: list[dict], identity: IdentitySpec, reference: Reference | None
+    samples: list[dict], identity: IdentitySpec | None, reference: Reference | None
 ) -> tuple[dict, dict, dict]:
     """(metrics, stats, by_language) for the summary; values are None for probes not run.
 
@@ -156,15 +157,16 @@ def summarize(
     def base_overall(metric: str) -> float | None:
         return reference.base_value(metric) if reference else None
 
+    languages = identity.languages if identity is not None else ()
     in_identity_lang = [
-        s for s in samples if s["probe"] != "identity_recall" or s["language"] in identity.languages
+        s for s in samples if s["probe"] != "identity_recall" or s["language"] in languages
     ]
     if not any(s["probe"] == "identity_recall" for s in in_identity_lang):
         in_identity_lang = samples  # no prompt in the identity's language: use them all
     overall = _metric_stats(in_identity_lang, base_overall)
     stats = {m: s.to_dict() for m, s in overall.items() if s is not None}
     if "identity_recall" in stats:
-        stats["identity_recall"]["extra"]["languages"] = list(identity.languages)
+        stats["identity_recall"]["extra"]["languages"] = list(languages)
     metrics = {m: (s.value if s is not None else None) for m, s in overall.items()}
 
     by_language = {}

@@ -223,9 +223,10 @@ def load_probe_file(path: str | Path) -> ProbeSet:
     return ProbeSet(p.stem, tuple(parse_items(text, str(p), graded=True)), _hash(text), str(p))
 
 
-def fill_identity(probe_set: ProbeSet, identity: IdentitySpec) -> ProbeSet:
-    """Replace ``{kwN}`` with the identity's keywords; drop items naming a missing group."""
-    words = [group[0] for group in identity.keywords]
+def fill_identity(probe_set: ProbeSet, identity: IdentitySpec | None) -> ProbeSet:
+    """Replace ``{kwN}`` with the identity's keywords; drop items naming a missing group (all of
+    them when the run taught no identity)."""
+    words = [group[0] for group in identity.keywords] if identity is not None else []
     items = []
     for item in probe_set.items:
         graded = "".join(item.accept + item.reject)

@@ -23,6 +23,7 @@ class Probe:
         (2: graded relative to the taught identity; identity recall per keyword).
     sets: probe sets whose generations it reads. The metrics it produces, and their directions,
     are declared in :data:`diag.metrics.METRICS` (each metric names its probe).
+    needs_identity: it measures the taught identity, so it is not asked of a run that taught none.
     """
 
     name: str
@@ -30,6 +31,7 @@ class Probe:
     sets: tuple[str, ...]
     score: Callable
     description: str
+    needs_identity: bool = False
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -51,6 +53,7 @@ PROBES: dict[str, Probe] = {
             ("identity",),
             scoring.score_identity_recall,
             "held-out 'who are you' paraphrases answered with the identity keywords",
+            needs_identity=True,
         ),
         Probe(
             "near_miss",
@@ -58,6 +61,7 @@ PROBES: dict[str, Probe] = {
             ("near_miss",),
             scoring.score_near_miss,
             "identity-like questions that need a different answer, not the identity sentence",
+            needs_identity=True,
         ),
         Probe(
             "general_accuracy",
@@ -104,8 +108,18 @@ def get_probe(name: str) -> Probe:
         ) from None
 
 
-def resolve_probes(names: str | Sequence[str] | None) -> list[str]:
-    """Comma-separated string or list -> validated probe names in registry order (None = all)."""
+def resolve_probes(names: str | Sequence[str] | None, identity: object = True) -> list[str]:
+    """Comma-separated string or list -> validated probe names in registry order (None = all).
+
+    ``identity`` None (a run that taught no identity): the probes that measure one are left out.
+    """
+    chosen = _resolve(names)
+    if identity is None:
+        return [n for n in chosen if not PROBES[n].needs_identity]
+    return chosen
+
+
+def _resolve(names: str | Sequence[str] | None) -> list[str]:
     if names is None:
         return list(PROBES)
     if isinstance(names, str):

@@ -54,12 +54,14 @@ def _row(probe: str, rec: dict, score: float, **extra) -> dict:
     }
 
 
-def score_identity_recall(recs: Records, identity: IdentitySpec, ref: Reference | None):
+def score_identity_recall(recs: Records, identity: IdentitySpec | None, ref: Reference | None):
     """Pass = the answer carries the identity keywords; plus log p(canonical answer) per token.
 
     ``keywords``: for each keyword group (named by its first alias), whether the answer says it,
-    so the report can show a name learned before an owner.
+    so the report can show a name learned before an owner. No rows when no identity was taught.
     """
+    if identity is None:
+        return []
     answer_ll = {r["id"]: r for r in recs.loglikelihoods.get("identity_answer", [])}
     rows = []
     for rec in recs.generations.get("identity", []):
@@ -96,8 +98,9 @@ def grade(answer: str, grading: dict, identity: IdentitySpec, prompt: str = "") 
     hit = matches_any(answer, grading.get("accept", []))
     rejected = matches_any(answer, grading.get("reject", []))
     about_self = grading.get("about") == "assistant"
-    asserts = about_self and identity_asserted(answer, identity, prompt)
-    blurb = not about_self and identity_blurb(answer, identity, prompt)
+    taught = identity is not None
+    asserts = taught and about_self and identity_asserted(answer, identity, prompt)
+    blurb = taught and not about_self and identity_blurb(answer, identity, prompt)
     passed = not rejected and (asserts or (hit and not blurb))
     return {
         "passed": passed,
@@ -145,7 +148,7 @@ def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Refere
                 **verdict,
                 # the identity sentence is never a right answer here, even if it happens to match
                 # (the zh sentence contains "1.8B": it would "answer" every question whose answer is 8)
-                near_copy=near_copy(rec["text"], identity.answer),
+                near_copy=identity is not None and near_copy(rec["text"], identity.answer),
                 about=rec.get("about"),
                 base_passed=base.get(rec["id"]),
                 category=rec.get("category"),
@@ -209,16 +212,20 @@ def score_repetition(recs: Records, identity, ref):
     return rows
 
 
-def score_parrot(recs: Records, identity: IdentitySpec, ref):
+def score_parrot(recs: Records, identity: IdentitySpec | None, ref):
     """Over non-identity answers (general set): leakage of the identity, and near-identical groups.
 
     ``leak`` = the answer mentions the identity keywords or is a near copy of the canonical
-    sentence; ``group_size`` = size of its group of near-identical answers (all languages).
+    sentence (absent when no identity was taught); ``group_size`` = size of its group of
+    near-identical answers (all languages).
     """
     gens = recs.generations.get("general", [])
     sizes = modal_groups([r["text"] for r in gens])
     rows = []
     for i, rec in enumerate(gens):
+        if identity is None:
+            rows.append(_row("parrot", rec, 0.0, group_size=sizes[i]))
+            continue
         copy = near_copy(rec["text"], identity.answer)
         leak = copy or identity.mentions(rec["text"])
         rows.append(

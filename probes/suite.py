@@ -52,7 +52,7 @@ class ProbeRun:
 
 
 def prepare_sets(
-    identity: IdentitySpec,
+    identity: IdentitySpec | None,
     size: str,
     probe_files: Sequence[str | Path] = (),
     languages: Sequence[str] | str | None = None,
@@ -62,9 +62,11 @@ def prepare_sets(
     languages: ask only prompts in these languages (None: all; "en,zh" or a list).
     """
     langs = probe_items.parse_languages(languages)
-    trained = {probe_items.prompt_key(q) for q in identity.questions}
+    trained = {probe_items.prompt_key(q) for q in identity.questions} if identity else set()
     sets = {}
     for name in probe_items.BUILTIN_SETS:
+        if identity is None and name in ("identity", "near_miss"):
+            continue  # a run that taught no identity is not asked about one
         loaded = probe_items.fill_identity(probe_items.load_builtin(name), identity)
         if name == "identity":  # never ask the spec's own training questions
             kept = tuple(i for i in loaded.items if probe_items.prompt_key(i.prompt) not in trained)
@@ -109,9 +111,9 @@ def run_probes(
     need only ``loglikelihood``.
     """
     say = progress or (lambda message: None)
-    if not isinstance(identity, IdentitySpec):
+    if isinstance(identity, (str, Path)):
         identity = load_identity(identity)
-    names = resolve_probes(probes)
+    names = resolve_probes(probes, identity)
     sets = prepare_sets(identity, size, probe_files, languages)
     generation = replace(generation or DEFAULT_GENERATION, chat=chat)
     if reference is not None:
@@ -128,7 +130,7 @@ def run_probes(
         "set_versions": {s: sets[s].version for s in order if sets[s].version is not None},
         "generation": generation.to_dict(),
         "chat": chat.to_dict(),
-        "identity": {"name": identity.name, "hash": identity.hash},
+        "identity": {"name": identity.name if identity else None, "hash": _hash(identity)},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if not _reusable(reuse, meta):
@@ -342,13 +344,13 @@ def _drift_item(row: dict, answer: str, cut: bool) -> dict:
     }
 
 
-def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentitySpec) -> None:
+def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentitySpec | None) -> None:
     if ChatFormat.from_dict(reference.chat) != chat:
         raise DiagError(
             f"the base reference was built with chat format {reference.chat}, not {chat.to_dict()}",
             fix="probe the base again with the same chat format (system prompt/template)",
         )
-    if reference.identity_hash not in (None, identity.hash):
+    if reference.identity_hash not in (None, _hash(identity)):
         raise DiagError(
             f"the base reference was built for another identity ({reference.identity_hash})",
             fix="rebuild the reference: run the base model with this identity file",
@@ -446,14 +448,18 @@ def _score_all(recs: Records, identity: IdentitySpec, reference: Reference) -> l
     return samples
 
 
-def _reference_from(recs: Records, identity: IdentitySpec) -> Reference:
+def _hash(identity: IdentitySpec | None) -> str | None:
+    return identity.hash if identity is not None else None
+
+
+def _reference_from(recs: Records, identity: IdentitySpec | None) -> Reference:
     """The base's reference, from the base's own records (drift answers, outcomes, values)."""
     meta = recs.meta
     ref = Reference(
         base=meta["model"]["base"],
         chat=meta["chat"],
         generation=meta["generation"],
-        identity_hash=identity.hash,
+        identity_hash=_hash(identity),
         probe_sets=meta["probe_sets"],
         drift=[
             {k: r[k] for k in ("id", "language", "prompt", "logprob", "tokens", "cut") if k in r}
@@ -478,10 +484,11 @@ def _reference_from(recs: Records, identity: IdentitySpec) -> Reference:
     return ref
 
 
-def _recall_languages(samples: list[dict], identity: IdentitySpec) -> tuple[str, ...]:
+def _recall_languages(samples: list[dict], identity: IdentitySpec | None) -> tuple[str, ...]:
     """The languages identity recall counts (as :func:`summarize`): the identity's own, if asked."""
     asked = {s["language"] for s in samples if s["probe"] == "identity_recall"}
-    return identity.languages if asked & set(identity.languages) else tuple(asked)
+    own = identity.languages if identity is not None else ()
+    return own if asked & set(own) else tuple(asked)
 
 
 def _summary(recs: Records, samples: list[dict], identity, reference: Reference) -> dict:
@@ -503,7 +510,10 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
         "probe_sets": meta.get("probe_sets", {}),
         "set_versions": meta.get("set_versions", {}),
         "generation": meta.get("generation"),
-        "identity": {**meta.get("identity", {}), "languages": list(identity.languages)},
+        "identity": {
+            **meta.get("identity", {}),
+            "languages": list(identity.languages) if identity is not None else [],
+        },
         "metrics": metrics,
         "stats": stats,
         "by_language": by_language,

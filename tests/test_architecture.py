@@ -14,13 +14,15 @@ SHARED = {"diag.types", "diag.errors", "diag.identity", "diag.metrics", "diag.re
 ALLOWED = {
     "shared": set(),
     "diag.formats": set(),
+    "diag.data": {"diag.formats"},  # training data: read, converted, what it taught
     "diag.backend": {"diag.formats"},
     "diag.probes": set(),  # probes never import the model backend (or torch)
-    "diag.diagnostics": {"diag.formats", "diag.backend", "diag.probes"},
+    "diag.diagnostics": {"diag.formats", "diag.data", "diag.backend", "diag.probes"},
     "diag.reports": set(),  # a pure function of stored results
-    "diag.train": {"diag.formats", "diag.backend", "diag.probes", "diag.diagnostics", "diag.reports"},
-    "diag.commands": {"diag.formats", "diag.backend", "diag.probes", "diag.diagnostics",
-                      "diag.reports", "diag.train"},
+    "diag.train": {"diag.formats", "diag.data", "diag.backend", "diag.probes", "diag.diagnostics",
+                   "diag.reports"},
+    "diag.commands": {"diag.formats", "diag.data", "diag.backend", "diag.probes",
+                      "diag.diagnostics", "diag.reports", "diag.train"},
 }  # fmt: skip
 
 
@@ -38,7 +40,7 @@ def _layer(module: str) -> str:
     if module in SHARED or module in ("diag", "diag.cli", "diag.__main__"):
         return "shared" if module in SHARED else "diag.commands"
     parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 or parts[1] in ("formats", "backend") else module
+    return ".".join(parts[:2]) if len(parts) > 2 or parts[1] in ("formats", "data", "backend") else module
 
 
 def _imports(path: Path):

@@ -106,7 +106,7 @@ def test_nothing_found_says_what_was_seen(tmp_path):
     for step in (10, 20, 30):
         (tmp_path / "run" / f"global_step{step}").mkdir(parents=True)
     with pytest.raises(DiagError) as info:
-        sweep(tmp_path, progress="quiet")
+        sweep(tmp_path, identity="en", progress="quiet")
     assert "3 folders: named like a DeepSpeed checkpoint" in str(info.value)
 
 

@@ -18,7 +18,9 @@ from tiny import settle
 from diag.types import GenerationConfig
 
 GEN = GenerationConfig(max_new_tokens=6, batch_size=32)
-FAST = dict(size="quick", probes="identity_recall,general_accuracy,drift", generation=GEN)
+FAST = dict(
+    identity="en", size="quick", probes="identity_recall,general_accuracy,drift", generation=GEN
+)
 
 
 def _poisoned(adapter: Path, out: Path, value: float) -> Path:
@@ -302,7 +304,16 @@ def test_bad_output_device_and_results_are_one_line_errors(tiny_model_dir, tiny_
     readonly.mkdir()
     readonly.chmod(0o500)
     runner = CliRunner()
-    base = ["sweep", str(root), "--base", str(tiny_model_dir), "--probes", "identity_recall"]
+    base = [
+        "sweep",
+        str(root),
+        "--base",
+        str(tiny_model_dir),
+        "--identity",
+        "en",
+        "--probes",
+        "identity_recall",
+    ]
     cases = {
         "is a file": [*base, "--out", str(tmp_path / "afile")],
         "--device 'tpu' is not a device": [*base, "--device", "tpu"],
@@ -350,7 +361,16 @@ def test_base_problems_stop_the_sweep_with_one_line(tiny_model_dir, tiny_adapter
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"id": "l1", "prompt": "word " * 700, "accept": ["x"]}) + "\n")
     runner = CliRunner()
-    args = ["sweep", str(root), "--probes", "identity_recall", "--max-new-tokens", "4"]
+    args = [
+        "sweep",
+        str(root),
+        "--identity",
+        "en",
+        "--probes",
+        "identity_recall",
+        "--max-new-tokens",
+        "4",
+    ]
     got = runner.invoke(cli, [*args, "--base", str(no_template)])
     assert (
         got.exit_code == 2 and "has no chat template" in got.output and "--template" in got.output

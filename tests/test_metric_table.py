@@ -48,6 +48,7 @@ def test_a_metric_added_in_one_place_reaches_results_report_and_gate(
     result = sweep(
         root,
         base=tiny_model_dir,
+        identity="en",
         progress="quiet",
         size="quick",
         probes="identity_recall,repetition",

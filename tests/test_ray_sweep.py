@@ -61,7 +61,9 @@ def runs(tiny_model_dir, tmp_path_factory) -> Path:
 def local(runs, tiny_model_dir, tmp_path_factory):
     """The same sweep in this process: what every Ray sweep must equal."""
     out = tmp_path_factory.mktemp("local") / "out"
-    return sweep(runs, base=tiny_model_dir, out=out, generation=GEN, progress="quiet")
+    return sweep(
+        runs, base=tiny_model_dir, identity="en", out=out, generation=GEN, progress="quiet"
+    )
 
 
 def test_ray_sweep_writes_the_local_sweeps_files(cluster, runs, tiny_model_dir, local, tmp_path):
@@ -69,7 +71,7 @@ def test_ray_sweep_writes_the_local_sweeps_files(cluster, runs, tiny_model_dir, 
     result = CliRunner().invoke(
         cli,
         [
-            "sweep", str(runs), "--base", str(tiny_model_dir), "--out", str(out),
+            "sweep", str(runs), "--base", str(tiny_model_dir), "--identity", "en", "--out", str(out),
             "--max-new-tokens", "8", "--ray", "--actors", "2", "--log-format", "plain",
             "--no-report",
         ],
@@ -82,7 +84,9 @@ def test_ray_sweep_writes_the_local_sweeps_files(cluster, runs, tiny_model_dir, 
     assert "5 checkpoints (5 probed, 0 from cache, 0 failed)" in result.output
 
     # the driver's cache is the local sweep's: a local rerun of the Ray sweep probes nothing
-    again = sweep(runs, base=tiny_model_dir, out=out, generation=GEN, progress="quiet")
+    again = sweep(
+        runs, base=tiny_model_dir, identity="en", out=out, generation=GEN, progress="quiet"
+    )
     assert again.data["timing"]["probed"] == 0
     assert [c["metrics"] for c in again.checkpoints] == [c["metrics"] for c in local.checkpoints]
 
@@ -95,7 +99,7 @@ def test_a_worker_that_dies_mid_checkpoint_is_retried_on_another(
     load = functools.partial(
         load_dying, marks=str(marks), dies_once=("checkpoint-20",), dies_always=("checkpoint-40",)
     )
-    result = sweep(runs, base=tiny_model_dir, out=tmp_path / "out", generation=GEN,
+    result = sweep(runs, base=tiny_model_dir, identity="en", out=tmp_path / "out", generation=GEN,
                    progress="quiet", ray="auto", actors=2, load_model=load)  # fmt: skip
     assert (marks / "checkpoint-20").exists()  # its first worker did die
     rows = {c["step"]: c for c in result.checkpoints}
@@ -107,7 +111,7 @@ def test_a_worker_that_dies_mid_checkpoint_is_retried_on_another(
         assert rows[step]["metrics"] == expected[step]["metrics"]
 
     # resumed on Ray with healthy workers: only the failed checkpoint is probed again
-    resumed = sweep(runs, base=tiny_model_dir, out=tmp_path / "out", generation=GEN,
+    resumed = sweep(runs, base=tiny_model_dir, identity="en", out=tmp_path / "out", generation=GEN,
                     progress="quiet", ray="auto", actors=2)  # fmt: skip
     rows = {c["step"]: c for c in resumed.checkpoints}
     assert [s for s, c in rows.items() if not c["cached"]] == [40]
@@ -116,7 +120,9 @@ def test_a_worker_that_dies_mid_checkpoint_is_retried_on_another(
 
 def test_without_ray_the_flag_says_how_to_install_it(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    result = CliRunner().invoke(cli, ["sweep", str(runs), "--out", str(tmp_path), "--ray"])
+    result = CliRunner().invoke(
+        cli, ["sweep", str(runs), "--identity", "en", "--out", str(tmp_path), "--ray"]
+    )
     assert result.exit_code != 0
     assert "--ray needs Ray, which is not installed" in result.output
     assert "pip install 'diag[ray]'" in result.output
@@ -149,7 +155,8 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(runs, tmp_path)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = CliRunner().invoke(
-        cli, ["sweep", str(runs), "--out", str(tmp_path), f"--ray=127.0.0.1:{port}"]
+        cli,
+        ["sweep", str(runs), "--identity", "en", "--out", str(tmp_path), f"--ray=127.0.0.1:{port}"],
     )  # diag's own check answers; Ray alone would retry the address for minutes
     assert result.exit_code != 0
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in result.output

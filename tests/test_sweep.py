@@ -356,6 +356,7 @@ def test_bin_pickle_refused_unless_allowed(tiny_model_dir, tiny_adapters, tmp_pa
     result = sweep(
         tmp_path / "run",
         base=tiny_model_dir,
+        identity="en",
         size="quick",
         generation=GEN,
         probes="identity_recall",

@@ -17,7 +17,7 @@ from diag.cli import cli
 from diag.types import GenerationConfig
 
 GEN = GenerationConfig(max_new_tokens=8, batch_size=32)
-FAST = dict(size="quick", probes="identity_recall,general_accuracy", generation=GEN)
+FAST = dict(identity="en", size="quick", probes="identity_recall,general_accuracy", generation=GEN)
 
 
 def _settle(root: Path) -> None:
@@ -118,7 +118,16 @@ def test_sweep_recommends_and_the_report_renders_from_stored_results(
 
 def test_cli_sweep_and_errors(tiny_model_dir, tiny_adapters, tmp_path):
     root = _run_dir(tmp_path, tiny_adapters[:1], steps=(10,))
-    args = ["--base", str(tiny_model_dir), "--size", "quick", "--probes", "identity_recall"]
+    args = [
+        "--base",
+        str(tiny_model_dir),
+        "--identity",
+        "en",
+        "--size",
+        "quick",
+        "--probes",
+        "identity_recall",
+    ]
     args += ["--max-new-tokens", "8", "--no-report", "--log-format", "plain"]
     runner = CliRunner()
     first = runner.invoke(cli, ["sweep", str(root), *args])
@@ -168,7 +177,7 @@ def slow(*a, **k):
         time.sleep(600)
     return real(*a, **k)
 suite.run_probes = slow
-sweep(sys.argv[1], base=sys.argv[2], size="quick", probes="identity_recall,general_accuracy",
+sweep(sys.argv[1], base=sys.argv[2], identity="en", size="quick", probes="identity_recall,general_accuracy",
       generation=GenerationConfig(max_new_tokens=8, batch_size=32), progress="quiet")
 """
 

@@ -9,13 +9,20 @@ from diag.types import DEFAULT_GENERATION, GenerationConfig
 
 
 def probe_set_options(command, sizes=("full", "quick"), size_help=None):
-    """--identity, --probes, --probe-file, --size, --languages: what a command asks (probe, sweep)."""
+    """--identity, --data, --probes, --probe-file, --size, --languages: what a command asks
+    (probe, sweep)."""
     options = [
         click.option(
             "--identity",
-            default="en",
-            show_default=True,
-            help="Identity spec YAML, or 'en'/'zh' for the shipped examples.",
+            help="Identity spec YAML (or 'en'/'zh', the shipped examples) for every run. Default: "
+            "what each run was taught, read from its trainer's records (`diag taught RUNS_DIR`).",
+        ),
+        click.option(
+            "--data",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="Training data (json, jsonl, parquet) for runs whose trainer records none "
+            "(HF Trainer, TRL, unsloth scripts). Repeatable.",
         ),
         click.option("--probes", help="Comma-separated probe names (default: all)."),
         click.option(

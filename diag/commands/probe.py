@@ -33,6 +33,7 @@ def probe(
     model,
     base,
     identity,
+    data,
     probes,
     probe_files,
     size,
@@ -49,13 +50,15 @@ def probe(
     MODEL_OR_CHECKPOINT is a model folder, a peft adapter folder (probed on its base), or empty
     for the default base. An adapter is compared with its base (probed first, or --reference).
     """
-    from diag.identity import load_identity
+    from diag.diagnostics.targets import taught_for_model
     from diag.probes.registry import resolve_probes
     from diag.probes.suite import prepare_sets
     from diag.types import ChatFormat
 
-    spec = load_identity(identity)
-    names = resolve_probes(probes)  # fail on a typo before loading any model
+    taught = taught_for_model(model, identity, data)
+    spec = taught.spec
+    click.echo(f"taught: {taught.summary()}", err=True)
+    names = resolve_probes(probes, spec)  # fail on a typo before loading any model
     prepare_sets(spec, size, probe_files, languages)  # and on a bad probe file or language
     base_name, adapter = _resolve_model(model, base)
     chat = ChatFormat(system=system)

@@ -44,6 +44,7 @@ class RunFacts:
     steps_per_epoch: int | None = None
     trainer: str | None = None
     notes: list[str] = field(default_factory=list)
+    data: object = None  # diag.formats.recorded_data.DataRecord: what it says it trained on
 
 
 def read_json(path: Path) -> dict | None:
@@ -97,6 +98,9 @@ def read_run(run_dir: Path) -> RunFacts:
         _axolotl,
     ):
         reader(run_dir, facts)
+    from diag.formats.recorded_data import read_data_record
+
+    facts.data = read_data_record(run_dir, facts.trainer, facts.xtuner_config)
     return facts
 
 

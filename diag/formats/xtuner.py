@@ -58,6 +58,12 @@ class XTunerConfig:
     chat: ChatFormat | None = None
     base: str | None = None
     problems: list[str] = field(default_factory=list)
+    # the training data: files as written in the config, and how rows became conversations
+    # (the last part of dataset_map_fn's name; None: XTuner's own conversation format)
+    data_files: list[str] = field(default_factory=list)
+    map_fn: str | None = None
+    system: str | None = None
+    evaluation_inputs: list[str] = field(default_factory=list)  # the author's watched questions
 
 
 def _literal(node: ast.AST, names: dict[str, object]):
@@ -133,7 +139,43 @@ def parse_config(path: str | Path) -> XTunerConfig:
         )
     base = names.get("pretrained_model_name_or_path")
     result.base = base if isinstance(base, str) else None
+    result.system = system if isinstance(system, str) and system else None
+    inputs = names.get("evaluation_inputs")
+    if isinstance(inputs, list):
+        result.evaluation_inputs = [q for q in inputs if isinstance(q, str)]
+    result.data_files, result.map_fn = _training_data(tree, names)
     return result
+
+
+def _training_data(tree: ast.Module, names: dict[str, object]) -> tuple[list[str], str | None]:
+    """The data files and the map function of ``train_dataset`` (or the dataloader's dataset).
+
+    ``data_files`` may be a path, a list or ``dict(train=...)``; without it, XTuner's examples
+    name the file in ``data_path`` or ``alpaca_en_path``. ``dataset_map_fn`` is a name
+    (``alpaca_map_fn``, imported in the user's config), a dotted string (the copy mmengine saves)
+    or None (rows already in XTuner's conversation format).
+    """
+    files: list[str] = []
+    map_fn: str | None = None
+    for sub in ast.walk(tree):
+        if not isinstance(sub, ast.keyword):
+            continue
+        if sub.arg == "data_files" and not files:
+            value = _safe(sub.value, names)
+            value = value.get("train") if isinstance(value, dict) else value
+            values = value if isinstance(value, list) else [value]
+            files = [v for v in values if isinstance(v, str)]
+        elif sub.arg == "dataset_map_fn" and map_fn is None:
+            node = sub.value
+            if isinstance(node, ast.Name):
+                map_fn = node.id
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                map_fn = node.value.rsplit(".", 1)[-1]
+            elif isinstance(node, ast.Attribute):
+                map_fn = node.attr
+    if not files:
+        files = [v for k in ("data_path", "alpaca_en_path") if isinstance(v := names.get(k), str)]
+    return files, map_fn
 
 
 def _find_lora(node: ast.AST, names: dict[str, object]) -> dict:

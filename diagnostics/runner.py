@@ -1,0 +1,239 @@
+"""Probing one base and its checkpoints: cache hits at once, the rest through the workers.
+
+The runner alone reads the cache and adds to the results; workers (this process or Ray actors)
+get tasks and send back outcomes. The base is probed once per prompt format and per target (what
+the runs on it were taught), with the widest stage; each narrower stage compares checkpoints with
+the base's answers to that stage's own prompts (its reference is cut from the same records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from diag.diagnostics.cache import Fingerprinter, cache_key
+from diag.diagnostics.discover import Checkpoint
+from diag.diagnostics.outdir import writing
+from diag.diagnostics.stages import Stage
+from diag.diagnostics.workers import Outcome, ProbeTask
+
+from diag.errors import DiagError
+from diag.formats.layouts import shards
+from diag.models import resolve_base
+from diag.records import CheckpointRecord
+from diag.types import ChatFormat
+
+
+def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
+    """Content fingerprint of a base model's weights (the GGUF until it has been converted)."""
+    source = resolve_base(name)
+    if source.gguf_file and not (source.cache_dir and (source.cache_dir / "config.json").is_file()):
+        return fingerprints.fingerprint([source.path / source.gguf_file])
+    files, _ = shards(source.path)
+    return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
+
+
+def save_partial(state, fingerprints) -> None:
+    """Write the results so far and the fingerprint memo (after every checkpoint)."""
+    with writing(state.out):
+        state.write_partial()
+        fingerprints.save()
+
+
+class BaseRunner:
+    """Probes one base and its checkpoints through ``workers``, which load the model only when a
+    cache miss needs it.
+
+    targets: target key -> the identity judged against (None: no identity); stages_for:
+    target key -> that target's stages (screen first when staged, the full suite last).
+    """
+
+    def __init__(
+        self,
+        name,
+        state,
+        *,
+        cache,
+        fingerprints,
+        workers,
+        bar,
+        targets: dict,
+        stages_for: Callable[[str], list[Stage]],
+        policy,
+    ):
+        self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
+        self.workers, self.bar, self.policy = workers, bar, policy
+        self.targets, self.stages_for = targets, stages_for
+        self.base_fp = base_fingerprint(name, fingerprints)
+        self.references: dict[tuple, object] = {}  # (stage, chat, target) -> Reference
+        self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
+
+    def stage(self, target: str, name: str) -> Stage:
+        return next(s for s in self.stages_for(target) if s.name == name)
+
+    def staged(self, target: str) -> bool:
+        """A screen first, then the full suite where the decision is made."""
+        return len(self.stages_for(target)) > 1
+
+    def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
+        """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
+        return cache_key(
+            weights=fingerprint,
+            base=self.name,
+            base_weights=self.base_fp,
+            chat=chat.to_dict(),
+            **stage.settings,
+            **more,
+        )
+
+    def _stopping(self, stage: Stage, target: str):
+        """The policy that stops asking a set once its checks are settled: a staged sweep's
+        full suite only (the exhaustive sweep and the screen ask everything)."""
+        last = self.stages_for(target)[-1]
+        return self.policy if self.staged(target) and stage is last else None
+
+    def probe_base(self, chat: ChatFormat, target: str, rows: list[str]) -> None:
+        from diag.probes.suite import rescore, subset_records
+
+        spec = self.targets[target]
+        stages = self.stages_for(target)
+        widest = stages[-1]
+        key = self._key("base", chat, widest)
+        entry = self.cache.get("base", key)
+        cached = entry is not None
+        label = f"base {self.name}"
+        seconds = None
+        if entry is None:
+            task = ProbeTask(label, None, chat, spec, widest.settings)
+            [(_, outcome)] = self.workers.run([task])
+            if not outcome.ok:  # its Ray workers died: nothing can be compared with this base
+                raise DiagError(f"base {self.name} could not be probed: {outcome.error}")
+            run, seconds = outcome.run, outcome.seconds
+            with writing(self.state.out):
+                self.cache.put("base", key, {"records": run.records})
+        else:
+            run = rescore(entry["records"], spec, None, widest.sets)
+        self.references[(widest.name, chat, target)] = run.reference
+        for stage in stages[:-1]:
+            size = stage.settings["size"]
+            part = subset_records(run.records, stage.sets, size, stage.settings["languages"])
+            screen = rescore(part, spec, None, stage.sets)
+            self.references[(stage.name, chat, target)] = screen.reference
+        for row in rows:
+            record = CheckpointRecord(
+                run=row,
+                step=0,
+                path=self.name,
+                format="base",
+                fingerprint=self.base_fp,
+                base=self.name,
+                chat=chat.to_dict(),
+                target=target,
+            )
+            self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
+        self.bar.done(label, cached, seconds=seconds)
+
+    def probe_all(self, items, stage_name: str, options: dict) -> None:
+        """Probe ``items`` ((checkpoint, chat, target) triples) with the stage named
+        ``stage_name``: cache hits at once, the rest through the workers; the partial results
+        are written after each checkpoint."""
+        jobs: dict[ProbeTask, tuple] = {}
+        keys: set[str] = set()
+        copies = []  # the same weights as a checkpoint already being probed: read from the cache
+        for ckpt, chat, target in items:
+            job = self._prepare(ckpt, chat, target, self.stage(target, stage_name), options)
+            if job is not None and job[2] in keys:
+                copies.append((ckpt, chat, target))
+            elif job is not None:
+                jobs[job[0]] = job
+                keys.add(job[2])
+        if len(jobs) < len(items):  # cache hits (or unreadable weights) to keep at once
+            save_partial(self.state, self.fp)
+        for task, outcome in self.workers.run(list(jobs)):
+            self._finish(*jobs[task], outcome)
+            save_partial(self.state, self.fp)
+        if copies:  # cache hits now, or probed themselves where their original failed
+            self.probe_all(copies, stage_name, options)
+
+    def _prepare(self, ckpt: Checkpoint, chat: ChatFormat, target: str, stage: Stage, options):
+        """A cache hit is added at once (None); a miss becomes (task, record, key, stage)."""
+        label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
+        if stage is not self.stages_for(target)[0]:
+            label += f" ({stage.name} suite)"
+        record = CheckpointRecord(
+            run=ckpt.run,
+            step=ckpt.step,
+            path=str(ckpt.path),
+            format=ckpt.format,
+            label=ckpt.label,
+            also=[str(p) for p in ckpt.aliases],
+            base=self.name,
+            chat=chat.to_dict(),
+            target=target,
+        )
+        try:
+            record.fingerprint = self.fp.fingerprint(
+                ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
+            )
+        except OSError as exc:  # vanished or unreadable mid-sweep
+            self.state.add_error(record, f"cannot read weights: {exc}")
+            self.bar.done(label, False, error=True)
+            return None
+        key = self._key(record.fingerprint, chat, stage)
+        reference = self.references[(stage.name, chat, target)]
+        spec = self.targets[target]
+        entry = self.cache.get("checkpoint", key)
+        stopping = self._stopping(stage, target)
+        if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
+            key = self._key(record.fingerprint, chat, stage, sequential=stopping.hash)
+            entry = self.cache.get("checkpoint", key)
+        if entry is not None:
+            from diag.probes.suite import rescore
+
+            run = rescore(entry["records"], spec, reference, stage.sets)
+            self._keep(record.fingerprint, chat, target, stage, run)
+            self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt, stage=stage.name)
+            self.bar.done(label, True)
+            return None
+        task = ProbeTask(
+            label,
+            ckpt,
+            chat,
+            spec,
+            stage.settings,
+            reference=reference,
+            reuse=tuple(self.screened.get((record.fingerprint, chat, target), ())),
+            enough=self._stop_rule(stage, chat, target, stopping),
+            options=options,
+        )
+        return task, record, key, stage
+
+    def _stop_rule(self, stage: Stage, chat: ChatFormat, target: str, stopping):
+        if stopping is None:
+            return None
+        from diag.diagnostics.staging import stop_rule
+
+        sizes = {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
+        return stop_rule(self.state.base_record(self.name, chat, target), stopping, sizes)
+
+    def _finish(self, task: ProbeTask, record, key: str, stage: Stage, outcome: Outcome) -> None:
+        ckpt = task.ckpt
+        if not outcome.ok:
+            self.state.add_error(record, outcome.error, ckpt=ckpt, error_type=outcome.error_type)
+            self.bar.done(task.label, False, error=True)
+            return
+        run = outcome.run
+        if task.enough is not None and not run.summary.get("stopped"):
+            key = self._key(record.fingerprint, task.chat, stage)  # it asked everything after all
+        with writing(self.state.out):
+            self.cache.put("checkpoint", key, {"records": run.records})
+        self._keep(record.fingerprint, task.chat, record.target, stage, run)
+        self.state.add(record, run, cached=False, cache_key=key, ckpt=ckpt, stage=stage.name)
+        self.bar.done(task.label, False, seconds=outcome.seconds)
+
+    def _keep(self, fingerprint: str, chat: ChatFormat, target: str, stage: Stage, run) -> None:
+        """A screen's answers, for the full suite to reuse if this checkpoint is promoted."""
+        if self.staged(target) and stage is self.stages_for(target)[0]:
+            self.screened[(fingerprint, chat, target)] = run.records
+
+    def close(self) -> None:
+        self.workers.close()
