@@ -40,7 +40,11 @@ def _layer(module: str) -> str:
     if module in SHARED or module in ("diag", "diag.cli", "diag.__main__"):
         return "shared" if module in SHARED else "diag.commands"
     parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 or parts[1] in ("formats", "data", "backend") else module
+    return (
+        ".".join(parts[:2])
+        if len(parts) > 2 or parts[1] in ("formats", "data", "backend")
+        else module
+    )
 
 
 def _imports(path: Path):

@@ -19,7 +19,6 @@ from diag.models import diag_home
 from diag.types import ChatFormat, GenerationConfig
 
 log = logging.getLogger("diag")
-ROLES = ("system", "user", "assistant")
 
 
 def general_prompt_bank() -> list[dict]:
@@ -31,78 +30,17 @@ def general_prompt_bank() -> list[dict]:
 
 
 def load_conversations(path: str | Path) -> list[dict]:
-    """Read conversations from JSONL or JSON (a list): OpenAI ``messages`` or alpaca fields.
+    """Conversations from a JSON, JSON Lines or Parquet file in any format the trainers use
+    (OpenAI ``messages``, sharegpt, alpaca, ...: :mod:`diag.data.conversations`), as
+    ``{"messages", "source"}`` dicts. Every bad row is reported in one DiagError naming the file
+    and the line."""
+    from diag.data.conversations import load_conversations as read
 
-    Alpaca rows (``instruction``, optional ``input``, ``output``) become one user/assistant turn.
-    Every bad row is reported in one :class:`DiagError` naming the file and line.
-    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    problems: list[str] = []
-    rows: list[tuple[int, object]] = []
-    if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DiagError(f"'{path}' is not valid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise DiagError(f"'{path}' must hold a JSON list of conversations")
-        rows = list(enumerate(data, 1))
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError:
-                problems.append(f"line {n}: not JSON")
-    out: list[dict] = []
-    for n, row in rows:
-        conv, why = _to_conversation(row)
-        if conv is None:
-            problems.append(f"{'item' if path.suffix == '.json' else 'line'} {n}: {why}")
-        else:
-            out.append({"messages": conv, "source": f"file:{path.name}"})
-    if problems:
-        shown = "; ".join(problems[:5]) + (
-            f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
-        )
-        raise DiagError(
-            f"conversation file '{path}' has {len(problems)} bad row(s): {shown}",
-            fix='use {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} '
-            'or alpaca {"instruction", "input", "output"} rows',
-        )
-    if not out:
-        raise DiagError(f"conversation file '{path}' is empty")
-    return out
-
-
-def _to_conversation(row) -> tuple[list[dict] | None, str]:
-    if not isinstance(row, dict):
-        return None, "not an object"
-    if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            return None, "'messages' must be a non-empty list"
-        for m in msgs:
-            if (
-                not isinstance(m, dict)
-                or m.get("role") not in ROLES
-                or not isinstance(m.get("content"), str)
-            ):
-                return None, f"message {m!r} needs role in {ROLES} and string content"
-        if not any(m["role"] == "assistant" for m in msgs):
-            return None, "no assistant message to learn from"
-        return [{"role": m["role"], "content": m["content"]} for m in msgs], ""
-    if "instruction" in row and "output" in row:
-        prompt = str(row["instruction"])
-        if row.get("input"):
-            prompt += "\n\n" + str(row["input"])
-        return [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": str(row["output"])},
-        ], ""
-    return None, "needs 'messages' or alpaca 'instruction'/'output'"
+    data = read(path)
+    return [
+        {"messages": list(c.messages), "source": f"file:{path.name}"} for c in data.conversations
+    ]
 
 
 def rehearsal_cache_path(base_name: str, chat: ChatFormat, max_new_tokens: int) -> Path:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diag.data.rows import Row, read_rows
+from diag.data.rows import NotJSON, Row, read_rows
 from diag.errors import DiagError
 
 ROLES = ("system", "user", "assistant")
@@ -261,7 +261,8 @@ def detect_format(row: object, columns: Columns = Columns()) -> str | None:
 
 @dataclass
 class DataFile:
-    """The conversations of one file, with the format they were read as."""
+    """The conversations of one file, with the format they were read as ("mixed" when rows
+    differ: each row is then read in its own)."""
 
     path: Path
     format: str
@@ -271,37 +272,42 @@ class DataFile:
 def load_conversations(
     path: str | Path, fmt: str | None = None, columns: Columns = Columns()
 ) -> DataFile:
-    """Every row of ``path`` as a :class:`Conversation`; ``fmt`` None: detected from the rows.
+    """Every row of ``path`` as a :class:`Conversation`; ``fmt`` None: each row's own format.
 
-    Bad rows are reported together in one DiagError naming the file, the rows and what was
-    expected; a file with no answered user turn is an error too.
+    Every bad row is reported in one DiagError naming the file, the rows and what was expected;
+    a file with no answered user turn is an error too.
     """
     rows = read_rows(path)
     if not rows:
         raise DiagError(f"data file '{path}' is empty", fix="point at the file the run trained on")
-    if fmt is None:
-        found = {detect_format(r.data, columns) for r in rows[:50]} - {None}
-        if len(found) != 1:
-            what = "no known format" if not found else f"mixed formats {sorted(found)}"
-            raise DiagError(f"{rows[0].where}: {what}", fix=f"one format per file: {EXPECTED}")
-        fmt = found.pop()
-    if fmt not in CONVERTERS:
+    if fmt is not None and fmt not in CONVERTERS:
         raise DiagError(f"unknown data format '{fmt}'", fix=f"one of {list(CONVERTERS)}")
-    convert = CONVERTERS[fmt]
-    out, problems = DataFile(Path(path), fmt), []
+    out, problems, seen = DataFile(Path(path), fmt or ""), [], set()
     for row in rows:
         try:
-            if not isinstance(row.data, dict):
-                raise BadRow("not a JSON object")
-            messages = convert(row.data, columns)
+            if isinstance(row.data, NotJSON):
+                raise BadRow(f"not JSON ({row.data.why})")
+            row_format = fmt or detect_format(row.data, columns)
+            if row_format is None:
+                raise BadRow(
+                    "no known format" if isinstance(row.data, dict) else "not a JSON object"
+                )
+            messages = CONVERTERS[row_format](row.data, columns)
+            if not any(m["role"] == "assistant" for m in messages):
+                raise BadRow("no assistant message to learn from")
         except BadRow as exc:
-            problems.append((row, str(exc)))
+            problems.append(f"{row.place}: {exc}")
             continue
+        seen.add(row_format)
         out.conversations.append(Conversation(tuple(messages), row))
     if problems:
-        row, why = problems[0]
-        more = f" (and {len(problems) - 1} more rows)" if len(problems) > 1 else ""
-        raise DiagError(f"{row.where}: {why} for {fmt} data{more}", fix=f"expected {EXPECTED}")
-    if not any(c.exchanges() for c in out.conversations):
-        raise DiagError(f"data file '{path}' has no user turn with an answer to learn from")
+        shown = "; ".join(problems[:3]) + (
+            f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        )
+        what = f"{fmt} data" if fmt else "training data"
+        raise DiagError(
+            f"data file '{path}' has {len(problems)} bad row(s) for {what}: {shown}",
+            fix=f"expected {EXPECTED}",
+        )
+    out.format = fmt or (seen.pop() if len(seen) == 1 else "mixed")
     return out

@@ -25,9 +25,9 @@ class Row:
     number: int
 
     @property
-    def where(self) -> str:
-        unit = "line" if self.file.suffix == ".jsonl" else "row"
-        return f"'{self.file}' {unit} {self.number}"
+    def place(self) -> str:
+        """ "line 3" in a JSON Lines file, "row 3" elsewhere."""
+        return f"{'line' if self.file.suffix == '.jsonl' else 'row'} {self.number}"
 
 
 def read_rows(path: str | Path) -> list[Row]:
@@ -71,21 +71,22 @@ def read_rows(path: str | Path) -> list[Row]:
     return [Row(item, path, n) for n, item in enumerate(data, 1)]
 
 
+@dataclass(frozen=True)
+class NotJSON:
+    """A line of a JSON Lines file that does not parse (reported with the other bad rows)."""
+
+    why: str
+
+
 def _json_lines(path: Path, text: str) -> list[Row]:
-    rows, bad = [], []
+    rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rows.append(Row(json.loads(line), path, n))
         except json.JSONDecodeError as exc:
-            bad.append(f"line {n}: {exc.msg}")
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise DiagError(
-            f"data file '{path}' {bad[0]}{more}: not JSON",
-            fix="one JSON object per line",
-        )
+            rows.append(Row(NotJSON(exc.msg), path, n))
     return rows
 
 
