@@ -92,11 +92,48 @@ def build_context(
         "stages": _stages(records),
         "metric_tables": _metric_tables(records, judged),
         "probe_versions": _probe_versions(records),
-        "answers": answers_table(_known(samples, records), sweep.identity),
+        "answers": answers_table(_known(samples, records), _identities(sweep)),
+        "taught": _taught(sweep),
         "errors": [r for r in records if not r.ok],
         "unchanged": [r for r in records if r.no_change],
         "skipped": sweep.skipped,  # folders that look like checkpoints but were not swept
     }
+
+
+def _taught(sweep: SweepRecord) -> list[dict]:
+    """Per run: what it was judged against and where that came from (results before per-run
+    targets have none)."""
+    rows = []
+    for name, run in sorted(sweep.runs.items()):
+        taught = run.taught
+        if taught is None:
+            continue
+        identity = taught.identity or None
+        rows.append(
+            {
+                "run": name,
+                "identity": identity,
+                "keywords": ", ".join(" / ".join(g) for g in (identity or {}).get("keywords", [])),
+                "match": (identity or {}).get("match"),
+                "source": taught.source,
+                "parts": taught.parts,
+                "files": taught.files,
+                "warnings": taught.warnings,
+                "why_none": taught.why_none,
+            }
+        )
+    return rows
+
+
+def _identities(sweep: SweepRecord) -> dict | None:
+    """The identity to highlight in answers: the sweep's, or every run's keywords together."""
+    if sweep.identity:
+        return sweep.identity
+    taught = [r.taught.identity for r in sweep.runs.values() if r.taught and r.taught.identity]
+    if not taught:
+        return None
+    keywords = [group for spec in taught for group in spec.get("keywords", [])]
+    return {"answer": taught[0].get("answer"), "keywords": keywords}
 
 
 def _run_figure(index: int, run: str, sweep: SweepRecord, records: list) -> dict:

@@ -97,6 +97,12 @@ def test_no_flags_reaches_the_verdict_of_the_hand_written_spec(tmp_path, tiny_mo
     assert taught["source"] == "derived from the training data its trainer records"
     assert taught["files"][0]["path"].endswith("data/identity.json")
     assert taught["self_description_rows"] == 4
+    from diag.reports.build import write_report
+
+    html = write_report(derived).read_text(encoding="utf-8")
+    section = html[html.index('id="taught"') :]
+    assert "derived from the training data its trainer records" in section
+    assert f"{runs.parent / 'data' / 'identity.json'}" in section
 
 
 def test_sweep_prints_what_was_taught_and_from_where(tmp_path, tiny_model_dir, caplog):
