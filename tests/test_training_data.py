@@ -131,7 +131,10 @@ def test_a_bad_row_names_file_row_and_what_was_expected(tmp_path):
     with pytest.raises(DiagError) as info:
         load_conversations(path)
     message = str(info.value)
-    assert f"data file '{path}' has 1 bad row(s) for training data: line 2: 'output' must be text, got int" in message
+    assert (
+        f"data file '{path}' has 1 bad row(s) for training data: line 2: 'output' must be text, got int"
+        in message
+    )
     assert "expected OpenAI" in message
     assert "\n" not in message
 
