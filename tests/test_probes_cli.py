@@ -21,6 +21,8 @@ def test_probe_a_model_folder_writes_records_samples_summary(tiny_model_dir, tmp
         [
             "probe",
             str(tiny_model_dir),
+            "--identity",
+            "en",
             "--size",
             "quick",
             "--max-new-tokens",
@@ -41,6 +43,16 @@ def test_probe_a_model_folder_writes_records_samples_summary(tiny_model_dir, tmp
     probes = {s["probe"] for s in _read_jsonl(out / "samples.jsonl")}
     assert probes >= {"identity_recall", "near_miss", "general_accuracy", "parrot"}
     assert "general_accuracy" in result.output  # the table
+
+
+def test_probe_without_identity_leaves_identity_probes_out(tiny_model_dir, tmp_path):
+    """Nothing says what the model was taught: no example identity is assumed."""
+    args = ["probe", str(tiny_model_dir), "--size", "quick", "--max-new-tokens", "4"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "what the model was taught is unknown: identity probes left out" in result.output
+    probes = {s["probe"] for s in _read_jsonl(tmp_path / "samples.jsonl")}
+    assert "identity_recall" not in probes and "general_accuracy" in probes
 
 
 def test_probe_an_adapter_reads_it_against_its_base(tiny_adapters, tmp_path):
