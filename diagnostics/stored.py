@@ -65,7 +65,15 @@ def scores_frame(data: SweepRecord | dict):
     """The long-format scores as a pandas DataFrame (columns: :data:`SCORE_COLUMNS`)."""
     import pandas as pd
 
-    return pd.DataFrame(score_rows(data), columns=SCORE_COLUMNS)
+    rows = score_rows(data)
+    columns = {}
+    for name in SCORE_COLUMNS:
+        values = [row.get(name) for row in rows]
+        # text stays Python str: pandas' Arrow strings refuse a run name with undecodable bytes
+        # (kept as surrogate escapes), which every other file diag writes shows literally
+        text = any(isinstance(v, str) for v in values)
+        columns[name] = pd.Series(values, dtype=object if text else None)
+    return pd.DataFrame(columns, columns=SCORE_COLUMNS)
 
 
 @dataclass
