@@ -390,7 +390,9 @@ def test_unwritable_out_and_strict_gate_json(tiny_model_dir, tiny_adapters, tmp_
     settle(root)
     runner = CliRunner()
     # procfs refuses new folders even to root: the check runs before any model is loaded
-    got = runner.invoke(cli, ["sweep", str(root), "--out", "/proc/diag-results"])
+    got = runner.invoke(
+        cli, ["sweep", str(root), "--identity", "en", "--out", "/proc/diag-results"]
+    )
     assert got.exit_code == 2 and "cannot write results to '/proc/diag-results'" in got.output
     out = tmp_path / "out"
     _sweep(root, tiny_model_dir, out)
