@@ -218,13 +218,17 @@ def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> No
     by_key = {(str(c.run), c.step, str(c.path)): (c, chat) for c, chat in items}
     first = sorted(k for k in forced if k in by_key)
     while True:
-        promoted = [key(r) for r in to_promote(state.record(False), policy)]
+        named = to_promote(state.record(False), policy)
+        promoted = [key(r) for r in named if r.screened_only]
+        again = [by_key[key(r)] for r in named if not r.screened_only and key(r) in by_key]
         wanted = [by_key[k] for k in dict.fromkeys(first + promoted) if k in by_key]
         first = []
-        if not wanted:
+        if not wanted and not again:
             return
-        bar.add(len(wanted), f"full suite for {len(wanted)} checkpoint(s) the decision rests on")
+        count = len(wanted) + len(again)
+        bar.add(count, f"full suite for {count} checkpoint(s) the decision rests on")
         runner.probe_all(wanted, full, options)
+        runner.probe_all(again, full, options, exhaustive=True)  # stopped early; asked everything
 
 
 def _save_partial(state, fingerprints) -> None:
@@ -407,14 +411,15 @@ class _BaseRunner:
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached, seconds=seconds)
 
-    def probe_all(self, items, stage: Stage, options: dict) -> None:
+    def probe_all(self, items, stage: Stage, options: dict, exhaustive: bool = False) -> None:
         """Probe ``items`` ((checkpoint, chat) pairs) with ``stage``: cache hits at once, the rest
-        through the workers; the partial results are written after each checkpoint."""
+        through the workers; the partial results are written after each checkpoint.
+        ``exhaustive``: ask every prompt, even where the stage would stop early."""
         jobs: dict[ProbeTask, tuple] = {}
         keys: set[str] = set()
         copies = []  # the same weights as a checkpoint already being probed: read from the cache
         for ckpt, chat in items:
-            job = self._prepare(ckpt, chat, stage, options)
+            job = self._prepare(ckpt, chat, stage, options, exhaustive)
             if job is not None and job[2] in keys:
                 copies.append((ckpt, chat))
             elif job is not None:
@@ -426,9 +431,11 @@ class _BaseRunner:
             self._finish(*jobs[task], outcome)
             _save_partial(self.state, self.fp)
         if copies:  # cache hits now, or probed themselves where their original failed
-            self.probe_all(copies, stage, options)
+            self.probe_all(copies, stage, options, exhaustive)
 
-    def _prepare(self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, options: dict):
+    def _prepare(
+        self, ckpt: Checkpoint, chat: ChatFormat, stage: Stage, options: dict, exhaustive=False
+    ):
         """A cache hit is added at once (None); a miss becomes (task, record, key, stage)."""
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages[0]:
@@ -454,7 +461,7 @@ class _BaseRunner:
         key = self._key(record.fingerprint, chat, stage)
         reference = self.references[(stage.name, chat)]
         entry = self.cache.get("checkpoint", key)
-        stopping = self._stopping(stage)
+        stopping = None if exhaustive else self._stopping(stage)
         if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
             key = self._key(record.fingerprint, chat, stage, sequential=stopping.hash)
             entry = self.cache.get("checkpoint", key)
