@@ -4,14 +4,19 @@ distance from its limit in that check's own statistic, never by counting failed 
 
 from __future__ import annotations
 
+import json
 import random
+import xml.etree.ElementTree as ET
 
 import pytest
+from click.testing import CliRunner
 from diag.diagnostics.distance import shortfall
 from diag.diagnostics.policy import Policy, evaluate_checkpoint
 from diag.diagnostics.recommend import recommend
-from synthetic_sweep import ckpt, sweep
+from markupsafe import escape
+from synthetic_sweep import ckpt, samples, sweep
 
+from diag.cli import cli
 from diag.records import CheckpointRecord
 from diag.stats import wilson_interval
 
@@ -244,3 +249,51 @@ def test_adding_checkpoints_between_never_reorders_the_existing_ones():
     # the new save at 50 is nearer
     assert recommend(sweep(*nova(steps=(20, 40, 60, 80))))["nearest_miss"]["step"] == 40
     assert recommend(sweep(*nova()))["nearest_miss"]["step"] == 50
+
+
+def _write(tmp_path, results: dict):
+    from test_gate import write_sweep
+
+    return write_sweep(tmp_path, results)
+
+
+def test_the_same_headline_reaches_the_gate_junit_summary_and_report(tmp_path):
+    from diag.reports.html import render_report
+
+    results = sweep(*nova())
+    verdict = recommend(results)["verdict"]
+    out = _write(tmp_path, json.loads(json.dumps(results)))
+    junit, summary = tmp_path / "gate.xml", tmp_path / "summary.md"
+    gate = CliRunner().invoke(
+        cli, ["gate", str(out), "--junit", str(junit), "--summary", str(summary)],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert gate.exit_code == 1
+    assert f"FAIL: {verdict}" in gate.output
+    case = next(c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "gate")
+    assert case.find("failure").get("message") == verdict
+    assert summary.read_text().startswith(f"## ❌ diag gate: FAIL: {verdict}\n")
+    results["recommendation"] = recommend(results)
+    html = render_report(results, samples(results), tmp_path / "r.html").read_text()
+    assert str(escape(verdict)) in html
+
+
+def test_results_recommended_under_an_older_rule_are_judged_again(tmp_path):
+    results = sweep(*seed_case())
+    old = recommend(results)
+    old.update(
+        rule="eligible = every blocking check passes; ...",  # an older diag's rule
+        verdict="no checkpoint is eligible; nearest miss run-a step 20 (identity not yet learned)",
+        nearest_miss={"run": "run-a", "step": 20, "path": "runs/run-a/checkpoint-20"},
+    )
+    results["recommendation"] = old
+    out = _write(tmp_path, results)
+    gate = CliRunner().invoke(cli, ["gate", str(out)], env={"COLUMNS": "200"})
+    assert "nearest miss run-a step 20" not in gate.output
+    assert "FAIL: no checkpoint is eligible: the identity was learned between steps 40 and 60" in (
+        gate.output
+    )
+    report = CliRunner().invoke(cli, ["report", str(out)], env={"COLUMNS": "200"})
+    assert report.exit_code == 0, report.output
+    assert "nearest miss run-a step 20" not in report.output
+    assert "none is worth considering" in report.output
