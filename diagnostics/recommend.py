@@ -64,9 +64,14 @@ def rejudged(sweep, policy_file=None, overrides=None):
 
     from diag.diagnostics.policy import load_policy
 
+    from diag.errors import DiagError
+
     stored = sweep.data.get("recommendation") or {}
     if policy_file is None and not overrides:
-        policy = load_policy(None, stored.get("policy") or {})  # the one it was made with
+        try:
+            policy = load_policy(None, stored.get("policy") or {})  # the one it was made with
+        except DiagError:  # a policy this diag cannot read back: keep what was stored
+            return sweep
         if "checks" in stored and stored.get("rule") == rule(policy):
             return sweep
     else:

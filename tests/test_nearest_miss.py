@@ -297,3 +297,15 @@ def test_results_recommended_under_an_older_rule_are_judged_again(tmp_path):
     assert report.exit_code == 0, report.output
     assert "nearest miss run-a step 20" not in report.output
     assert "none is worth considering" in report.output
+
+
+def test_a_stored_policy_this_diag_cannot_read_back_keeps_the_stored_recommendation(tmp_path):
+    from diag.diagnostics.recommend import rejudged
+    from diag.diagnostics.stored import load_sweep
+
+    results = sweep(*seed_case())
+    stored = recommend(results)
+    stored.update(rule="an older rule", policy={**stored["policy"], "a_retired_key": 1})
+    results["recommendation"] = stored
+    out = _write(tmp_path, results)
+    assert rejudged(load_sweep(out)).data["recommendation"]["rule"] == "an older rule"
