@@ -144,6 +144,14 @@ def with_symptom(*symptoms: str) -> tuple[str, ...]:
     return tuple(name for name, m in METRICS.items() if m.symptom in symptoms)
 
 
+def taught() -> tuple[str, ...]:
+    """The metrics that measure what training taught: a failed check on one means "not learned
+    yet". Identity recall today; a task score joins by declaring ``symptom="not learned"``. When
+    nothing is eligible, the nearest miss is chosen among checkpoints that made progress on these
+    (``diag.diagnostics.distance``)."""
+    return with_symptom("not learned")
+
+
 def markdown_table() -> str:
     """The metric list of ``docs/probes.md`` (a test keeps the two equal)."""
     lines = [

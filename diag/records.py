@@ -300,6 +300,12 @@ class NearestMiss(Record):
     path: str | None = record_field(None, "its path")
     failed: list[str] = record_field(doc="the blocking checks it failed", factory=list)
     details: list[str] = record_field(doc="their sentences", factory=list)
+    distance: float | None = record_field(
+        None,
+        "how far from eligible: each failed blocking check's shortfall (0 at its limit, 1 at "
+        "its worst), summed; the nearest miss has the smallest (docs/policy.md)",
+        "none",
+    )
 
 
 @dataclass

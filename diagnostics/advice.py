@@ -9,12 +9,14 @@ it, and the command that re-trains just the window.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 # checks whose failure means the model got worse than its base (collapse), not "not learned yet"
 from diag.diagnostics.onset import COLLAPSE_CHECKS
 from diag.diagnostics.policy import Check, keyword_progress, pct
 
+from diag.metrics import taught
 from diag.records import RunRecord
 
 SAVES_IN_WINDOW = 10  # how many saves to ask for between the last unlearned and the collapse
@@ -25,7 +27,24 @@ def _fails(checks: list[Check], names) -> list[str]:
 
 
 def _learned(checks: list[Check]) -> bool:
-    return any(c.name == "identity_recall" and c.passed for c in checks)
+    """Every taught check (identity recall; a task score) passes."""
+    mine = [c for c in checks if c.name in taught()]
+    return bool(mine) and all(c.passed for c in mine)
+
+
+@dataclass(frozen=True)
+class NextSteps:
+    """Where a run stands (``window``: between which saves learning and collapse happened, or how
+    far it learned) and what to do, first things first. ``steps()`` is the list users read."""
+
+    window: str | None = None
+    actions: tuple[str, ...] = ()
+    joined: bool = False  # the window and the first action read as one sentence
+
+    def steps(self) -> list[str]:
+        if self.joined and self.window and self.actions:
+            return [f"{self.window}: {self.actions[0]}", *self.actions[1:]]
+        return [s for s in (self.window, *self.actions) if s]
 
 
 def run_next_steps(
@@ -35,26 +54,39 @@ def run_next_steps(
     onset,
     policy,
     healthy: dict[str, tuple[int, RunRecord]],
-) -> list[str]:
+) -> NextSteps:
     """Next steps for one run without an eligible checkpoint; ``judged`` (the recommendation's
-    judged checkpoints: ``.record``, ``.checks``) sorted by step.
+    judged checkpoints: ``.record``, ``.checks``, ``.progress``) sorted by step, those that could
+    not be probed left out.
 
     healthy: the other runs that have an eligible pick, ``{name: (step, run record)}``: a diluted
     one among them is measured evidence for the dilution advice.
     """
     if not judged:
-        return []
+        return NextSteps()
     first = next((j for j in judged if _learned(j.checks)), None)
     if first is None:
         last = judged[-1]
         progress = keyword_progress(last.record, policy.identity_min_low)
-        return [
-            f"the identity was not learned by step {last.record.step}"
-            + (f" ({progress})" if progress else "")
-            + ": train longer, or check that the identity data reach the model"
-        ]
+        detail = f" ({progress})" if progress else ""
+        step = last.record.step
+        if not any(j.progress > 0 for j in judged):
+            return NextSteps(
+                f"nothing was learned by step {step}{detail}",
+                ("train longer, or check that the identity data reach the model",),
+                joined=True,
+            )
+        if onset is not None:  # collapsing before it learned: more saves would not help
+            return NextSteps(
+                f"the identity was only partly learned by step {step}{detail}, and collapse "
+                f"began between {onset.healthy_until} and {onset.collapsing_from}",
+                (_dilution(run, healthy),),
+            )
+        return NextSteps(
+            f"the identity was partly learned by step {step}{detail}", ("train longer",), True
+        )
     window, start, end = _learning_window(judged, first, onset)
-    return [window, _save_often(name, run, start, end), _dilution(run, healthy)]
+    return NextSteps(window, (_save_often(name, run, start, end), _dilution(run, healthy)))
 
 
 def _learning_window(judged: list, first, onset) -> tuple[str, int, int]:
@@ -127,4 +159,5 @@ def _retrain(name: str, run: RunRecord, start: int, end: int, every: int) -> str
         return " ".join(shlex.quote(a) for a in args)
     trainer = run.trainer or "your trainer"
     resume = f"resume from checkpoint-{start} and " if start else ""
-    return f"with {trainer}, {resume}save every {every} steps (save_steps={every}) up to step {end}"
+    often = "every step" if every == 1 else f"every {every} steps"
+    return f"with {trainer}, {resume}save {often} (save_steps={every}) up to step {end}"

@@ -11,20 +11,23 @@ Choice rule (also in ``docs/policy.md``), deterministic:
 3. Across runs: among the runs' picks on the overall identity plateau, the lowest drift wins
    (then highest retention, then run name, then step). Step numbers are not compared across runs:
    runs may use different schedules.
-4. Nothing eligible: say so, and name the *nearest miss*: the checkpoint with the fewest failed
-   blocking checks (then the smallest total relative shortfall), with what failed.
+4. Nothing eligible: say so, and name the *nearest miss* (``diagnostics/nearest.py``): among
+   checkpoints probed without error that made progress on what was taught and are closer to the
+   goal than the base, the one with the smallest distance from eligible (each failed blocking
+   check's shortfall in its own statistic, summed); or, when none is, say why and where the
+   window between learning and collapse lies.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
-from diag.diagnostics.advice import run_next_steps
+from diag.diagnostics import nearest
+from diag.diagnostics.advice import NextSteps, run_next_steps
+from diag.diagnostics.judged import Judged, describe, label
 from diag.diagnostics.onset import locate_onset
-from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, is_eligible, pct
+from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible, pct
 
-from diag.metrics import METRICS, with_symptom
 from diag.records import (
     CheckpointRecord,
     JudgedCheckpoint,
@@ -39,50 +42,42 @@ from diag.records import (
 RULE = (
     "eligible = every blocking check passes; per run: the earliest eligible checkpoint whose "
     "identity recall is within {tol} of the run's best eligible recall; across runs: the lowest "
-    "drift among the runs' picks on the identity plateau"
+    "drift among the runs' picks on the identity plateau; nothing eligible: the nearest miss is "
+    "the checkpoint with the smallest distance from eligible (failed blocking checks' shortfalls, "
+    "summed) among those that made progress on what was taught and are closer than the base"
 )
 _INF = float("inf")
 
 
+def rule(policy: Policy) -> str:
+    """The choice rule in words, as the recommendation stores it; a stored recommendation made
+    under another rule (an older diag) is made again when read."""
+    return RULE.format(tol=pct(policy.plateau_tolerance))
+
+
 def rejudged(sweep, policy_file=None, overrides=None):
     """``sweep`` (a stored SweepResult) with its recommendation re-made in memory when a policy
-    file or overrides are given, or when the stored one predates per-checkpoint checks; the
-    results on disk are never rewritten (the gate reads them)."""
+    file or overrides are given, or when the stored one predates per-checkpoint checks or was
+    made under another choice rule (then with the policy it stored); the results on disk are
+    never rewritten (the gate reads them)."""
     from dataclasses import replace
 
     from diag.diagnostics.policy import load_policy
 
+    from diag.errors import DiagError
+
     stored = sweep.data.get("recommendation") or {}
-    if policy_file is None and not overrides and "checks" in stored:
-        return sweep
-    data = {
-        **sweep.data,
-        "recommendation": recommend(sweep.data, load_policy(policy_file, overrides)),
-    }
+    if policy_file is None and not overrides:
+        try:
+            policy = load_policy(None, stored.get("policy") or {})  # the one it was made with
+        except DiagError:  # a policy this diag cannot read back: keep what was stored
+            return sweep
+        if "checks" in stored and stored.get("rule") == rule(policy):
+            return sweep
+    else:
+        policy = load_policy(policy_file, overrides)
+    data = {**sweep.data, "recommendation": recommend(sweep.data, policy)}
     return replace(sweep, data=data)
-
-
-@dataclass
-class Judged:
-    """One checkpoint judged by the policy against its base."""
-
-    record: CheckpointRecord
-    base: CheckpointRecord | None
-    checks: list[Check]
-    eligible: bool
-
-    @property
-    def step(self) -> int:
-        return self.record.step
-
-    def metric(self, name: str) -> float | None:
-        return self.record.metric(name)
-
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.blocking and not c.passed]
-
-    def passes(self, name: str) -> bool:
-        return any(c.name == name and c.passed for c in self.checks)
 
 
 def recommend(results: SweepRecord | dict, policy: Policy | None = None) -> dict:
@@ -103,11 +98,11 @@ def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
             by_run[str(c.run)].append(c)
     judged = _judge_all(checkpoints, by_run, policy)
     runs, picks = _run_picks(checkpoints, by_run, judged, policy)
-    _advise_runs(runs, judged, sweep.runs, policy)
+    advice = _advise_runs(runs, judged, sweep.runs, policy)
 
     best = _pick_across_runs(picks, policy)
-    miss = None if best else _nearest_miss(judged)
-    focus = (best or miss).record.run if judged else None
+    miss = None if best else nearest.nearest_miss(judged, policy)
+    focus = _focus(best or miss, judged)
     overall = runs.get(str(focus)) if focus is not None else None
     reasons = list(overall.reasons) if overall else []
     if best and len(runs) > 1:
@@ -116,18 +111,21 @@ def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
             f"best across {len(runs)} runs (per-run picks: {', '.join(others)}); lowest drift "
             "among the picks on the identity plateau"
         )
+    elif len(runs) > 1:
+        reasons.append("per run: " + "; ".join(_run_miss(r, v) for r, v in runs.items()))
     if not judged:
         reasons = ["the sweep has no fine-tuned checkpoints to judge (only the base, or nothing)"]
+    mine = [j for j in judged if str(j.record.run) == str(focus)]
     return Recommendation(
         **_where(best.record if best else None),
         reasons=reasons,
         onset_step=overall.onset_step if overall else None,
         onset=overall.onset if overall else None,
-        verdict=_verdict(best, miss, overall),
+        verdict=_verdict(best, miss, overall, mine, advice.get(str(focus))),
         next_steps=[] if best or not overall else list(overall.next_steps or []),
         eligible_count=sum(j.eligible for j in judged),
         nearest_miss=_miss_record(miss),
-        rule=RULE.format(tol=pct(policy.plateau_tolerance)),
+        rule=rule(policy),
         policy=policy.to_dict(),
         policy_hash=policy.hash,
         runs=runs,
@@ -136,6 +134,20 @@ def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
             for j in judged
         ],
     )
+
+
+def _focus(chosen: Judged | None, judged: list[Judged]):
+    """The run the headline is about: the pick's or nearest miss's; with neither, the first run
+    where something was learned (its window is the news), else the first run."""
+    if chosen is not None:
+        return chosen.record.run
+    moved = [j for j in judged if j.progress > 0]
+    return (moved or judged)[0].record.run if judged else None
+
+
+def _run_miss(run: str, pick: RunPick) -> str:
+    miss = pick.nearest_miss
+    return f"{run}: nearest miss step {miss.step}" if miss else f"{run}: no nearest miss"
 
 
 def _judge_all(checkpoints, by_run, policy: Policy) -> list[Judged]:
@@ -157,7 +169,7 @@ def _run_picks(checkpoints, by_run, judged, policy: Policy):
         mine = [j for j in judged if str(j.record.run) == run]
         pick = _pick_in_run([j for j in mine if j.eligible], policy)
         onset = locate_onset(by_run[run], find_base(checkpoints, run), policy)
-        miss = None if pick else _nearest_miss(mine)
+        miss = None if pick else nearest.nearest_miss(mine, policy)
         if pick:
             picks.append(pick)
         runs[run] = RunPick(
@@ -170,20 +182,24 @@ def _run_picks(checkpoints, by_run, judged, policy: Policy):
     return runs, picks
 
 
-def _advise_runs(runs, judged, run_facts, policy: Policy) -> None:
-    """Next steps for every run without a pick, citing the runs that have one."""
+def _advise_runs(runs, judged, run_facts, policy: Policy) -> dict[str, NextSteps]:
+    """Next steps for every run without a pick, citing the runs that have one (stored in
+    ``runs``, and returned by run for the headline)."""
     facts = {name: RunRecord.coerce(info) for name, info in (run_facts or {}).items()}
     healthy = {
         run: (info.step, facts.get(run) or RunRecord())
         for run, info in runs.items()
         if info.step is not None
     }
+    advice = {}
     for run, info in runs.items():
         if info.step is None:
-            mine = [j for j in judged if str(j.record.run) == run]
-            info.next_steps = run_next_steps(
+            mine = [j for j in judged if str(j.record.run) == run and j.record.ok]
+            advice[run] = run_next_steps(
                 run, mine, facts.get(run) or RunRecord(), info.onset, policy, healthy
             )
+            info.next_steps = advice[run].steps()
+    return advice
 
 
 def _where(record: CheckpointRecord | None) -> dict:
@@ -224,89 +240,16 @@ def _num(x: float | None, default: float = _INF) -> float:
     return default if x is None else float(x)
 
 
-def _shortfall(check: Check) -> float:
-    if check.value is None or check.threshold is None:
-        return 1.0
-    scale = max(abs(check.threshold), 1e-6)
-    if check.name in METRICS and METRICS[check.name].higher_is_better:
-        return max(0.0, check.threshold - check.value) / scale
-    return max(0.0, check.value - check.threshold) / scale
-
-
-def miss_order(j: Judged) -> tuple:
-    """How near ``j`` comes to eligible (lower is nearer): probed without error, then the fewest
-    failed blocking checks, the smallest total relative shortfall, the highest identity recall."""
-    failed = j.failed()
-    return (
-        not j.record.ok,
-        len(failed),
-        sum(_shortfall(c) for c in failed),
-        -_num(j.metric("identity_recall"), 0.0),
-        str(j.record.run),
-        j.step,
-    )
-
-
-def _nearest_miss(judged: list[Judged]) -> Judged | None:
-    """The nearest miss; in a staged sweep, one the full suite measured (the screen only picks
-    which checkpoints those are: its numbers are not compared with the full suite's)."""
-    if not judged:
-        return None
-    measured = [j for j in judged if not j.record.screened_only] or judged
-    return min(measured, key=miss_order)
-
-
 def _miss_record(miss: Judged | None) -> NearestMiss | None:
     if miss is None:
         return None
     failed = miss.failed()
     return NearestMiss(
-        **_where(miss.record), failed=[c.name for c in failed], details=[c.detail for c in failed]
+        **_where(miss.record),
+        failed=[c.name for c in failed],
+        details=[c.detail for c in failed],
+        distance=round(miss.distance, 4),
     )
-
-
-# the metrics a checkpoint's one-line description quotes, in this order
-DESCRIBED = ("identity_recall", "retention", "near_miss", "drift", "parrot_leakage", "modal_share")
-
-
-def describe(record: CheckpointRecord | dict, skip: tuple[str, ...] = ()) -> str:
-    """'identity 97% [83%–99%], retention 0.98 of base, drift 0.05, leakage 0%, modal share 3%'."""
-    record = CheckpointRecord.coerce(record)
-    parts = []
-    for name in DESCRIBED:
-        value = record.metric(name)
-        if value is None or name in skip:
-            continue
-        metric = METRICS[name]
-        text = f"{metric.short} {metric.format(value)}"
-        st = record.stat(name)
-        if metric.aggregate == "clustered_proportion" and None not in (st.low, st.high):
-            text += f" [{pct(st.low)}–{pct(st.high)}]"
-        if metric.unit == "ratio":
-            text += " of base"
-        parts.append(text)
-    return ", ".join(parts) or "no metrics"
-
-
-def diagnosis(checks: list[Check]) -> str:
-    """A one-word reading of the failed blocking checks: parrot, forgetting, not yet learned..."""
-    failed = {c.name for c in checks if c.blocking and not c.passed}
-    if not failed:
-        return "healthy"
-    if "status" in failed:
-        return "probe error"
-    if failed & set(with_symptom("parrot")):
-        return "parrot"
-    if failed & set(with_symptom("forgetting")):
-        learned = not failed & set(with_symptom("not learned"))
-        return "forgetting" if learned else "not learned and forgetting"
-    return "identity not yet learned"
-
-
-def _label(j: Judged) -> str:
-    failed = [c.name for c in j.failed()]
-    text = f"step {j.step}: {describe(j.record)}"
-    return f"{text} — {diagnosis(j.checks)} (fails {', '.join(failed)})" if failed else text
 
 
 def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
@@ -322,44 +265,27 @@ def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
             "earliest eligible checkpoint on the identity plateau "
             f"(within {pct(policy.plateau_tolerance)} of the best eligible recall)"
         )
-        before = [j for j in mine if j.step < pick.step and not j.eligible]
-        after = [j for j in mine if j.step > pick.step and not j.eligible]
+        others = [j for j in mine if not j.eligible and j.record.ok]
+        before = [j for j in others if j.step < pick.step]
+        after = [j for j in others if j.step > pick.step]
         if after:
-            reasons.append("later, " + _label(after[0]))
+            reasons.append("later, " + label(after[0]))
         if before:
-            reasons.append("earlier, " + _label(before[-1]))
+            reasons.append("earlier, " + label(before[-1]))
     elif mine:
-        learned = [j for j in mine if j.passes("identity_recall")]
-        if not learned:
-            best = max(mine, key=lambda j: _num(j.metric("identity_recall"), -1.0))
-            ident = next((c for c in best.checks if c.name == "identity_recall"), None)
-            reasons.append(
-                "no checkpoint learned the identity: best is "
-                f"step {best.step}, {ident.detail if ident else 'not measured'}"
-            )
-        else:
-            reasons.append(
-                f"no eligible checkpoint: all {len(learned)} that learned the identity fail "
-                "other checks"
-            )
-        if miss:
-            reasons.append("nearest miss: " + _label(miss))
+        reasons += nearest.reasons(mine, miss, policy)
     if onset:
         reasons.append(onset.sentence())
     return reasons
 
 
-def _verdict(best: Judged | None, miss: Judged | None, overall: RunPick | None) -> str:
+def _verdict(best, miss, overall: RunPick | None, mine: list[Judged], advice) -> str:
     if best:
         r = best.record
         text = f"recommend {r.run} step {r.step} ({r.path})"
-    elif miss:
-        r = miss.record
-        text = (
-            f"no checkpoint is eligible; nearest miss {r.run} step {r.step} "
-            f"({diagnosis(miss.checks)})"
-        )
-    else:
-        text = "no checkpoint to judge"
-    onset = overall.onset if overall else None
-    return f"{text}; {onset.sentence()}" if onset else text
+        onset = overall.onset if overall else None
+        return f"{text}; {onset.sentence()}" if onset else text
+    if not mine:
+        return "no checkpoint to judge"
+    failed = nearest.failed_records([j.record for j in mine])
+    return nearest.verdict(miss, mine, advice, failed)

@@ -132,15 +132,17 @@ class BaseRunner:
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached, seconds=seconds)
 
-    def probe_all(self, items, stage_name: str, options: dict) -> None:
+    def probe_all(self, items, stage_name: str, options: dict, exhaustive: bool = False) -> None:
         """Probe ``items`` ((checkpoint, chat, target) triples) with the stage named
         ``stage_name``: cache hits at once, the rest through the workers; the partial results
-        are written after each checkpoint."""
+        are written after each checkpoint. ``exhaustive``: ask every prompt, even where the
+        stage would stop early."""
         jobs: dict[ProbeTask, tuple] = {}
         keys: set[str] = set()
         copies = []  # the same weights as a checkpoint already being probed: read from the cache
         for ckpt, chat, target in items:
-            job = self._prepare(ckpt, chat, target, self.stage(target, stage_name), options)
+            stage = self.stage(target, stage_name)
+            job = self._prepare(ckpt, chat, target, stage, options, exhaustive)
             if job is not None and job[2] in keys:
                 copies.append((ckpt, chat, target))
             elif job is not None:
@@ -152,9 +154,11 @@ class BaseRunner:
             self._finish(*jobs[task], outcome)
             save_partial(self.state, self.fp)
         if copies:  # cache hits now, or probed themselves where their original failed
-            self.probe_all(copies, stage_name, options)
+            self.probe_all(copies, stage_name, options, exhaustive)
 
-    def _prepare(self, ckpt: Checkpoint, chat: ChatFormat, target: str, stage: Stage, options):
+    def _prepare(
+        self, ckpt: Checkpoint, chat: ChatFormat, target: str, stage: Stage, options, exhaustive
+    ):
         """A cache hit is added at once (None); a miss becomes (task, record, key, stage)."""
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages_for(target)[0]:
@@ -182,7 +186,7 @@ class BaseRunner:
         reference = self.references[(stage.name, chat, target)]
         spec = self.targets[target]
         entry = self.cache.get("checkpoint", key)
-        stopping = self._stopping(stage, target)
+        stopping = None if exhaustive else self._stopping(stage, target)
         if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
             key = self._key(record.fingerprint, chat, stage, sequential=stopping.hash)
             entry = self.cache.get("checkpoint", key)

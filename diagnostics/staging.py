@@ -17,7 +17,12 @@ repeated (the sweep measures what it names, judges again, asks again) until it n
    - in the failing tail, one whose every failed collapse check is unsettled (it could be
      healthy, which moves the onset).
 
-3. **Nothing eligible on the screen**: the screen's two nearest misses and their neighbours.
+3. **Nothing eligible**: what the nearest miss (or the headline without one) rests on: the
+   screen's two nearest contenders and their neighbours when every checkpoint is screened; a
+   screened contender that looks nearer even on the screen than the fully measured miss; the
+   window's edges (the first checkpoint that learned, and the one before); the run's last
+   checkpoint. A contender whose full suite stopped early is measured again, asking everything:
+   the nearest miss is chosen on exact numbers (``diagnostics/nearest.py``).
 
 A check is *settled* when the prompts not yet asked cannot overturn it (:func:`settled`). Only
 full-suite checkpoints can be picked in the end: a screened pick is decisive and gets measured,
@@ -29,11 +34,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from diag.diagnostics.judged import Judged
+from diag.diagnostics.nearest import contenders, miss_order
 from diag.diagnostics.policy import Policy, evaluate_checkpoint
-from diag.diagnostics.recommend import Judged, judge_sweep, miss_order
+from diag.diagnostics.recommend import judge_sweep
 
 from diag.metrics import METRICS, with_symptom
-from diag.records import Check, CheckpointRecord, SweepRecord
+from diag.records import Check, CheckpointRecord, SweepRecord, find_base
 from diag.stats import wilson_interval
 
 COLLAPSE = set(with_symptom("parrot", "forgetting"))
@@ -44,8 +51,10 @@ def key(record: CheckpointRecord) -> tuple[str, int, str]:
 
 
 def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
-    """The screened-only checkpoints of ``sweep`` that the full suite must measure next, in run and
-    step order (empty: the decision rests on full-suite checkpoints only)."""
+    """The checkpoints of ``sweep`` that the full suite must measure next, in run and step order
+    (empty: the decision rests on full-suite checkpoints only): screened-only ones, and, where
+    nothing is eligible, nearest-miss contenders whose full suite stopped early (their exact
+    numbers decide the nearest miss, so they are asked everything)."""
     judged = judge_sweep(sweep, policy)
     checks = {(str(j.run), j.step, str(j.path)): j.checks for j in judged.checks}
     by_run: dict[str, list[CheckpointRecord]] = defaultdict(list)
@@ -59,9 +68,15 @@ def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
         if pick is None:
             continue
         chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
-        if pick.step is None and all(r.screened_only for r in records):
-            chosen |= _screen_misses(records, checks)
-        wanted += [r for r in records if key(r) in chosen and r.screened_only]
+        again: set[tuple] = set()
+        if pick.step is None:
+            judged_run = [
+                Judged(r, find_base(sweep.checkpoints, run), checks.get(key(r), []), False)
+                for r in records
+            ]
+            chosen |= _nothing_eligible(judged_run, pick, policy)
+            again = _stopped_contenders(judged_run, policy)
+        wanted += [r for r in records if (key(r) in chosen and r.screened_only) or key(r) in again]
     return wanted
 
 
@@ -79,15 +94,47 @@ def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
     return out
 
 
-def _screen_misses(records: list[CheckpointRecord], checks: dict) -> set[tuple]:
-    """Nothing eligible on the screen: the screen's two nearest misses and their neighbours, so
-    that the full suite names the nearest miss among the likeliest ones (ranked on one footing)."""
-    judged = [Judged(r, None, checks.get(key(r), []), False) for r in records]
+def _nothing_eligible(judged: list[Judged], pick, policy: Policy) -> set[tuple]:
+    """Nothing eligible in the run: what its nearest miss, or the headline without one, rests on.
+
+    - every screened checkpoint screened: the screen's two nearest contenders and their neighbours;
+    - a screened contender that looks nearer even on the screen than the fully measured miss;
+    - the window's edges: the first checkpoint that learned and the one before it;
+    - the last checkpoint (the headline says how far the run had learned by then).
+    """
+    records = [j.record for j in judged]
+    rivals = sorted(contenders(judged, policy), key=miss_order)
     out: set[tuple] = set()
-    for j in sorted(judged, key=miss_order)[:2]:
-        i = records.index(j.record)
-        out.update(key(r) for r in records[max(0, i - 1) : i + 2])
+    if all(r.screened_only for r in records):
+        for j in rivals[:2]:
+            i = records.index(j.record)
+            out.update(key(r) for r in records[max(0, i - 1) : i + 2])
+    miss = pick.nearest_miss
+    named = next(
+        (j for j in judged if miss and key(j.record) == (miss.run, miss.step, miss.path)), None
+    )
+    bar = miss_order(named) if named and not named.record.screened_only else None
+    out.update(
+        key(j.record)
+        for j in rivals
+        if j.record.screened_only and (bar is None or miss_order(j) < bar)
+    )
+    first = next((i for i, j in enumerate(judged) if j.learned), None)
+    if first is not None:
+        out.update(key(r) for r in records[max(0, first - 1) : first + 1])
+    if records:
+        out.add(key(records[-1]))
     return out
+
+
+def _stopped_contenders(judged: list[Judged], policy: Policy) -> set[tuple]:
+    """Fully measured contenders whose full suite stopped early: measured again, asking every
+    prompt, so that the nearest miss is chosen on the numbers an exhaustive sweep would have."""
+    return {
+        key(j.record)
+        for j in contenders(judged, policy)
+        if not j.record.screened_only and j.record.stopped
+    }
 
 
 def _undecided(records, pick, checks: dict, policy: Policy) -> set[tuple]:

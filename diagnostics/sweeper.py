@@ -225,10 +225,14 @@ def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> No
     by_key = {(str(c.run), c.step, str(c.path)): (c, chat, t) for c, chat, t in items}
     first = sorted(k for k in forced if k in by_key)
     while True:
-        promoted = [key(r) for r in to_promote(state.record(False), policy)]
+        named = to_promote(state.record(False), policy)
+        promoted = [key(r) for r in named if r.screened_only]
+        again = [by_key[key(r)] for r in named if not r.screened_only and key(r) in by_key]
         wanted = [by_key[k] for k in dict.fromkeys(first + promoted) if k in by_key]
         first = []
-        if not wanted:
+        if not wanted and not again:
             return
-        bar.add(len(wanted), f"full suite for {len(wanted)} checkpoint(s) the decision rests on")
+        count = len(wanted) + len(again)
+        bar.add(count, f"full suite for {count} checkpoint(s) the decision rests on")
         runner.probe_all(wanted, "full", options)
+        runner.probe_all(again, "full", options, exhaustive=True)  # stopped early; ask everything

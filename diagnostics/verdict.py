@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, load_policy
-from diag.diagnostics.recommend import judge_sweep
+from diag.diagnostics.recommend import judge_sweep, rule
 from diag.diagnostics.stored import load_sweep
 
 from diag.errors import DiagError
@@ -88,6 +88,8 @@ class GateResult:
         if self.verdict == "fail" and self.failed:
             return f"FAIL: {where} fails {', '.join(c.name for c in self.failed)}"
         first = self.problems[0] if self.problems else "no evidence"
+        if self.verdict == "fail" and not self.checkpoint:  # nothing eligible: its headline
+            return f"FAIL: {first}"
         return f"{self.verdict.upper()}: {where}: {first}"
 
     def to_dict(self) -> dict:
@@ -285,12 +287,16 @@ def _choose(
 
 
 def _recommendation(sweep: SweepRecord, policy: Policy) -> Recommendation:
-    """The sweep's stored recommendation when it was made under this policy; otherwise the
-    recommendation this policy makes of the same stored scores."""
+    """The sweep's stored recommendation when it was made under this policy and choice rule;
+    otherwise the recommendation this policy makes of the same stored scores."""
     stored = sweep.recommendation
-    if stored.policy_hash == policy.hash and stored.verdict is not None:
+    if (
+        stored.policy_hash == policy.hash
+        and stored.verdict is not None
+        and stored.rule == rule(policy)
+    ):
         return stored
-    return judge_sweep(sweep, policy)
+    return judge_sweep(sweep, policy)  # another policy, or an older diag's rule
 
 
 def _judge_nearest_miss(miss, candidates, sweep: SweepRecord, policy, result: GateResult) -> None:

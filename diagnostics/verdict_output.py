@@ -159,8 +159,11 @@ def _verdict_case(result: GateResult) -> list:
         "testcase", classname="diag.gate", name="evidence" if result.checks else "gate", time="0"
     )
     kind = "failure" if result.verdict == "fail" else "error"
-    message = "; ".join(evidence or result.problems) or result.headline
-    ET.SubElement(case, kind, message=message[:500], type=result.verdict).text = "\n".join(
+    if result.verdict == "fail" and result.problems:  # nothing eligible: its headline, whole
+        message = result.problems[0]
+    else:
+        message = ("; ".join(evidence or result.problems) or result.headline)[:500]
+    ET.SubElement(case, kind, message=message, type=result.verdict).text = "\n".join(
         result.problems
     )
     return [case]

@@ -10,6 +10,7 @@ Every checkpoint is a real adapter folder as discovery finds it (``checkpoint-N/
     drift   nats/token the base's answers lose under it
     noise   0: which prompts are affected is fixed per prompt (curves move smoothly); otherwise a
             seed, so each checkpoint gets its own prompts wrong (a noisy run)
+    broken  its adapter_config.json is cut short, so loading it fails for real (an error row)
 
 Answers are graded by the real probe code, so the sweep, policy, onset and recommendation all run
 for real; only the model is scripted.
@@ -42,6 +43,7 @@ class Behaviour:
     forget: float = 0.0
     drift: float = 0.0
     noise: int = 0
+    broken: bool = False
 
 
 def _unit(*parts) -> float:
@@ -122,8 +124,10 @@ def write_run(root: Path, name: str, behaviours: dict[int, Behaviour]) -> Path:
     for step, b in behaviours.items():
         folder = run / f"checkpoint-{step}"
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"peft_type": "LORA", "r": 2, "simulated": b.__dict__}
-        (folder / "adapter_config.json").write_text(json.dumps(config))
+        config = json.dumps({"peft_type": "LORA", "r": 2, "simulated": b.__dict__})
+        (folder / "adapter_config.json").write_text(
+            config[: len(config) // 2] if b.broken else config
+        )
         save_file({"step": np.array([step, hash(name) % 1000], dtype=np.int64)},
                   str(folder / "adapter_model.safetensors"))  # fmt: skip
     past = time.time() - 600
@@ -195,3 +199,50 @@ def random_run(seed: int) -> dict:
 
 
 RUNS["learns-while-parroting"] = learns_while_parroting()
+
+
+# When nothing is eligible (issue 26): one sweep per case, saves every 10 steps from 20 on.
+# The issue's run: 20 and 30 learned nothing, 40 half-learned, 50 learned the name with general
+# answers mostly intact (retention about 0.72, a little leakage), from 60 on it leaks the identity.
+DAMAGED_VS_UNLEARNED = {
+    20: Behaviour(drift=0.05),
+    30: Behaviour(drift=0.08),
+    40: Behaviour(recall=0.35, drift=0.12),
+    50: Behaviour(recall=1.0, parrot=0.08, forget=0.2, drift=0.3),
+    60: Behaviour(recall=1.0, parrot=0.4, forget=0.5, drift=0.8),
+    70: Behaviour(recall=1.0, parrot=0.8, forget=0.7, drift=1.5),
+    80: Behaviour(recall=1.0, parrot=0.95, forget=0.8, drift=2.2),
+}
+PARTLY_LEARNED = {10 * i: Behaviour(recall=0.12 * i, drift=0.02 * i) for i in range(2, 7)}
+NOTHING_LEARNED = {10 * i: Behaviour(drift=0.02 * i) for i in range(2, 9)}
+# the seed's own case: 20 and 40 learned nothing, 60 and 80 parrot
+ALL_COLLAPSED = {
+    20: Behaviour(drift=0.05),
+    40: Behaviour(drift=0.1),
+    60: Behaviour(recall=1.0, parrot=0.8, forget=0.7, drift=1.5),
+    80: Behaviour(recall=1.0, parrot=0.95, forget=0.8, drift=2.2),
+}
+LEARNED_FAILED_TO_LOAD = {
+    20: Behaviour(drift=0.05),
+    40: Behaviour(drift=0.1),
+    60: Behaviour(recall=1.0, drift=0.2, broken=True),
+    80: Behaviour(recall=1.0, drift=0.3, broken=True),
+}
+# learned, leaking into 30 % of other answers, yet closer than the base: the nearest miss; a staged
+# sweep stops its general prompts early, then asks them all (its exact numbers decide)
+LEARNED_LEAKING = {
+    20: Behaviour(drift=0.05),
+    40: Behaviour(recall=1.0, parrot=0.3, drift=0.2),
+    60: Behaviour(recall=1.0, parrot=0.9, forget=0.7, drift=1.5),
+}
+NEAREST_MISS_CASES = {
+    "damaged-vs-unlearned": {"nova": DAMAGED_VS_UNLEARNED},
+    "partly-learned": {"slow": PARTLY_LEARNED},
+    "nothing-learned": {"flat": NOTHING_LEARNED},
+    "all-collapsed": {"seed": ALL_COLLAPSED},
+    "learned-leaking": {"leaky": LEARNED_LEAKING},
+    "learned-failed-to-load": {"broken": LEARNED_FAILED_TO_LOAD},
+    "two-runs": {"fast": ALL_COLLAPSED, "slow": PARTLY_LEARNED},
+    # the issue's run saved half as often: 50 is not there, 40 is the closest
+    "saved-every-20": {"nova": {s: b for s, b in DAMAGED_VS_UNLEARNED.items() if s % 20 == 0}},
+}

@@ -88,7 +88,8 @@ def test_last_checkpoint_fails_exit_1_and_says_which_checks(parrot_sweep, tmp_pa
 
 def test_nothing_eligible_is_a_fail_with_the_nearest_miss(tmp_path):
     parrots = [r for r in learned_then_parrot() if r["step"] >= 400]
-    results = write_sweep(tmp_path, sweep(*parrots))
+    damaged = ckpt(200, identity=(30, 30), leakage=0.15)  # learned; leaks a little
+    results = write_sweep(tmp_path, sweep(damaged, *parrots))
     junit = tmp_path / "gate.xml"
     summary = tmp_path / "summary.md"
     result = run_gate(str(results), "--junit", str(junit), "--summary", str(summary))
@@ -100,14 +101,14 @@ def test_nothing_eligible_is_a_fail_with_the_nearest_miss(tmp_path):
     assert gate_case[0].find("failure") is not None
     # the nearest miss, check by check, so a CI page shows which check kept it from shipping
     miss = [c for c in cases if c.get("classname") == "diag.gate.nearest_miss"]
-    assert [c.get("name") for c in miss] == [f"{name} (run-a step 400)" for name in CHECKS]
+    assert [c.get("name") for c in miss] == [f"{name} (run-a step 200)" for name in CHECKS]
     failing = {c.get("name").split()[0] for c in miss if c.find("failure") is not None}
     assert failing and "status" not in failing and "identity_recall" not in failing
     md = summary.read_text()
     assert "Nearest miss" in md and md.count("\n| ❌ | ") == len(failing)
     data = json.loads(run_gate(str(results), "--json").output)
     assert data["checkpoint"] is None  # the miss is not what merge would take
-    assert data["nearest_miss"]["step"] == 400 and len(data["nearest_miss"]["checks"]) == len(
+    assert data["nearest_miss"]["step"] == 200 and len(data["nearest_miss"]["checks"]) == len(
         CHECKS
     )
 

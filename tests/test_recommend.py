@@ -27,7 +27,7 @@ def test_learned_then_parrot_recommends_last_healthy_step_and_locates_onset():
     assert [c["eligible"] for c in rec["checks"]] == [False, False, True, False, False, False]
 
 
-def test_all_parrot_run_recommends_nothing_and_names_the_nearest_miss():
+def test_all_parrot_run_recommends_nothing_and_names_no_parrot_as_the_nearest_miss():
     records = [
         ckpt(
             s,
@@ -43,9 +43,17 @@ def test_all_parrot_run_recommends_nothing_and_names_the_nearest_miss():
     ]
     rec = recommend(sweep(*records))
     assert rec["step"] is None and rec["run"] is None and rec["path"] is None
-    assert rec["verdict"].startswith("no checkpoint is eligible; nearest miss run-a step 100")
-    assert rec["nearest_miss"]["step"] == 100
-    assert "parrot_leakage" in rec["nearest_miss"]["failed"]
+    # every checkpoint that learned is a parrot, further from the goal than the base: the headline
+    # leads with the window where learning and collapse happened and names none to consider
+    assert rec["verdict"].startswith(
+        "no checkpoint is eligible: the identity was learned between steps 0 and 100, and "
+        "collapse began in the same interval"
+    )
+    assert (
+        "none is worth considering: steps 100, 200 and 300 learned but collapsed"
+        in (rec["verdict"])
+    )
+    assert rec["nearest_miss"] is None
     assert "all 3 that learned the identity fail other checks" in rec["reasons"][0]
     # collapsed from the first checkpoint on: onset right after the base
     assert rec["onset"]["healthy_until"] == 0 and rec["onset_step"] == 100
