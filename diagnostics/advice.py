@@ -64,6 +64,18 @@ def run_next_steps(
     """
     if not judged:
         return NextSteps()
+    if not any(j.measures_learning for j in judged):  # taught no identity: damage only
+        first_bad = judged[0]
+        return NextSteps(
+            f"every checkpoint of run {name} is damaged from step {first_bad.record.step} on "
+            f"({', '.join(_fails(first_bad.checks, COLLAPSE_CHECKS)) or 'see its checks'})",
+            (
+                "save earlier and more often, lower the learning rate, or dilute the data with "
+                "general chat",
+                "if the run did teach an identity, pass --identity FILE or the data it trained "
+                "on with --data FILE",
+            ),
+        )
     first = next((j for j in judged if _learned(j.checks)), None)
     if first is None:
         last = judged[-1]

@@ -35,6 +35,12 @@ class Judged:
         return any(c.name == name and c.passed for c in self.checks)
 
     @property
+    def measures_learning(self) -> bool:
+        """Its run taught something a probe measures: an identity (a task score, once there is
+        one). A run that taught no identity has target "none" and is judged for damage only."""
+        return self.record.target != "none"
+
+    @property
     def learned(self) -> bool:
         """Every taught check (identity recall; a task score) passes."""
         mine = [c for c in self.checks if c.name in taught()]

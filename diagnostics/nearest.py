@@ -148,6 +148,8 @@ def reasons(mine: list[Judged], miss: Judged | None, policy: Policy) -> list[str
     learned = [j for j in ok if j.learned]
     if not ok:
         out.append("no checkpoint could be probed")
+    elif not any(j.measures_learning for j in ok):
+        out.append("the run taught no identity: judged for damage only, and no checkpoint passes")
     elif not learned:
         best = max(ok, key=lambda j: j.metric("identity_recall") or 0.0)
         ident = next((c for c in best.checks if c.name == "identity_recall"), None)

@@ -217,6 +217,9 @@ def _on_plateau(candidates: list[Judged], policy: Policy) -> list[Judged]:
 def _pick_in_run(eligible: list[Judged], policy: Policy) -> Judged | None:
     if not eligible:
         return None
+    if not any(j.measures_learning for j in eligible):
+        # nothing taught that a probe measures: the checkpoint that trained most without damage
+        return max(eligible, key=lambda j: (j.step, str(j.record.path)))
     plateau = _on_plateau(eligible, policy)
     return min(plateau, key=lambda j: (j.step, _num(j.metric("drift")), str(j.record.path)))
 
@@ -261,10 +264,17 @@ def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
             f"step {pick.step}: {describe(pick.record, skip)}"
             + (f"; {retention.detail}" if retention else "")
         )
-        reasons.append(
-            "earliest eligible checkpoint on the identity plateau "
-            f"(within {pct(policy.plateau_tolerance)} of the best eligible recall)"
-        )
+        if pick.measures_learning:
+            reasons.append(
+                "earliest eligible checkpoint on the identity plateau "
+                f"(within {pct(policy.plateau_tolerance)} of the best eligible recall)"
+            )
+        else:
+            reasons.append(
+                "the run taught no identity, so it is judged for damage only (retention, drift, "
+                "repetition): the latest checkpoint that passes every check, the one that trained "
+                "most without damage"
+            )
         others = [j for j in mine if not j.eligible and j.record.ok]
         before = [j for j in others if j.step < pick.step]
         after = [j for j in others if j.step > pick.step]
@@ -287,5 +297,14 @@ def _verdict(best, miss, overall: RunPick | None, mine: list[Judged], advice) ->
         return f"{text}; {onset.sentence()}" if onset else text
     if not mine:
         return "no checkpoint to judge"
+    if not any(j.measures_learning for j in mine):
+        ok = [j for j in mine if j.record.ok]
+        last = ok[-1] if ok else None
+        lacks = ", ".join(c.detail for c in last.failed()) if last else "none could be probed"
+        return (
+            f"no checkpoint is eligible; run {mine[0].record.run} taught no identity, so it is "
+            f"judged for damage only, and every checkpoint is damaged: latest, step "
+            f"{last.step if last else '?'}: {lacks}"
+        )
     failed = nearest.failed_records([j.record for j in mine])
     return nearest.verdict(miss, mine, advice, failed)

@@ -211,3 +211,32 @@ def _hf_run(tmp_path: Path, adapters) -> Path:
         shutil.copytree(adapter, runs / f"checkpoint-{step}")
     settle(runs.parent)
     return runs.parent
+
+
+def _no_identity(record: dict) -> dict:
+    """A synthetic checkpoint of a run that taught no identity: no identity metrics measured."""
+    for name in ("identity_recall", "near_miss", "parrot_leakage"):
+        record["metrics"][name] = None
+        record["stats"].pop(name, None)
+    return {**record, "target": "none"}
+
+
+def test_a_run_that_taught_no_identity_is_judged_for_damage_only():
+    """Its identity checks do not apply (they are not run, so they neither pass nor fail it); the
+    pick is the latest checkpoint that passes every damage check; when all are damaged, the
+    headline says the run is judged for damage only, not that 'nothing was learned'."""
+    from synthetic_sweep import base, ckpt, sweep
+
+    from diag.diagnostics.recommend import recommend
+
+    healthy = [_no_identity(ckpt(s)) for s in (10, 20)]
+    damaged = _no_identity(ckpt(30, drift=2.0, lost=40, gained=0))
+    rec = recommend(sweep(base(), *healthy, damaged))
+    assert rec["step"] == 20
+    assert "judged for damage only" in " ".join(rec["reasons"])
+    names = {c["name"] for j in rec["checks"] for c in j["checks"]}
+    assert names.isdisjoint({"identity_recall", "near_miss", "parrot_leakage"})
+    rec = recommend(sweep(base(), damaged))
+    assert rec["step"] is None
+    assert "taught no identity, so it is judged for damage only" in rec["verdict"]
+    assert "nothing was learned" not in " ".join(rec["next_steps"])
