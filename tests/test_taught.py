@@ -225,9 +225,8 @@ def test_a_run_that_taught_no_identity_is_judged_for_damage_only():
     """Its identity checks do not apply (they are not run, so they neither pass nor fail it); the
     pick is the latest checkpoint that passes every damage check; when all are damaged, the
     headline says the run is judged for damage only, not that 'nothing was learned'."""
-    from synthetic_sweep import base, ckpt, sweep
-
     from diag.diagnostics.recommend import recommend
+    from synthetic_sweep import base, ckpt, sweep
 
     healthy = [_no_identity(ckpt(s)) for s in (10, 20)]
     damaged = _no_identity(ckpt(30, drift=2.0, lost=40, gained=0))
