@@ -53,6 +53,7 @@ class MixSettings:
 @dataclass
 class TrainConfig:
     base: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    trust_remote_code: bool = False  # run the code a base model ships (e.g. InternLM2)
     identity: str = "en"  # identity YAML path, or "en"/"zh" for the shipped examples
     output_dir: str = "runs/identity"
     method: str = "lora"  # "lora" or "full"
