@@ -234,6 +234,159 @@ def build_tiny_internlm2(
     return folder
 
 
+# --------------------------------------------------------------------------- the reference
+def reference_model(folder: Path):
+    """InternLM2's own code under transformers 5, made to load as it did under transformers 4
+    (written here, apart from diag's family code): config.json's ``rope_scaling`` as the code
+    expects it, ``pretraining_tp`` = 1, and the rotary tables built again (transformers 5 builds
+    models on the meta device, leaving them uninitialised)."""
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = json.loads((Path(folder) / "config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        config.rope_parameters = raw["rope_scaling"]
+        config.pretraining_tp = 1
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, config=config)
+    for layer in model.model.layers:
+        layer.attention._init_rope()
+    return model.eval()
+
+
+def reference_tokenizer(folder: Path):
+    """The slow sentencepiece tokenizer class the folder names first in its ``auto_map``."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    cls = get_class_from_dynamic_module("tokenization_internlm2.InternLM2Tokenizer", str(folder))
+    return cls.from_pretrained(str(folder))
+
+
+def reference_prompt_ids(tokenizer, prompt: str, chat=None) -> list[int]:
+    """The prompt as InternLM2-chat formats it: the tokenizer's chat template, or an XTuner
+    format-string template (``chat``: a diag ChatFormat) after <s>."""
+    if chat is not None and chat.template is not None:
+        text = (chat.system_template or "").format(system=chat.system) if chat.system else ""
+        text += chat.template.format(input=prompt, system=chat.system or "")
+        return tokenizer(text)["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+STOPS = (2, 4)  # </s>, <|im_end|>
+
+
+def reference_generate(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy, no cache: the whole sequence through the model's forward at every step."""
+    import torch
+
+    seq, new = list(ids), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            if token in STOPS:
+                break
+            new.append(token)
+            seq.append(token)
+    return new
+
+
+def reference_loglikelihood(model, ids: list[int], continuation: list[int]) -> float:
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids + continuation]), use_cache=False).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return float(sum(logprobs[len(ids) - 1 + i, t] for i, t in enumerate(continuation)))
+
+
+# ------------------------------------------------------------------------------- checkpoints
+LORA_TARGETS = ["wqkv", "wo", "w1", "w2", "w3"]  # XTuner's for this family
+
+
+def lora_model(folder: Path, seed: int, r: int = 4):
+    """peft LoRA on the remote-code model, on InternLM2's own modules, random non-zero A and B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    peft_model = get_peft_model(reference_model(folder), config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.mul_(4.0)
+    return peft_model.eval()
+
+
+def write_peft_checkpoint(folder: Path, out: Path, seed: int) -> Path:
+    """An HF Trainer-layout ``checkpoint-N/`` (peft's save_pretrained) with LoRA on wqkv/wo/w1-w3."""
+    peft_model = lora_model(folder, seed)
+    peft_model.save_pretrained(out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(Path(folder).resolve())
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    step = int(out.name.rsplit("-", 1)[-1])
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    return out
+
+
+XTUNER_CONFIG = """\
+SYSTEM = ''
+model = dict(
+    llm=dict(
+        pretrained_model_name_or_path='{base}',
+        torch_dtype='torch.float32',
+        trust_remote_code=True,
+        type='transformers.AutoModelForCausalLM.from_pretrained'),
+    lora=dict(
+        bias='none',
+        lora_alpha=8,
+        lora_dropout=0.1,
+        r=4,
+        target_modules=['wqkv', 'wo', 'w1', 'w2', 'w3'],
+        task_type='CAUSAL_LM',
+        type='peft.LoraConfig'),
+    type='xtuner.model.SupervisedFinetune',
+    use_varlen_attn=False)
+pretrained_model_name_or_path = '{base}'
+prompt_template = 'xtuner.utils.PROMPT_TEMPLATE.internlm2_chat'
+save_steps = 2
+"""
+
+
+def write_xtuner_run(folder: Path, work_dir: Path, steps=(2, 4)) -> Path:
+    """An XTuner work dir: the saved config (as mmengine writes it, internlm2_chat template, LoRA
+    on InternLM2's modules) and ``iter_N.pth`` files whose ``state_dict`` holds what XTuner's
+    ``SupervisedFinetune.state_dict`` returns for a LoRA run: the peft model's LoRA tensors
+    under ``llm.`` with the adapter name (``llm.base_model.model.model.layers.0.attention.wqkv
+    .lora_A.default.weight``), as in tests/fixtures/trainers/xtuner."""
+    import torch
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "internlm2_lora_cfg.py").write_text(
+        XTUNER_CONFIG.format(base=Path(folder).resolve())
+    )
+    for i, step in enumerate(steps):
+        peft_model = lora_model(folder, seed=200 + i)
+        state = {
+            f"llm.{k}": v.detach().clone()
+            for k, v in peft_model.state_dict().items()
+            if "lora_" in k
+        }
+        torch.save({"meta": {"iter": step}, "state_dict": state}, work_dir / f"iter_{step}.pth")
+    (work_dir / "last_checkpoint").write_text(str(work_dir / f"iter_{steps[-1]}.pth"))
+    return work_dir
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--tokenizer"]:
         print(train_tokenizer())

@@ -356,7 +356,9 @@ def read_peft_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             fix="sweep LoRA checkpoints, or merge this one with peft first",
         )
     fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-    settings = {k: v for k, v in config.items() if k in fields and k != "peft_type"}
+    # the base it names is where it was trained, not necessarily the (converted) model it joins
+    drop = ("peft_type", "base_model_name_or_path", "revision")
+    settings = {k: v for k, v in config.items() if k in fields and k not in drop}
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         path = folder / name
         if path.is_file():

@@ -134,7 +134,7 @@ class HFBackend:
         ids = set()
         for value in (
             self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
         ):
             if isinstance(value, int):
                 ids.add(value)

@@ -31,6 +31,8 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
     # peft 0.21 calls an API transformers 5 deprecates; the user can do nothing about it
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    # remote configs written for transformers 4 set ``rope_scaling``, which 5 deprecates
+    warnings.filterwarnings("ignore", message="`rope_scaling` is deprecated", category=FutureWarning)
 
 
 def clear_gguf_quantizer(model) -> None:

@@ -130,4 +130,13 @@ def load_model(family: Family, *, dtype, trust_remote_code: bool = False, native
             family.folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
         )
     family.after_load(model)
+    if getattr(model, "generation_config", None) is None:
+        # transformers 5 gives one only to GenerationMixin models; remote code written for 4
+        # is not one, and its end-of-turn ids live in generation_config.json
+        from transformers import GenerationConfig
+
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(family.folder)
+        except OSError:
+            model.generation_config = GenerationConfig.from_model_config(model.config)
     return model
