@@ -32,7 +32,9 @@ def quiet_transformers() -> None:
     # peft 0.21 calls an API transformers 5 deprecates; the user can do nothing about it
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     # remote configs written for transformers 4 set ``rope_scaling``, which 5 deprecates
-    warnings.filterwarnings("ignore", message="`rope_scaling` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`rope_scaling` is deprecated", category=FutureWarning
+    )
 
 
 def clear_gguf_quantizer(model) -> None:
