@@ -193,6 +193,7 @@ def build_tiny_internlm2(
         "num_attention_heads": heads,
         "num_hidden_layers": layers,
         "num_key_value_heads": kv_heads,
+        "pretraining_tp": 1,
         "rms_norm_eps": 1e-05,
         "rope_scaling": rope_scaling,
         "rope_theta": 1000000,
