@@ -79,6 +79,32 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path
     return folder
 
 
+def build_tiny_qwen2(folder: Path, seed: int = 0) -> Path:
+    """A seeded tiny Qwen2 (transformers' own Qwen2 code: q/k/v biases) with the tiny tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(folder)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.2,  # as build_tiny_model: distinct greedy answers
+    )
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def build_lora_adapter(model_dir: Path, out: Path, seed: int, r: int = 4) -> Path:
     """A LoRA adapter with random (non-zero) A and B, so it visibly changes the outputs."""
     import torch

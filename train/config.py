@@ -229,7 +229,7 @@ _INTS = [
     ("data.identity_samples", 1, False), ("data.max_length", 16, False),
     ("mix.rehearsal_max_new_tokens", 8, False),
 ]  # fmt: skip
-_BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal"]
+_BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal", "trust_remote_code"]
 _CHOICES = {
     "method": ("lora", "full"),
     "lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),

@@ -3,7 +3,7 @@
 A family is one small class registered by the architecture name in ``config.json``
 (``"architectures": ["InternLM2ForCausalLM"]``), in the manner of llama.cpp's HF converter
 (``@Model.register("InternLM2ForCausalLM") class InternLM2Model``). It holds the family's tensor
-names, its remote-code quirks, its LoRA targets and its XTuner template; the generic backend asks
+names, its remote-code quirks and its LoRA targets; the generic backend asks
 the family and never tests a model type itself. An architecture with no class here is served by
 :class:`Family` itself: transformers' own code, as loaded.
 
@@ -56,8 +56,6 @@ class Family:
     architectures: tuple[str, ...] = ()
     # LoRA targets ``diag train`` uses for "all-linear" (None: peft's own "all-linear")
     lora_targets: tuple[str, ...] | None = None
-    # the XTuner PROMPT_TEMPLATE this family is fine-tuned with (diag.formats.xtuner)
-    xtuner_template: str | None = None
 
     def __init__(self, folder: Path | None = None, config: dict | None = None):
         self.folder = Path(folder) if folder is not None else None

@@ -65,7 +65,6 @@ ROPE_TYPES = ("linear", "dynamic")  # the scalings InternLM2's code implements
 @register("InternLM2ForCausalLM")
 class InternLM2(Family):
     lora_targets = ("wqkv", "wo", "w1", "w2", "w3")
-    xtuner_template = "internlm2_chat"
 
     @property
     def converts(self) -> bool:
