@@ -276,3 +276,21 @@ def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(intern
     settle(out)
     swept = identity_sweep(out, folder, trust_remote_code=True)
     assert [r["status"] for r in swept.data["checkpoints"]] == ["ok", "ok", "ok"]
+
+
+def test_diag_probe_on_an_internlm2_adapter(internlm2, tmp_path):
+    from click.testing import CliRunner
+
+    from diag.cli import cli
+
+    folder = internlm2("early-dynamic")
+    adapter = write_peft_checkpoint(folder, tmp_path / "run" / "checkpoint-3", seed=7)
+    out = tmp_path / "probe"
+    args = ["probe", str(adapter), "--size", "quick", "--probes", "identity_recall"]
+    args += ["--max-new-tokens", "4", "--trust-remote-code", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["adapter"] == str(adapter.resolve())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(isinstance(s["answer"], str) for s in samples)

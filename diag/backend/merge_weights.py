@@ -114,9 +114,9 @@ def merge_adapter(
         source, model_source.name, saved_dtype, template_info, started, provenance
     )
     if family.converts:
-        _save_family_folder(out, merged, family, tokenizer, record)
+        _save_folder(out, lambda tmp: _write_family_folder(tmp, merged, family, tokenizer), record)
     else:
-        _save_folder(out, merged, tokenizer, record)
+        _save_folder(out, lambda tmp: _write_transformers_folder(tmp, merged, tokenizer), record)
     log.info("merged %s into %s -> %s", source.key, model_source.name, out)
     return out
 
@@ -139,8 +139,8 @@ def _merge(model, source: AdapterSource, base_name: str, saved_dtype: torch.dtyp
     return merged
 
 
-def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> None:
-    """Write weights, tokenizer and provenance under a temporary name, then rename it to ``out``.
+def _save_folder(out: Path, write: Callable[[Path], None], record: Callable[[], dict]) -> None:
+    """``write(tmp)`` the model files, add the provenance, then rename the folder to ``out``.
 
     ``record`` is called after the weights are written, so its timings include the save.
     """
@@ -148,8 +148,7 @@ def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> No
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         write_json_atomic(tmp / PROVENANCE_FILE, record())
         if out.exists():  # an empty folder the user made
             out.rmdir()
@@ -157,6 +156,11 @@ def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_transformers_folder(tmp: Path, merged, tokenizer) -> None:
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
 
 
 def _native_source(source: AdapterSource, family) -> AdapterSource:
@@ -173,42 +177,29 @@ def _native_source(source: AdapterSource, family) -> AdapterSource:
     return AdapterSource(source.key, lora_config=config, state_dict=state)
 
 
-def _save_family_folder(out: Path, merged, family, tokenizer, record: Callable[[], dict]) -> None:
-    """Like :func:`_save_folder`, in the family's own layout: the base folder's files (config,
-    model code, tokenizer) copied as they are, the merged weights under the family's names."""
+def _write_family_folder(tmp: Path, merged, family, tokenizer) -> None:
+    """The family's own layout: the base folder's files (config, model code, tokenizer) copied
+    as they are, the merged weights under the family's names."""
     from safetensors.torch import save_file
 
     from diag.formats.layouts import shards
 
     weights, _ = shards(family.folder)
     skip = {f.name for f in weights}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(
-            family.folder, tmp, ignore=lambda _d, names: [n for n in names if n in skip]
-        )
-        state = family.weights_from_native(merged.state_dict())
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        merged.generation_config.to_json_file(str(tmp / "generation_config.json"))
-        template = getattr(tokenizer, "chat_template", None)
-        config_path = tmp / "tokenizer_config.json"
-        if isinstance(template, str) and config_path.is_file():  # the default system prompt
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            config["chat_template"] = template
-            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
-        write_json_atomic(tmp / PROVENANCE_FILE, record())
-        if out.exists():  # an empty folder the user made
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    shutil.copytree(family.folder, tmp, ignore=lambda _d, names: [n for n in names if n in skip])
+    state = family.weights_from_native(merged.state_dict())
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    merged.generation_config.to_json_file(str(tmp / "generation_config.json"))
+    template = getattr(tokenizer, "chat_template", None)
+    config_path = tmp / "tokenizer_config.json"
+    if isinstance(template, str) and config_path.is_file():  # with the default system prompt
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def _provenance_record(
