@@ -106,3 +106,14 @@ def decode_recompute(model, ids, mask, config, stop_ids, *, keep_kwarg: dict):
         ids = torch.cat([ids, chosen[:, None]], dim=1)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     return tokens
+
+
+def unshare_prefix(ids: torch.Tensor, mask: torch.Tensor, shared: int, pad: int):
+    """A batch laid out as [shared prefix][left padding][rest] as plain left padding."""
+    width = ids.shape[1]
+    out_ids, out_mask = torch.full_like(ids, pad), torch.zeros_like(mask)
+    for row in range(ids.shape[0]):
+        seq = torch.cat([ids[row, :shared], ids[row, shared:][mask[row, shared:].bool()]])
+        out_ids[row, width - len(seq) :] = seq
+        out_mask[row, width - len(seq) :] = 1
+    return out_ids, out_mask

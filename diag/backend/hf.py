@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diag.backend.decoding import decode_cached, decode_recompute
+from diag.backend.decoding import decode_cached, decode_recompute, unshare_prefix
 from diag.backend.families import Family, family_of, load_model
 from diag.backend.loading import (
     check_device,
@@ -421,7 +421,7 @@ class HFBackend:
                     str(exc).splitlines()[0][:120] if str(exc) else "",
                 )
             if shared:  # the prefix was laid out for a cache: lay the rows out plainly
-                ids, mask = _unshare(ids, mask, shared, self.tokenizer.pad_token_id)
+                ids, mask = unshare_prefix(ids, mask, shared, self.tokenizer.pad_token_id)
         return decode_recompute(self.model, ids, mask, config, self.stop_ids, keep_kwarg=keep)
 
     def _vocab_size(self) -> int:
@@ -508,14 +508,3 @@ def _bounded_batches(
         batch.append(i)
     if batch:
         yield batch
-
-
-def _unshare(ids: torch.Tensor, mask: torch.Tensor, shared: int, pad: int):
-    """A batch laid out as [shared prefix][left padding][rest] as plain left padding."""
-    width = ids.shape[1]
-    out_ids, out_mask = torch.full_like(ids, pad), torch.zeros_like(mask)
-    for row in range(ids.shape[0]):
-        seq = torch.cat([ids[row, :shared], ids[row, shared:][mask[row, shared:].bool()]])
-        out_ids[row, width - len(seq) :] = seq
-        out_mask[row, width - len(seq) :] = 1
-    return out_ids, out_mask
