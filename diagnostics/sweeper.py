@@ -28,6 +28,7 @@ from diag.diagnostics.stored import SweepResult
 from diag.diagnostics.workers import LocalPool, Outcome, ProbeTask
 
 from diag.backend import load_backend
+from diag.backend.tokenizer_check import base_tokenizer_key
 from diag.errors import DiagError
 from diag.formats.layouts import shards
 from diag.identity import IdentitySpec, load_identity
@@ -60,6 +61,7 @@ def sweep(
     policy=None,
     progress: str = "auto",
     load_model=None,
+    trust_remote_code: bool = False,
     full_for=(),
     ray: str | None = None,
     actors: int | None = None,
@@ -72,6 +74,7 @@ def sweep(
     "en"/"zh" or None. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
+    trust_remote_code: run the code a base model ships (``--trust-remote-code``).
     full_for: steps or paths a staged sweep measures with the full suite whatever the decision
     (``--full``: e.g. a checkpoint the gate is asked to judge). ray: probe on a Ray cluster
     ("auto", "local" or an address, see :mod:`diag.diagnostics.ray_workers`) with ``actors``
@@ -91,7 +94,9 @@ def sweep(
 
         check_device(device)  # before any model is loaded or any checkpoint probed
     # a partial of a module-level function, not a closure: a Ray sweep sends it to every actor
-    load = load_model or functools.partial(load_backend, device=device)
+    load = load_model or functools.partial(
+        load_backend, device=device, trust_remote_code=trust_remote_code
+    )
     policy = as_policy(policy)
     if full_for and size != "staged":
         raise DiagError(
@@ -109,6 +114,7 @@ def sweep(
             cache=ResultCache(out / "cache"),
             fingerprints=fingerprints,
             stages=stages,
+            trust_remote_code=trust_remote_code,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
         forced = _forced(found, full_for)
@@ -345,10 +351,15 @@ class _BaseRunner:
     base's answers to that stage's own prompts (its reference is cut from the same records).
     """
 
-    def __init__(self, name, state, *, cache, fingerprints, workers, bar, stages, policy):
+    def __init__(
+        self, name, state, *, cache, fingerprints, workers, bar, stages, policy, trust_remote_code
+    ):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.workers, self.bar, self.stages, self.policy = workers, bar, stages, policy
         self.base_fp = base_fingerprint(name, fingerprints)
+        # the tokenizer diag will use (checked, maybe the slow one): answers depend on it
+        self.tokenizer = base_tokenizer_key(name, trust_remote_code)
+        self._said_why = False
         self.references: dict[tuple[str, ChatFormat], object] = {}  # (stage, chat) -> Reference
         self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
 
@@ -359,6 +370,7 @@ class _BaseRunner:
 
     def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
         """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
+        tokenizer = {"tokenizer": self.tokenizer} if self.tokenizer is not None else {}
         return cache_key(
             weights=fingerprint,
             base=self.name,
@@ -366,7 +378,26 @@ class _BaseRunner:
             chat=chat.to_dict(),
             **stage.settings,
             **more,
+            **tokenizer,
         )
+
+    def _say_why_missed(self, kind: str, key_parts: tuple) -> None:
+        """Once per base: entries keyed before the tokenizer was part of the key are probed
+        again; say so when the miss is that (the same key without the tokenizer is cached)."""
+        if self._said_why or self.tokenizer is None:
+            return
+        saved, self.tokenizer = self.tokenizer, None
+        try:
+            legacy = self._key(*key_parts)
+        finally:
+            self.tokenizer = saved
+        if (kind, legacy) in self.cache:
+            self._said_why = True
+            log.warning(
+                "cached results for %s predate diag's tokenizer check (the cache key now holds "
+                "the tokenizer's class and vocabulary hash): probing again",
+                self.name,
+            )
 
     def _stopping(self, stage: Stage):
         """The policy that stops asking a set once its checks are settled: a staged sweep's
@@ -380,6 +411,8 @@ class _BaseRunner:
         key = self._key("base", chat, widest)
         entry = self.cache.get("base", key)
         cached = entry is not None
+        if not cached:
+            self._say_why_missed("base", ("base", chat, widest))
         label = f"base {self.name}"
         seconds = None
         if entry is None:
