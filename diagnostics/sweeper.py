@@ -58,6 +58,7 @@ def sweep(
     policy=None,
     progress: str = "auto",
     load_model=None,
+    trust_remote_code: bool = False,
     full_for=(),
     ray: str | None = None,
     actors: int | None = None,
@@ -72,6 +73,7 @@ def sweep(
     none. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
+    trust_remote_code: run the code a base model ships (``--trust-remote-code``).
     full_for: steps or paths a staged sweep measures with the full suite whatever the decision
     (``--full``: e.g. a checkpoint the gate is asked to judge). ray: probe on a Ray cluster
     ("auto", "local" or an address, see :mod:`diag.diagnostics.ray_workers`) with ``actors``
@@ -91,7 +93,9 @@ def sweep(
 
         check_device(device)  # before any model is loaded or any checkpoint probed
     # a partial of a module-level function, not a closure: a Ray sweep sends it to every actor
-    load = load_model or functools.partial(load_backend, device=device)
+    load = load_model or functools.partial(
+        load_backend, device=device, trust_remote_code=trust_remote_code
+    )
     policy = as_policy(policy)
     if full_for and size != "staged":
         raise DiagError(
@@ -117,6 +121,7 @@ def sweep(
             fingerprints=fingerprints,
             targets=specs,
             stages_for=stages_for,
+            trust_remote_code=trust_remote_code,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
         forced = _forced(found, full_for)

@@ -249,3 +249,22 @@ def test_a_copy_in_the_same_sweep_is_probed_once(tiny_model_dir, tiny_adapters, 
     rows = {c["step"]: c for c in cold.checkpoints}
     assert rows[30]["status"] == "ok" and rows[30]["cached"]
     assert rows[30]["metrics"] == rows[10]["metrics"]
+
+
+def test_the_tokenizer_is_part_of_the_key_and_old_entries_say_why_they_are_redone(
+    tiny_model_dir, tiny_adapters, tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    root = _run_dir(tmp_path, tiny_adapters[:1])
+    # a cache written before the tokenizer was part of the key
+    with monkeypatch.context() as old:
+        old.setattr("diag.diagnostics.runner.base_tokenizer_key", lambda *a: None)
+        sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        again = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    assert _probed(again) == [("base", 0), ("lora", 10)]
+    said = [r for r in caplog.records if "predate diag's tokenizer check" in r.getMessage()]
+    assert len(said) == 1
+    warm = sweep(root, base=tiny_model_dir, progress="quiet", load_model=_no_model, **FAST)
+    assert _probed(warm) == []

@@ -50,14 +50,9 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
-    """Write a seeded tiny Llama + tokenizer into ``folder`` (a normal HF model folder)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = Path(folder)
-    tokenizer = build_tokenizer(folder)
-    config = LlamaConfig(
+def _tiny_config(tokenizer, hidden_size: int) -> dict:
+    """The shape of every tiny test model: 2 layers, 4 heads, 2 key-value heads."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=64,
@@ -73,9 +68,32 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path
         # compare answers would compare empty strings; at 0.2 each prompt gets its own answer
         initializer_range=0.2,
     )
+
+
+def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Write a seeded tiny Llama + tokenizer into ``folder`` (a normal HF model folder)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(folder)
+    config = LlamaConfig(**_tiny_config(tokenizer, hidden_size))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_qwen2(folder: Path, seed: int = 0) -> Path:
+    """A seeded tiny Qwen2 (transformers' own Qwen2 code: q/k/v biases) with the tiny tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer(folder)
+    config = Qwen2Config(**_tiny_config(tokenizer, 32))
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
     return folder
 
 

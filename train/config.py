@@ -53,6 +53,7 @@ class MixSettings:
 @dataclass
 class TrainConfig:
     base: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    trust_remote_code: bool = False  # run the code a base model ships (e.g. InternLM2)
     identity: str = "en"  # identity YAML path, or "en"/"zh" for the shipped examples
     output_dir: str = "runs/identity"
     method: str = "lora"  # "lora" or "full"
@@ -228,7 +229,7 @@ _INTS = [
     ("data.identity_samples", 1, False), ("data.max_length", 16, False),
     ("mix.rehearsal_max_new_tokens", 8, False),
 ]  # fmt: skip
-_BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal"]
+_BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal", "trust_remote_code"]
 _CHOICES = {
     "method": ("lora", "full"),
     "lr_scheduler": ("constant", "linear", "cosine", "constant_with_warmup"),

@@ -185,9 +185,10 @@ def _setup(config: TrainConfig, out: Path) -> tuple:
 def _load_base_model(config: TrainConfig) -> tuple:
     """The base model's source, the device, and its tokenizer and float32 model on that device."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from diag.backend.families import family_of, load_model
     from diag.backend.loading import default_device, ensure_local_weights, quiet_transformers
+    from diag.backend.tokenizer_check import load_tokenizer
     from diag.models import resolve_base
 
     quiet_transformers()
@@ -197,10 +198,15 @@ def _load_base_model(config: TrainConfig) -> tuple:
     if device == "cpu":
         set_cpu_threads(config.cpu_threads)
     torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    family = family_of(folder)
+    tokenizer = load_tokenizer(folder, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    # the model's own code, never a converted copy: checkpoints keep the family's layout and
+    # LoRA targets (InternLM2: wqkv, wo, w1-w3, as XTuner trains it)
+    model = load_model(
+        family, dtype=torch.float32, trust_remote_code=config.trust_remote_code, native=False
+    ).to(device)
     return source, device, tokenizer, model
 
 
@@ -243,6 +249,19 @@ def _write_run_start(out: Path, conversations: list[dict], manifest_args: dict) 
     write_manifest(out, status="running", **manifest_args)
 
 
+def _lora_targets(targets, base: str | None):
+    """``all-linear`` is the model family's own LoRA targets where it names them (InternLM2:
+    wqkv, wo, w1, w2, w3), else peft's shortcut; a list is used as given."""
+    if targets != "all-linear":
+        return targets
+    from diag.backend.families import family_of
+    from diag.backend.loading import ensure_local_weights
+    from diag.models import resolve_base
+
+    family = family_of(ensure_local_weights(resolve_base(base)))
+    return list(family.lora_targets) if family.lora_targets else targets
+
+
 def _model_to_train(config: TrainConfig, model):
     """``model`` with a LoRA adapter (``method: lora``) or as is, in training mode."""
     if config.method == "lora":
@@ -258,7 +277,7 @@ def _model_to_train(config: TrainConfig, model):
                     r=lora.r,
                     lora_alpha=lora.alpha,
                     lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules,
+                    target_modules=_lora_targets(lora.target_modules, config.base),
                     task_type="CAUSAL_LM",
                 ),
             )

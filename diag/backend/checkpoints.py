@@ -301,6 +301,13 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
     from diag.models import resolve_base
 
     dtype = next(lm.model.parameters()).dtype
+    if lm.family.converts:  # the family's names: renamed onto the converted base
+        from diag.backend.loading import read_weight_files
+        from diag.formats.layouts import shards
+
+        if state is None:
+            state = read_weight_files(shards(ckpt.path)[0])
+        state = lm.family.weights_to_native(state)
     try:
         if state is None:
             if ckpt.files[-1].suffix == ".bin":
@@ -308,6 +315,8 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
             model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=dtype)
         else:
             folder = ensure_local_weights(resolve_base(lm.name))
+            if lm.family.converts:
+                folder = lm.family.native_folder()
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
             result = model.load_state_dict(state, strict=False)
             if result.unexpected_keys:
@@ -329,4 +338,36 @@ def _full_model_backend(lm, ckpt, *, state=None, allow_pickle: bool = False):
             fix="pick an earlier checkpoint; check the learning rate and the loss curve",
         )
     model.to(lm.device).eval()
-    return HFBackend(model, lm.tokenizer, f"{lm.name}+{ckpt.path.name}", lm.device)
+    return HFBackend(model, lm.tokenizer, f"{lm.name}+{ckpt.path.name}", lm.device, lm.family)
+
+
+def read_peft_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A peft adapter folder as (LoraConfig keyword arguments, saved-adapter weights)."""
+    import dataclasses
+    import json
+
+    from peft import LoraConfig
+
+    _check_adapter_config(folder / "adapter_config.json")
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise DiagError(
+            f"'{folder}' is a {config.get('peft_type')} adapter; diag reads LoRA adapters",
+            fix="sweep LoRA checkpoints, or merge this one with peft first",
+        )
+    fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    # the base it names is where it was trained, not necessarily the (converted) model it joins
+    drop = ("peft_type", "base_model_name_or_path", "revision")
+    settings = {k: v for k, v in config.items() if k in fields and k not in drop}
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        path = folder / name
+        if path.is_file():
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return settings, load_file(str(path))
+            return settings, safe_load(path)
+    raise DiagError(
+        f"'{folder}' has no adapter_model.safetensors or adapter_model.bin",
+        fix="copy the checkpoint folder again",
+    )

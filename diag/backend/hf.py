@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+from diag.backend.decoding import decode_cached, decode_recompute, unshare_prefix
+from diag.backend.families import Family, family_of, load_model
 from diag.backend.loading import (
     check_device,
     ensure_local_weights,
     non_finite,
     quiet_transformers,
 )
+from diag.backend.tokenizer_check import load_tokenizer
 from diag.errors import DiagError
 from diag.models import resolve_base
 from diag.types import ChatFormat, Generation, GenerationConfig, Loglikelihood, LoglikelihoodRequest
@@ -56,8 +59,9 @@ class HFBackend:
     'The capital of France is Paris.'
     """
 
-    def __init__(self, model, tokenizer, name: str, device: str):
+    def __init__(self, model, tokenizer, name: str, device: str, family: Family | None = None):
         self.model = model
+        self.family = family or Family()
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -78,6 +82,11 @@ class HFBackend:
         # transformers 5.24 renamed forward's ``past_key_values`` to ``cache``; older ones lack it
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # model code written for transformers 4 (remote code) takes no ``logits_to_keep``: all
+        # logits are computed and the needed ones sliced out (same numbers, more work)
+        self._keeps_logits = "logits_to_keep" in params
+        # False once the model's code has failed with transformers' KV cache (see _decode)
+        self._cache_works: bool | None = None
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -88,10 +97,13 @@ class HFBackend:
         trust_remote_code: bool = False,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        native: bool = True,
     ) -> HFBackend:
-        """Load ``base`` (name or local folder; default: the embedded SmolLM2)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load ``base`` (name or local folder; default: the embedded SmolLM2).
 
+        native: run a family that maps onto transformers' own code (InternLM2 -> Llama) on its
+        converted copy; False runs the model's own (remote) code, to measure or compare.
+        """
         quiet_transformers()
         source = resolve_base(base)
         folder = ensure_local_weights(source)
@@ -102,10 +114,11 @@ class HFBackend:
                 if device == "cuda" and torch.cuda.is_bf16_supported()
                 else torch.float32
             )
+        family = family_of(folder)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, trust_remote_code=trust_remote_code
+            tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+            model = load_model(
+                family, dtype=dtype, trust_remote_code=trust_remote_code, native=native
             )
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
@@ -115,13 +128,13 @@ class HFBackend:
                 ) from exc
             raise
         model.to(device).eval()
-        return cls(model, tokenizer, source.name, device)
+        return cls(model, tokenizer, source.name, device, family)
 
     def _stop_token_ids(self) -> list[int]:
         ids = set()
         for value in (
             self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
         ):
             if isinstance(value, int):
                 ids.add(value)
@@ -146,6 +159,12 @@ class HFBackend:
             return
         key = str(Path(adapter_dir).resolve())
         if key == self._active:
+            return
+        if self.family.converts:  # renamed for the converted base, then given in memory
+            from diag.backend.checkpoints import read_peft_adapter
+
+            lora_config, state = read_peft_adapter(Path(adapter_dir))
+            self.use_adapter_weights(key, lora_config, state)
             return
         self._unmerge()
         name = self._next_name()
@@ -177,10 +196,13 @@ class HFBackend:
     ) -> None:
         """Activate a LoRA adapter given in memory (e.g. converted from an XTuner ``.pth``).
 
-        ``state_dict`` uses peft's saved-adapter key names (``base_model.model...lora_A.weight``).
+        ``state_dict`` uses peft's saved-adapter key names (``base_model.model...lora_A.weight``)
+        for the model as its family names it; a family probed on a converted copy renames (and
+        splits) them here.
         """
         if key == self._active:
             return
+        state_dict, lora_config = self.family.adapter_to_native(state_dict, lora_config)
         self._unmerge()
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
@@ -346,7 +368,9 @@ class HFBackend:
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             seqs = [encoded[i] for i in batch]
-            shared = shared_prefix(seqs) if self.share_prefix else 0
+            shared = (
+                shared_prefix(seqs) if self.share_prefix and self._cache_works is not False else 0
+            )
             width = shared + max(len(seq) - shared for seq in seqs)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -374,63 +398,31 @@ class HFBackend:
     def _decode(
         self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig, shared: int = 0
     ):
-        """Decode one padded batch; returns each row's new tokens (its stop token included).
-
-        A hand-written loop instead of ``model.generate``: a row that reaches its stop token
-        leaves the batch and the KV cache at once, so short answers do not pay for the longest
-        one in their batch (on a CPU most answers are short, and this halves a probe run).
-        The first ``shared`` tokens are the same in every row (the chat template's system block):
-        they are run once, for one row, and their KV cache is copied to the others. The padding
-        sits after them, and positions come from the mask, so every row sees exactly the
-        sequence it would see alone. Greedy unless ``config.do_sample`` (plain temperature
-        sampling, no top-k/top-p).
-        """
-        from transformers import DynamicCache
-
-        tokens: list[list[int]] = [[] for _ in range(ids.shape[0])]
-        alive = torch.arange(ids.shape[0], device=ids.device)
-        stops = torch.tensor(self.stop_ids, device=ids.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        inputs = ids
-        if shared:
-            self.model(
-                input_ids=ids[:1, :shared],
-                position_ids=positions[:1, :shared],
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: cache},
-            )
-            cache.batch_repeat_interleave(ids.shape[0])
-            inputs, positions = ids[:, shared:], positions[:, shared:]
-        for _ in range(config.max_new_tokens):
-            logits = self.model(
-                input_ids=inputs,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: cache},
-            ).logits[:, -1, :]
-            if config.do_sample:
-                probs = torch.softmax(logits.float() / config.temperature, dim=-1)
-                chosen = torch.multinomial(probs, 1).squeeze(1)
-            else:
-                chosen = logits.argmax(dim=-1)
-            for row, token in zip(alive.tolist(), chosen.tolist()):
-                tokens[row].append(token)
-            going = ~torch.isin(chosen, stops)
-            if not bool(going.any()):
-                break
-            if not bool(going.all()):
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                alive, chosen, mask = alive[keep], chosen[keep], mask[keep]
-                positions = positions[keep]
-            inputs = chosen[:, None]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            positions = positions[:, -1:] + 1
-        return tokens
+        """Decode one padded batch (:mod:`diag.backend.decoding`): with transformers' KV cache,
+        or by full recompute where the model's code cannot take that cache (said once)."""
+        keep = {"logits_to_keep": 1} if self._keeps_logits else {}
+        if self._cache_works is not False:
+            try:
+                tokens = decode_cached(
+                    self.model, ids, mask, config, self.stop_ids,
+                    shared=shared, cache_kwarg=self._cache_kwarg, keep_kwarg=keep,
+                )  # fmt: skip
+                self._cache_works = True
+                return tokens
+            except (TypeError, AttributeError) as exc:
+                if self._cache_works:  # it worked before: a real error, not the cache
+                    raise
+                self._cache_works = False
+                log.warning(
+                    "the model code of '%s' cannot use transformers' KV cache (%s: %s); "
+                    "generating by full recompute at every step: exact, slower",
+                    self.name,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:120] if str(exc) else "",
+                )
+            if shared:  # the prefix was laid out for a cache: lay the rows out plainly
+                ids, mask = unshare_prefix(ids, mask, shared, self.tokenizer.pad_token_id)
+        return decode_recompute(self.model, ids, mask, config, self.stop_ids, keep_kwarg=keep)
 
     def _vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
@@ -465,11 +457,18 @@ class HFBackend:
             first = max(0, min(len(contexts[i]) for i in batch) - 1)
             keep = torch.arange(first, width, device=self.device)
             with self._adapter_context():
-                logits = self.model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    logits_to_keep=keep,
-                ).logits
+                if self._keeps_logits:
+                    logits = self.model(
+                        input_ids=ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        logits_to_keep=keep,
+                    ).logits
+                else:
+                    logits = self.model(
+                        input_ids=ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        use_cache=False,
+                    ).logits[:, first:]
             for row, i in enumerate(batch):
                 n_ctx, n_cont = len(contexts[i]), len(conts[i])
                 if n_cont == 0:

@@ -31,6 +31,10 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
     # peft 0.21 calls an API transformers 5 deprecates; the user can do nothing about it
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    # remote configs written for transformers 4 set ``rope_scaling``, which 5 deprecates
+    warnings.filterwarnings(
+        "ignore", message="`rope_scaling` is deprecated", category=FutureWarning
+    )
 
 
 def clear_gguf_quantizer(model) -> None:
@@ -186,3 +190,20 @@ def _short_name(name: str) -> str:
         parts.remove(lora)
         return f"{lora} of {'.'.join(parts)}"
     return ".".join(parts)
+
+
+def read_weight_files(files) -> dict[str, torch.Tensor]:
+    """Every tensor in a model's weight files (safetensors, or ``.bin`` read weights-only);
+    index files among them are skipped."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        name = Path(f).name
+        if name.endswith(".index.json"):
+            continue
+        if name.endswith(".safetensors"):
+            state.update(load_file(str(f)))
+        else:
+            state.update(torch.load(str(f), map_location="cpu", weights_only=True))
+    return state

@@ -88,7 +88,10 @@ def merge_adapter(
     >>> merge_adapter(AdapterSource("runs/a/checkpoint-300", Path("runs/a/checkpoint-300")),
     ...               "merged/", base="smollm2-135m-instruct")    # doctest: +SKIP
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
+
+    from diag.backend.families import family_of, load_model
+    from diag.backend.tokenizer_check import load_tokenizer
 
     out = Path(out)
     _refuse_nonempty(out)
@@ -96,24 +99,24 @@ def merge_adapter(
     started = time.perf_counter()
     model_source = resolve_base(base)
     folder = ensure_local_weights(model_source)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
+    family = family_of(folder)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    # a converting family merges on its native copy (what diag probed) and is saved back in
+    # the family's own layout
+    model = load_model(family, dtype=torch.float32, trust_remote_code=trust_remote_code)
     saved_dtype = _stored_dtype(folder)
     template_info = set_default_system(tokenizer, chat)
 
-    merged = _merge(model, source, model_source.name, saved_dtype)
+    merged = _merge(model, _native_source(source, family), model_source.name, saved_dtype)
     merged.generation_config = _generation_config(merged, tokenizer, GenerationConfig)
 
-    _save_folder(
-        out,
-        merged,
-        tokenizer,
-        lambda: _provenance_record(
-            source, model_source.name, saved_dtype, template_info, started, provenance
-        ),
+    record = lambda: _provenance_record(  # noqa: E731
+        source, model_source.name, saved_dtype, template_info, started, provenance
     )
+    if family.converts:
+        _save_folder(out, lambda tmp: _write_family_folder(tmp, merged, family, tokenizer), record)
+    else:
+        _save_folder(out, lambda tmp: _write_transformers_folder(tmp, merged, tokenizer), record)
     log.info("merged %s into %s -> %s", source.key, model_source.name, out)
     return out
 
@@ -136,8 +139,8 @@ def _merge(model, source: AdapterSource, base_name: str, saved_dtype: torch.dtyp
     return merged
 
 
-def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> None:
-    """Write weights, tokenizer and provenance under a temporary name, then rename it to ``out``.
+def _save_folder(out: Path, write: Callable[[Path], None], record: Callable[[], dict]) -> None:
+    """``write(tmp)`` the model files, add the provenance, then rename the folder to ``out``.
 
     ``record`` is called after the weights are written, so its timings include the save.
     """
@@ -145,8 +148,7 @@ def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> No
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         write_json_atomic(tmp / PROVENANCE_FILE, record())
         if out.exists():  # an empty folder the user made
             out.rmdir()
@@ -154,6 +156,50 @@ def _save_folder(out: Path, merged, tokenizer, record: Callable[[], dict]) -> No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_transformers_folder(tmp: Path, merged, tokenizer) -> None:
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+
+def _native_source(source: AdapterSource, family) -> AdapterSource:
+    """``source`` renamed (and split) for the family's native copy, where it converts."""
+    if not family.converts:
+        return source
+    if source.adapter_dir is not None:
+        from diag.backend.checkpoints import read_peft_adapter
+
+        config, state = read_peft_adapter(Path(source.adapter_dir))
+    else:
+        config, state = source.lora_config, source.state_dict
+    state, config = family.adapter_to_native(state, config)
+    return AdapterSource(source.key, lora_config=config, state_dict=state)
+
+
+def _write_family_folder(tmp: Path, merged, family, tokenizer) -> None:
+    """The family's own layout: the base folder's files (config, model code, tokenizer) copied
+    as they are, the merged weights under the family's names."""
+    from safetensors.torch import save_file
+
+    from diag.formats.layouts import shards
+
+    weights, _ = shards(family.folder)
+    skip = {f.name for f in weights}
+    shutil.copytree(family.folder, tmp, ignore=lambda _d, names: [n for n in names if n in skip])
+    state = family.weights_from_native(merged.state_dict())
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    merged.generation_config.to_json_file(str(tmp / "generation_config.json"))
+    template = getattr(tokenizer, "chat_template", None)
+    config_path = tmp / "tokenizer_config.json"
+    if isinstance(template, str) and config_path.is_file():  # with the default system prompt
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def _provenance_record(

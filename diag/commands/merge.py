@@ -29,7 +29,21 @@ from diag.commands import policy_options
 @click.option(
     "--lora-alpha", type=float, help="LoRA alpha for XTuner checkpoints without a config."
 )
-def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pickle, lora_alpha):
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Allow a base model that ships its own Python code."
+)
+def merge(
+    source,
+    out,
+    checkpoint,
+    force,
+    policy_file,
+    overrides,
+    base,
+    allow_pickle,
+    lora_alpha,
+    trust_remote_code,
+):
     """Merge a checkpoint into its base: a plain transformers folder, refused if the gate fails.
 
     SOURCE is a sweep's results dir, a run folder or one checkpoint (peft adapter, XTuner
@@ -48,6 +62,7 @@ def merge(source, out, checkpoint, force, policy_file, overrides, base, allow_pi
         base=base,
         allow_pickle=allow_pickle,
         lora_alpha=lora_alpha,
+        trust_remote_code=trust_remote_code,
     )
     ckpt = plan.checkpoint
     verdict = plan.gate.verdict if plan.gate else "ungated"

@@ -87,7 +87,7 @@ def sweep(
 
     result = run_sweep(
         runs_dir,
-        load_model=_remote_code_loader(options["device"]) if trust_remote_code else None,
+        trust_remote_code=trust_remote_code,
         policy=_policy(policy_file, overrides),
         progress="quiet" if quiet else log_format,
         **options,
@@ -129,13 +129,3 @@ def _policy(policy_file, overrides):
     from diag.diagnostics.policy import load_policy
 
     return load_policy(policy_file, overrides)
-
-
-def _remote_code_loader(device):
-    """Base loader for --trust-remote-code (off by default: model repos can ship code)."""
-    import functools
-
-    from diag.backend import load_backend
-
-    # a partial, not a lambda: a Ray sweep sends it to every actor
-    return functools.partial(load_backend, device=device, trust_remote_code=True)
