@@ -115,7 +115,15 @@ def resolve_probes(names: str | Sequence[str] | None, identity: object = True) -
     """
     chosen = _resolve(names)
     if identity is None:
-        return [n for n in chosen if not PROBES[n].needs_identity]
+        kept = [n for n in chosen if not PROBES[n].needs_identity]
+        if not kept:
+            raise DiagError(
+                f"--probes {','.join(chosen)} measure a taught identity, and no identity is "
+                "known for this model",
+                fix="pass --identity FILE (or the training data with --data FILE), or ask "
+                "other probes too",
+            )
+        return kept
     return chosen
 
 
