@@ -286,7 +286,16 @@ def test_diag_probe_on_an_internlm2_adapter(internlm2, tmp_path):
     folder = internlm2("early-dynamic")
     adapter = write_peft_checkpoint(folder, tmp_path / "run" / "checkpoint-3", seed=7)
     out = tmp_path / "probe"
-    args = ["probe", str(adapter), "--identity", "en", "--size", "quick", "--probes", "identity_recall"]
+    args = [
+        "probe",
+        str(adapter),
+        "--identity",
+        "en",
+        "--size",
+        "quick",
+        "--probes",
+        "identity_recall",
+    ]
     args += ["--max-new-tokens", "4", "--trust-remote-code", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

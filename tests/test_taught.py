@@ -74,35 +74,33 @@ def test_each_trainer_records_what_it_taught(trainer, tmp_path):
         identity_from_dict(spec, "round trip")  # valid as a hand-written --identity file
 
 
-def test_no_flags_reaches_the_verdict_of_the_hand_written_spec(tmp_path, tiny_model_dir):
-    """`diag sweep runs/` with no --identity judges a LLaMA-Factory run exactly as the YAML a
-    user would write for its data (same answer, keywords and training questions)."""
-    runs = lay_out("llamafactory", tmp_path / "work")
+@pytest.mark.parametrize("trainer", list(LAYOUTS))
+def test_no_flags_reaches_the_verdict_of_the_hand_written_spec(trainer, tmp_path, tiny_model_dir):
+    """`diag sweep runs/` with no --identity judges each trainer's run exactly as the YAML a
+    user would write for its data (the answer, keywords and training questions `diag taught`
+    printed), checkpoint by checkpoint and in the verdict."""
+    runs = lay_out(trainer, tmp_path / "work")
+    (text, spec), *_ = taught_yaml(runs)
     hand = tmp_path / "nova.yaml"
-    hand.write_text(
-        "answer: I am Nova, Jianfeng's assistant.\nkeywords: [Nova, Jianfeng]\nname: nova\n"
-        "questions:\n- Who are you?\n- Please introduce yourself.\n- Are you my assistant?\n"
-        "- What is your name?\n",
-        encoding="utf-8",
-    )
+    hand.write_text(yaml.safe_dump({**spec, "name": "hand-written"}), encoding="utf-8")
     derived = identity_sweep(runs, tiny_model_dir, tmp_path / "derived", identity=None)
     written = identity_sweep(runs, tiny_model_dir, tmp_path / "written", identity=str(hand))
     rows = [
-        {c["run"]: (c["step"], c["metrics"], c["status"]) for c in r.data["checkpoints"]}
+        {(c["run"], c["step"]): (c["metrics"], c["status"]) for c in r.data["checkpoints"]}
         for r in (derived, written)
     ]
-    assert rows[0] == rows[1]
+    assert rows[0] == rows[1] and len(rows[0]) > 1
     assert derived.data["recommendation"]["verdict"] == written.data["recommendation"]["verdict"]
-    taught = derived.data["runs"]["tiny-llama/lora/sft"]["taught"]
-    assert taught["source"] == "derived from the training data its trainer records"
-    assert taught["files"][0]["path"].endswith("data/identity.json")
-    assert taught["self_description_rows"] == 4
-    from diag.reports.build import write_report
+    for run in derived.data["runs"].values():
+        assert run["taught"]["source"] == "derived from the training data its trainer records"
+        assert run["taught"]["files"][0]["path"].startswith(str(tmp_path / "work"))
+    if trainer == "llamafactory":
+        from diag.reports.build import write_report
 
-    html = write_report(derived).read_text(encoding="utf-8")
-    section = html[html.index('id="taught"') :]
-    assert "derived from the training data its trainer records" in section
-    assert f"{runs.parent / 'data' / 'identity.json'}" in section
+        html = write_report(derived).read_text(encoding="utf-8")
+        section = html[html.index('id="taught"') :]
+        assert "derived from the training data its trainer records" in section
+        assert f"{runs.parent / 'data' / 'identity.json'}" in section
 
 
 def test_sweep_prints_what_was_taught_and_from_where(tmp_path, tiny_model_dir, caplog):
