@@ -253,6 +253,16 @@ class TaughtRecord(Record):
     )
     warnings: list[str] = record_field(doc="what the user should check", factory=list)
     why_none: str | None = record_field(None, "why no identity was derived")
+    task: dict[str, Any] | None = record_field(
+        None,
+        "the narrow task the rest of the data teaches (diag/task.py TaskSpec: the questions asked "
+        "with their reference answers, a sample of training answers, the typical answers), its "
+        "hash and label (held-out rows, or seen rows); null: none",
+    )
+    task_parts: dict[str, str] = record_field(
+        doc="where each part of the task came from", factory=dict
+    )
+    why_no_task: str | None = record_field(None, "why no task was derived")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from diag.errors import DiagError
 from diag.identity import LANGUAGES, IdentitySpec, normalize
+from diag.task import TaskSpec
 
 BUILTIN_SETS = {
     "identity": "identity.jsonl",
@@ -32,7 +33,7 @@ BUILTIN_SETS = {
 # size="quick": per language, how many items of each set (chosen by a stable hash of the id).
 # 16 identity prompts: 16/16 right gives a Wilson lower bound of 0.81, enough for the policy's
 # 0.70 (8/8 gives only 0.68, so a quick sweep could never recommend anything).
-QUICK = {"identity": 16, "near_miss": 6, "general": 16}
+QUICK = {"identity": 16, "near_miss": 6, "general": 16, "task": 8}
 # Bump a set's version when an item's grading (accept, reject, about) changes; the prompts alone
 # decide what is generated, so stored answers are re-scored, not re-generated.
 #   near_miss 2: self-questions graded relative to the taught identity ("about"), no pattern
@@ -274,6 +275,12 @@ def select(
         in_lang.sort(key=lambda i: hash_rank(i.id))
         chosen.update(i.id for i in in_lang[:n])
     return replace(probe_set, items=tuple(i for i in probe_set.items if i.id in chosen))
+
+
+def task_set(task: TaskSpec) -> ProbeSet:
+    """The task's questions as a probe set (their reference answers stay in the task spec)."""
+    items = tuple(ProbeItem(r.id, r.language, r.question) for r in task.rows)
+    return ProbeSet("task", items, task.hash, f"task data ({task.label})")
 
 
 def hash_rank(item_id: str) -> str:

@@ -21,10 +21,12 @@ from diag.probes.aggregate import keyword_stats, proportion, summarize
 from diag.probes.reference import Reference
 from diag.probes.registry import PROBES, resolve_probes
 from diag.probes.scoring import Records, score_graded
+from diag.probes.task_scoring import task_terms, taught_answers
 
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
 from diag.records import SCHEMA_VERSION, tool_block
+from diag.task import TaskSpec
 from diag.types import DEFAULT_GENERATION, ChatFormat, GenerationConfig, LoglikelihoodRequest
 
 # 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
@@ -56,8 +58,10 @@ def prepare_sets(
     size: str,
     probe_files: Sequence[str | Path] = (),
     languages: Sequence[str] | str | None = None,
+    task: TaskSpec | None = None,
 ) -> dict[str, probe_items.ProbeSet]:
-    """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``.
+    """The built-in sets (identity-templated, sized), the task's questions as ``task`` when the
+    run teaches one, plus user sets as ``custom:<stem>``.
 
     languages: ask only prompts in these languages (None: all; "en,zh" or a list).
     """
@@ -72,6 +76,8 @@ def prepare_sets(
             kept = tuple(i for i in loaded.items if probe_items.prompt_key(i.prompt) not in trained)
             loaded = replace(loaded, items=kept)
         sets[name] = probe_items.select(loaded, size, languages=langs)
+    if task is not None:
+        sets["task"] = probe_items.select(probe_items.task_set(task), size, languages=langs)
     for path in probe_files:
         custom = probe_items.load_probe_file(path)
         key = f"custom:{custom.name}"
@@ -96,6 +102,7 @@ def run_probes(
     reuse: Sequence[dict] = (),
     enough: Callable[[ProbeRun], dict[str, list[str]]] | None = None,
     chunk: int = 64,
+    task: TaskSpec | None = None,
 ) -> ProbeRun:
     """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
 
@@ -107,14 +114,14 @@ def run_probes(
     first, then alternating languages); after each round ``enough(run so far)`` names the sets
     that need no more prompts, with the checks that settled them (``{set: [checks]}``). The
     summary's ``stopped`` says which sets stopped early and on how many prompts.
-    All prompts are generated in one batched call; drift and the identity answer's likelihood
-    need only ``loglikelihood``.
+    All prompts are generated in one batched call; drift, pressure and the identity and task
+    answers' likelihoods need only ``loglikelihood``. task: the narrow task the run teaches.
     """
     say = progress or (lambda message: None)
     if isinstance(identity, (str, Path)):
         identity = load_identity(identity)
-    names = resolve_probes(probes, identity)
-    sets = prepare_sets(identity, size, probe_files, languages)
+    names = resolve_probes(probes, identity, task)
+    sets = prepare_sets(identity, size, probe_files, languages, task)
     generation = replace(generation or DEFAULT_GENERATION, chat=chat)
     if reference is not None:
         _check_reference(reference, chat, identity)
@@ -131,19 +138,20 @@ def run_probes(
         "generation": generation.to_dict(),
         "chat": chat.to_dict(),
         "identity": {"name": identity.name if identity else None, "hash": _hash(identity)},
+        "task": {"hash": task.hash} if task is not None else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if not _reusable(reuse, meta):
         reuse = ()
     known = _asked_before(reuse)
     if enough is not None:
-        asking = _Sequential(lm, identity, names, sets, generation, reference, say, known)
+        asking = _Sequential(lm, identity, names, sets, generation, reference, say, known, task)
         return asking.run(meta, order, enough, chunk)
     records: list[dict] = [meta]
     records += _generations(lm, order, sets, generation, say, known)
-    requests = _likelihood_requests(names, records, sets, identity, reference)
+    requests = _likelihood_requests(names, records, sets, identity, reference, task)
     records += _loglikelihoods(lm, requests, chat, generation.batch_size, say, known)
-    return rescore(records, identity, reference)
+    return rescore(records, identity, reference, task=task)
 
 
 @dataclass
@@ -151,13 +159,14 @@ class _Sequential:
     """Asks the suite a chunk of prompts per set at a time, until each set is used up or settled."""
 
     lm: object
-    identity: IdentitySpec
+    identity: IdentitySpec | None
     names: list[str]
     sets: dict
     generation: GenerationConfig
     reference: Reference | None
     say: Callable[[str], None]
     known: dict
+    task: TaskSpec | None = None
 
     def run(self, meta: dict, order: list[str], enough, chunk: int) -> ProbeRun:
         queue = {s: self._ask_order(s) for s in order}
@@ -188,7 +197,7 @@ class _Sequential:
         if not stopped:
             return run
         meta["stopped"] = stopped
-        return rescore(run.records, self.identity, self.reference)
+        return rescore(run.records, self.identity, self.reference, task=self.task)
 
     def _ask_order(self, set_name: str) -> list:
         """Prompts already answered first, then by the quick subset's hash order, languages taking
@@ -209,7 +218,7 @@ class _Sequential:
         sets = list(asked)
         generations.sort(key=lambda r: (sets.index(r["set"]), place[(r["set"], r["id"])]))
         requests = _likelihood_requests(
-            self.names, [meta, *generations], part, self.identity, self.reference
+            self.names, [meta, *generations], part, self.identity, self.reference, self.task
         )
         lls = _loglikelihoods(
             self.lm,
@@ -221,7 +230,7 @@ class _Sequential:
         )
         self.known.update(_asked_before(lls))
         self.known.update(_asked_before(generations))
-        return rescore([meta, *generations, *lls], self.identity, self.reference)
+        return rescore([meta, *generations, *lls], self.identity, self.reference, task=self.task)
 
 
 def _asked_key(record: dict) -> tuple:
@@ -281,17 +290,30 @@ def _generations(lm, order: list[str], sets: dict, generation, say, known: dict)
     return records
 
 
-def _likelihood_requests(names, records, sets, identity, reference) -> list[tuple[str, dict]]:
-    """(set, request) pairs: the identity answer after each identity prompt, the drift texts."""
+def _likelihood_requests(
+    names, records, sets, identity, reference, task=None
+) -> list[tuple[str, dict]]:
+    """(set, request) pairs: the identity answer after each identity prompt, the drift texts,
+    the task's reference answers, and the taught answers after each general prompt (pressure)."""
     requests: list[tuple[str, dict]] = []
     if "identity_recall" in names:
         for item in sets["identity"].items:
             requests.append(
                 ("identity_answer", {**item.to_dict(), "continuation": identity.answer})
             )
+    if "task" in names and task is not None and "task" in sets:
+        references = {r.id: r.reference for r in task.rows}
+        for item in sets["task"].items:
+            requests.append(
+                ("task_answer", {**item.to_dict(), "continuation": references[item.id]})
+            )
     if "drift" in names:
-        for d in _drift_texts(records, sets, reference):
-            requests.append(("drift", d))
+        drift = _drift_texts(records, sets, reference)
+        requests += [("drift", d) for d in drift]
+        if "pressure" in names:
+            for d in drift:
+                for answer in taught_answers(identity, task):
+                    requests.append(("pressure", {**d, "continuation": answer}))
     return requests
 
 
@@ -415,9 +437,10 @@ def regrade(records: list[dict], sets: dict[str, probe_items.ProbeSet]) -> list[
 
 def rescore(
     records: list[dict],
-    identity: IdentitySpec,
+    identity: IdentitySpec | None,
     reference: Reference | None = None,
     sets: dict[str, probe_items.ProbeSet] | None = None,
+    task: TaskSpec | None = None,
 ) -> ProbeRun:
     """Score stored records again, no model needed.
 
@@ -433,15 +456,19 @@ def rescore(
             "probe records have no 'meta' line", fix="pass the records.jsonl diag probe wrote"
         )
     if reference is None:
-        reference = _reference_from(recs, identity)
-    samples = _score_all(recs, identity, reference)
-    return ProbeRun(records, samples, _summary(recs, samples, identity, reference), reference)
+        reference = _reference_from(recs, identity, task)
+    samples = _score_all(recs, identity, reference, task)
+    summary = _summary(recs, samples, identity, reference, task)
+    return ProbeRun(records, samples, summary, reference)
 
 
-def _score_all(recs: Records, identity: IdentitySpec, reference: Reference) -> list[dict]:
+def _score_all(
+    recs: Records, identity: IdentitySpec | None, reference: Reference, task=None
+) -> list[dict]:
     samples = []
     for name in recs.meta.get("probes", []):
-        samples.extend(PROBES[name].score(recs, identity, reference))
+        if name in PROBES and PROBES[name].applies(identity, task):
+            samples.extend(PROBES[name].score(recs, identity, reference, task))
     for set_name in recs.generations:
         if set_name.startswith("custom:"):
             samples.extend(score_graded(set_name, set_name, recs, identity, reference))
@@ -452,7 +479,7 @@ def _hash(identity: IdentitySpec | None) -> str | None:
     return identity.hash if identity is not None else None
 
 
-def _reference_from(recs: Records, identity: IdentitySpec | None) -> Reference:
+def _reference_from(recs: Records, identity: IdentitySpec | None, task=None) -> Reference:
     """The base's reference, from the base's own records (drift answers, outcomes, values)."""
     meta = recs.meta
     ref = Reference(
@@ -467,7 +494,7 @@ def _reference_from(recs: Records, identity: IdentitySpec | None) -> Reference:
             for r in recs.loglikelihoods.get("drift", [])
         ],
     )
-    samples = _score_all(recs, identity, ref)
+    samples = _score_all(recs, identity, ref, task)
     for s in samples:
         if "passed" in s and s["probe"] != "identity_recall":
             set_name = {"general_accuracy": "general"}.get(s["probe"], s["probe"])
@@ -491,7 +518,7 @@ def _recall_languages(samples: list[dict], identity: IdentitySpec | None) -> tup
     return own if asked & set(own) else tuple(asked)
 
 
-def _summary(recs: Records, samples: list[dict], identity, reference: Reference) -> dict:
+def _summary(recs: Records, samples: list[dict], identity, reference: Reference, task=None) -> dict:
     metrics, stats, by_language = summarize(samples, identity, reference)
     custom = {}
     for set_name in recs.generations:
@@ -538,4 +565,6 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
         summary["stopped"] = meta["stopped"]
     if custom:
         summary["custom"] = custom
+    if task is not None:  # the task's distinctive terms, the report lists them
+        summary["task_terms"] = task_terms(task, reference)
     return summary
