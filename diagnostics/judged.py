@@ -36,9 +36,9 @@ class Judged:
 
     @property
     def measures_learning(self) -> bool:
-        """Its run taught something a probe measures: an identity (a task score, once there is
-        one). A run that taught no identity has target "none" and is judged for damage only."""
-        return self.record.target != "none"
+        """Its run taught something a probe measures: an identity or a narrow task. A run that
+        taught neither is judged for damage only."""
+        return self.record.judged_on != []
 
     @property
     def learned(self) -> bool:

@@ -28,22 +28,39 @@ from typing import Any
 from diag.errors import DiagError
 from diag.records import Check, CheckpointRecord, MetricStats
 from diag.stats import mcnemar_exact_one_sided, wilson_interval
+from diag.task import SEEN_LABEL
 
 # Every check the policy knows, in the order they are shown.
 CHECKS = (
     "status",
     "identity_recall",
+    "task_facts",
     "near_miss",
     "retention",
     "drift",
     "parrot_leakage",
+    "regurgitation",
     "modal_share",
     "loop_rate",
 )
 SEVERITIES = ("blocking", "warning", "off")
-# Checks that measure a taught identity: they do not apply to a run that taught none (its
-# records say target "none"), which is judged on the rest.
+# Checks that measure what a run taught: the identity's apply to runs that taught one, the task's
+# to runs whose data teaches a narrow task (a record's ``judged_on``); the rest judge every run.
 IDENTITY_CHECKS = ("identity_recall", "near_miss", "parrot_leakage")
+TASK_CHECKS = ("task_facts", "regurgitation")
+
+
+def applies(name: str, record: CheckpointRecord) -> bool:
+    """Whether check ``name`` judges ``record`` (results written before ``judged_on``: the
+    identity checks, as then)."""
+    taught = record.judged_on
+    if taught is None:
+        return name not in TASK_CHECKS
+    if name in IDENTITY_CHECKS:
+        return "identity" in taught
+    if name in TASK_CHECKS:
+        return "task" in taught
+    return True
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,13 @@ class Policy:
     # choice rule: checkpoints whose identity recall is within this of the best eligible one are
     # "on the identity plateau"; the earliest of them is recommended.
     plateau_tolerance: float = 0.05
+    # task_facts: the 95 % Wilson lower bound of the share of task questions answered with the
+    # reference's facts must exceed the base's share by this much (a fraction): a task counts as
+    # learned on knowledge, never on style.
+    task_min_gain: float = 0.20
+    # regurgitation: share of unrelated answers bringing the task's content, at most base + this,
+    # unless the excess is not significant (as loop_rate).
+    regurgitation_margin: float = 0.10
     # onset: the composite collapse score must jump by at least this (0..1) to call a collapse.
     onset_min_jump: float = 0.25
     checks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(CHECKS, "blocking"))
@@ -222,7 +246,7 @@ def evaluate_checkpoint(
             continue
         if name != "status" and not ckpt.ok:
             continue  # an errored checkpoint is judged by its status check alone
-        if name in IDENTITY_CHECKS and ckpt.target == "none":
+        if not applies(name, ckpt):
             continue
         passed, value, threshold, detail = _JUDGES[name](ckpt, base, policy)
         out.append(Check(name, bool(passed), level == "blocking", value, threshold, detail))
@@ -404,9 +428,53 @@ def _judge_loop(ckpt, base, policy):
     return False, value, limit, detail
 
 
+def _judge_task_facts(ckpt, base, policy):
+    value = _metric(ckpt, "task_facts")
+    base_value = _base_value(ckpt, base, "task_facts") or 0.0
+    limit = min(1.0, base_value + policy.task_min_gain)
+    if value is None:
+        return _not_measured("task facts", limit)
+    st = ckpt.stat("task_facts")
+    seen = "" if (ckpt.task or {}).get("held_out", True) else f"; {SEEN_LABEL}"
+    if not st.n:
+        return value > limit, value, limit, f"task facts {pct(value)} (no counts){seen}"
+    n, k = int(st.n), _successes(st, value)
+    low, high = wilson_interval(k, n)
+    text = (
+        f"task facts {pct(value)} [{pct(low)}–{pct(high)}] over {n} questions ({k} carried "
+        f"the reference's facts); lower bound {'above' if low > limit else 'not above'} "
+        f"{pct(limit)} = base {pct(base_value)} + {pct(policy.task_min_gain)}{seen}"
+    )
+    return low > limit, low, limit, text
+
+
+def _judge_regurgitation(ckpt, base, policy):
+    value = _metric(ckpt, "regurgitation")
+    base_value = _base_value(ckpt, base, "regurgitation") or 0.0
+    limit = base_value + policy.regurgitation_margin
+    if value is None:
+        return _not_measured("regurgitation", limit)
+    st = ckpt.stat("regurgitation")
+    counts = f" ({st.successes}/{st.n} answers)" if st.n and st.successes is not None else ""
+    detail = (
+        f"regurgitation {pct(value)}{counts} (base {pct(base_value)} + "
+        f"{pct(policy.regurgitation_margin)})"
+    )
+    if value <= limit + 1e-12:
+        return True, value, limit, detail
+    if st.n:
+        low, _ = wilson_interval(_successes(st, value), int(st.n))
+        if low <= limit:
+            return True, value, limit, f"{detail}; not significantly above (lower bound {pct(low)})"
+        return False, value, limit, f"{detail}; significantly above (lower bound {pct(low)})"
+    return False, value, limit, detail
+
+
 _JUDGES = {
     "status": _judge_status,
     "identity_recall": _judge_identity,
+    "task_facts": _judge_task_facts,
+    "regurgitation": _judge_regurgitation,
     "near_miss": _judge_near_miss,
     "retention": _judge_retention,
     "drift": _judge_drift,

@@ -47,8 +47,9 @@ class BaseRunner:
     """Probes one base and its checkpoints through ``workers``, which load the model only when a
     cache miss needs it.
 
-    targets: target key -> the identity judged against (None: no identity); stages_for:
-    target key -> that target's stages (screen first when staged, the full suite last).
+    targets: target key -> (the identity, the task) judged against (None where there is none);
+    stages_for: target key -> that target's stages (screen first when staged, the full suite
+    last); judged_on: target key -> what its checks measure ("identity", "task").
     """
 
     def __init__(
@@ -62,12 +63,13 @@ class BaseRunner:
         bar,
         targets: dict,
         stages_for: Callable[[str], list[Stage]],
+        judged_on: dict,
         policy,
         trust_remote_code: bool = False,
     ):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.workers, self.bar, self.policy = workers, bar, policy
-        self.targets, self.stages_for = targets, stages_for
+        self.targets, self.stages_for, self.judged_on = targets, stages_for, judged_on
         self.base_fp = base_fingerprint(name, fingerprints)
         # the tokenizer diag will use (checked, maybe the slow one): answers depend on it
         self.tokenizer = base_tokenizer_key(name, trust_remote_code)
@@ -122,7 +124,7 @@ class BaseRunner:
     def probe_base(self, chat: ChatFormat, target: str, rows: list[str]) -> None:
         from diag.probes.suite import rescore, subset_records
 
-        spec = self.targets[target]
+        spec, task = self.targets[target]
         stages = self.stages_for(target)
         widest = stages[-1]
         key = self._key("base", chat, widest)
@@ -133,20 +135,20 @@ class BaseRunner:
         label = f"base {self.name}"
         seconds = None
         if entry is None:
-            task = ProbeTask(label, None, chat, spec, widest.settings)
-            [(_, outcome)] = self.workers.run([task])
+            job = ProbeTask(label, None, chat, spec, widest.settings, task=task)
+            [(_, outcome)] = self.workers.run([job])
             if not outcome.ok:  # its Ray workers died: nothing can be compared with this base
                 raise DiagError(f"base {self.name} could not be probed: {outcome.error}")
             run, seconds = outcome.run, outcome.seconds
             with writing(self.state.out):
                 self.cache.put("base", key, {"records": run.records})
         else:
-            run = rescore(entry["records"], spec, None, widest.sets)
+            run = rescore(entry["records"], spec, None, widest.sets, task=task)
         self.references[(widest.name, chat, target)] = run.reference
         for stage in stages[:-1]:
             size = stage.settings["size"]
             part = subset_records(run.records, stage.sets, size, stage.settings["languages"])
-            screen = rescore(part, spec, None, stage.sets)
+            screen = rescore(part, spec, None, stage.sets, task=task)
             self.references[(stage.name, chat, target)] = screen.reference
         for row in rows:
             record = CheckpointRecord(
@@ -158,6 +160,7 @@ class BaseRunner:
                 base=self.name,
                 chat=chat.to_dict(),
                 target=target,
+                judged_on=self.judged_on[target],
             )
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached, seconds=seconds)
@@ -203,6 +206,7 @@ class BaseRunner:
             base=self.name,
             chat=chat.to_dict(),
             target=target,
+            judged_on=self.judged_on[target],
         )
         try:
             record.fingerprint = self.fp.fingerprint(
@@ -214,7 +218,7 @@ class BaseRunner:
             return None
         key = self._key(record.fingerprint, chat, stage)
         reference = self.references[(stage.name, chat, target)]
-        spec = self.targets[target]
+        spec, task = self.targets[target]
         entry = self.cache.get("checkpoint", key)
         stopping = None if exhaustive else self._stopping(stage, target)
         if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
@@ -223,12 +227,12 @@ class BaseRunner:
         if entry is not None:
             from diag.probes.suite import rescore
 
-            run = rescore(entry["records"], spec, reference, stage.sets)
+            run = rescore(entry["records"], spec, reference, stage.sets, task=task)
             self._keep(record.fingerprint, chat, target, stage, run)
             self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt, stage=stage.name)
             self.bar.done(label, True)
             return None
-        task = ProbeTask(
+        job = ProbeTask(
             label,
             ckpt,
             chat,
@@ -238,8 +242,9 @@ class BaseRunner:
             reuse=tuple(self.screened.get((record.fingerprint, chat, target), ())),
             enough=self._stop_rule(stage, chat, target, stopping),
             options=options,
+            task=task,
         )
-        return task, record, key, stage
+        return job, record, key, stage
 
     def _stop_rule(self, stage: Stage, chat: ChatFormat, target: str, stopping):
         if stopping is None:

@@ -565,6 +565,11 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference,
         summary["stopped"] = meta["stopped"]
     if custom:
         summary["custom"] = custom
-    if task is not None:  # the task's distinctive terms, the report lists them
-        summary["task_terms"] = task_terms(task, reference)
+    if task is not None:  # what the task scores rest on; the report lists the terms
+        summary["task"] = {
+            "hash": task.hash,
+            "held_out": task.held_out,
+            "label": task.label,
+            "terms": task_terms(task, reference),
+        }
     return summary
