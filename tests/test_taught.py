@@ -144,7 +144,8 @@ def test_general_data_only_is_not_an_identity_run(tmp_path, tiny_model_dir, tiny
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     said = (
-        "taught: hf: no identity (none of 40 rows asks who the assistant is): identity probes off"
+        "taught: hf: no identity (none of 40 rows asks who the assistant is) and no narrow task "
+        "(general chat, not a narrow task: "
     )
     assert any(m.startswith(said) for m in caplog.messages)
     data = json.loads((runs / "diag" / "results.json").read_text(encoding="utf-8"))
