@@ -95,7 +95,7 @@ def run_next_steps(
             return NextSteps(
                 f"the {what} was only partly learned by step {step}{detail}, and collapse "
                 f"began between {onset.healthy_until} and {onset.collapsing_from}",
-                (_dilution(run, healthy),),
+                (_dilution(run, healthy, what),),
             )
         return NextSteps(
             f"the {what} was partly learned by step {step}{detail}", ("train longer",), True

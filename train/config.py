@@ -38,6 +38,11 @@ class LoraSettings:
 class DataSettings:
     identity_samples: int = 2000  # conversations built from the identity spec (the seed: 2,000)
     max_length: int = 256  # tokens per example; longer examples are cut from the right
+    # a narrow task to teach (a support bot, a house style): conversation files in any format
+    # diag reads (docs/formats.md), trained on as they are; the sweep scores the task from them
+    task_files: list = field(default_factory=list)
+    # rows of the same task NOT trained on: the sweep scores the task on them (generalisation)
+    eval_files: list = field(default_factory=list)
 
 
 @dataclass
@@ -54,7 +59,7 @@ class MixSettings:
 class TrainConfig:
     base: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     trust_remote_code: bool = False  # run the code a base model ships (e.g. InternLM2)
-    identity: str = "en"  # identity YAML path, or "en"/"zh" for the shipped examples
+    identity: str | None = "en"  # identity YAML path, "en"/"zh" (the examples), or null: none
     output_dir: str = "runs/identity"
     method: str = "lora"  # "lora" or "full"
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -74,8 +79,8 @@ class TrainConfig:
     mix: MixSettings = field(default_factory=MixSettings)
     deepspeed: str | None = None  # zero1|zero2|zero3|zero2_offload|zero3_offload
     probe_every: int | None = None  # steps (a multiple of save_every) between in-training probes
-    stop_on_parrot: bool = False  # stop once parrot leakage crosses parrot_limit
-    parrot_limit: float | None = None  # leakage limit; None: the policy's leakage_max (0.10)
+    stop_on_parrot: bool = False  # stop once parrot pressure (likelihood only) crosses parrot_limit
+    parrot_limit: float | None = None  # pressure limit; None: one half
     resume_from: str | None = None  # a checkpoint-N folder: continue from its weights and step
     device: str | None = None  # None: cuda > mps > cpu
     cpu_threads: int | None = None  # torch threads on CPU; None: 1 when the CPU is busy, else all
@@ -255,7 +260,20 @@ def validate(c: TrainConfig) -> list[str]:
         + _schedule_problems(c)
         + _lora_problems(c.lora)
         + _mix_problems(c.mix)
+        + _task_problems(c.data)
     )
+
+
+def _task_problems(d: DataSettings) -> list[str]:
+    """``data.task_files`` / ``data.eval_files``: lists of files that exist."""
+    p: list[str] = []
+    for key in ("task_files", "eval_files"):
+        files = getattr(d, key)
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            p.append(f"'data.{key}' must be a list of file paths, got {files!r}")
+        else:
+            p += [f"'data.{key}' file '{f}' not found" for f in files if not Path(f).is_file()]
+    return p
 
 
 def _failed(*checks: tuple[Any, str]) -> list[str]:
@@ -301,8 +319,10 @@ def _top_level_problems(c: TrainConfig) -> list[str]:
             f"'base' must be a model name or folder, got {c.base!r}",
         ),
         (
-            isinstance(c.identity, str) and c.identity != "",
-            f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
+            (isinstance(c.identity, str) and c.identity != "")
+            or (c.identity is None and bool(c.data.task_files)),
+            f"'identity' must be a YAML path or en/zh (or null with data.task_files), got "
+            f"{c.identity!r}",
         ),
         (
             isinstance(c.output_dir, str) and c.output_dir != "",

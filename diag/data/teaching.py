@@ -351,6 +351,11 @@ def identity_yaml(taught: Taught, run: str) -> str:
         lines.append(f"# data: {f['path']} ({f['rows']} rows, {f['format']}; {f['how']})")
     for warning in taught.warnings:
         lines.append(f"# WARNING: {warning}")
+    if taught.task is not None:
+        lines.append(f"# task: scored on {taught.task.label}")
+        lines += [f"#   {part}: {how}" for part, how in taught.task_parts.items()]
+    elif taught.why_no_task:
+        lines.append(f"# no narrow task: {taught.why_no_task}")
     if taught.spec is None:
         lines.append(f"# no identity: {taught.why_none}")
         return "\n".join(lines) + "\n"
