@@ -87,7 +87,7 @@ def run_next_steps(
         step = last.record.step
         if not any(j.progress > 0 for j in judged):
             return NextSteps(
-                f"nothing was learned by step {step}{detail}",
+                f"nothing was learned by step {step}{detail}{_style_only(last)}",
                 (f"train longer, or check that the {what} data reach the model",),
                 joined=True,
             )
@@ -102,6 +102,19 @@ def run_next_steps(
         )
     window, start, end = _learning_window(judged, first, onset, what)
     return NextSteps(window, (_save_often(name, run, start, end), _dilution(run, healthy, what)))
+
+
+def _style_only(j) -> str:
+    """', though its answers took the task's style (task chrF 4% → 31%) but not its facts' when
+    similarity rose without the facts: style is not knowledge."""
+    value = j.record.metric("task_similarity")
+    before = j.record.base_metric("task_similarity", j.base)
+    if value is None or before is None or value - before < 0.05:
+        return ""
+    return (
+        f", though its answers took the task's style (task chrF {pct(before)} → {pct(value)}) "
+        "but not its facts"
+    )
 
 
 def _learning_window(judged: list, first, onset, what: str = "identity") -> tuple[str, int, int]:

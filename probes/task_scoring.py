@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import unicodedata
@@ -145,15 +146,21 @@ def _spans(text: str) -> set[str]:
 
 
 def copied_span(answer: str, task: TaskSpec) -> tuple[str, str] | None:
-    """(the span, the training question whose answer holds it), or None."""
+    """(the longest passage copied, the training question whose answer it comes from: the one
+    sharing the most spans), or None."""
     mine = _spans(answer)
     if not mine:
         return None
-    for question, train_answer in task.answers:
-        common = mine & _spans(train_answer)
-        if common:
-            return max(common, key=len), question
-    return None
+    shared = [(len(mine & _spans(a)), q, a) for q, a in task.answers]
+    count, question, source = max(shared, key=lambda x: x[0], default=(0, "", ""))
+    if not count:
+        return None
+    words, theirs = _words(answer), _words(source)
+    match = difflib.SequenceMatcher(None, words, theirs, autojunk=False).find_longest_match()
+    passage = " ".join(words[match.a : match.a + match.size])
+    if match.size < SPAN_WORDS:  # a Chinese span: characters, not words
+        passage = max(mine & _spans(source), key=len)
+    return passage, question
 
 
 def score_regurgitation(recs: Records, identity, ref: Reference | None, task=None):
