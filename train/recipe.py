@@ -356,8 +356,9 @@ def _trainer_callbacks(
 
 def _typical_task_answers(config: TrainConfig) -> list[str]:
     """A task run's taught answers for parrot pressure, as the sweep picks them."""
-    from diag.data.task_data import derive_task
     from diag.train.general_data import load_conversations
+
+    from diag.data.task_data import derive_task
 
     pairs = []
     for src in config.data.task_files:
