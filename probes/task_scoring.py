@@ -128,7 +128,9 @@ def _memorised(answer: str, item, task: TaskSpec, own: float) -> bool:
     others = {a for q, a in task.answers if a != item.reference and q != item.question}
     if not answer.strip() or not others:
         return False
-    best = max(chrf(answer, other) for other in others)
+    mine = terms(answer)  # chrF only against the few answers that share the most words
+    closest = sorted(others, key=lambda other: -len(mine & terms(other)))[:10]
+    best = max(chrf(answer, other) for other in closest)
     return best >= 0.6 and best > own + 0.15
 
 
