@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diag.backend.pickle_scan import check_allocations
 from diag.errors import DiagError
 from diag.formats import xtuner
 
@@ -91,6 +92,7 @@ restricted_pickle.__name__ = "diag_restricted_pickle"
 
 def restricted_load(path: str | Path):
     """torch.load that materialises tensors and turns every unknown class into :class:`Inert`."""
+    check_allocations(path)
     return original_torch_load(
         str(path), map_location="cpu", weights_only=False, pickle_module=restricted_pickle
     )
@@ -105,6 +107,7 @@ def safe_load(path: str | Path, *, allow_pickle: bool = False, restricted: bool 
     restricted: fall back to :func:`restricted_load` (for formats known to pickle harmless
     framework objects, such as XTuner and DeepSpeed checkpoints) instead of refusing.
     """
+    check_allocations(path)  # before torch's allow-list lets a bytearray(4e9) through
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from diag.backend import checkpoints
+from diag.backend.pickle_scan import check_allocations
 from diag.errors import DiagError
 
 
@@ -28,6 +29,8 @@ def _torch_load_restricted():
         kwargs.pop("pickle_module", None)
         kwargs.pop("mmap", None)
         kwargs["map_location"] = "cpu"
+        if isinstance(f, (str, Path)):
+            check_allocations(f)
         state = checkpoints.original_torch_load(
             f, weights_only=False, pickle_module=checkpoints.restricted_pickle, **kwargs
         )

@@ -1,0 +1,79 @@
+"""Hostile files in a runs folder (issue 25): each is refused or skipped with one line that says
+what the file is, before it can take memory or time, and the sweep goes on with the others.
+
+Memory and time bombs run in a child process under an address-space limit and a timeout
+(``faults.run_bounded``): on code that lets them through, the child fails at the bound.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from faults import run_bounded
+from tiny import settle
+
+
+class _Bomb:
+    """Pickles as ``bytearray(4_000_000_000)``: torch's weights-only allow-list admits it."""
+
+    def __reduce__(self):
+        return (bytearray, (4_000_000_000,))
+
+
+def _sweep_args(root: Path, base: Path, out: Path, *more: str) -> list[str]:
+    return [
+        "sweep", str(root), "--base", str(base), "--out", str(out), "--probes",
+        "identity_recall", "--size", "quick", "--max-new-tokens", "4", "--no-report", *more,
+    ]  # fmt: skip
+
+
+def test_bytearray_bomb_is_refused_before_it_allocates(tiny_model_dir, tiny_adapters, tmp_path):
+    """A 2 KB XTuner .pth whose pickle asks for a 4 GB bytearray: one error row naming the file,
+    the healthy checkpoint probed, and the sweep never near the 3 GB bound."""
+    import torch
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "lora" / "checkpoint-10")
+    work = root / "xtuner"
+    work.mkdir(parents=True)
+    (work / "cfg.py").write_text("model = dict(type=SupervisedFinetune, lora=dict(lora_alpha=8))\n")
+    state = {"state_dict": {"llm.x.lora_A.default.weight": torch.ones(2, 2)}, "meta": _Bomb()}
+    torch.save(state, work / "iter_1.pth")
+    settle(root)
+    code, out, err, peak = run_bounded(
+        "diag", _sweep_args(root, tiny_model_dir, tmp_path / "out"), memory_mb=3000, timeout=180
+    )
+    assert code == 0, err[-2000:]
+    assert f"error xtuner step 1: '{work / 'iter_1.pth'}' asks for 4,000,000,000 bytes" in err
+    assert "refused before loading" in err and "Traceback" not in err
+    assert "3 checkpoints (2 probed, 0 from cache, 1 failed)" in out  # the base, lora 10, bomb
+    assert peak is not None and peak < 1500, peak
+
+
+def test_allocation_scan_follows_every_pickle_form(tmp_path):
+    """The same bomb as a bare pickle (protocol 2 and 4) and in torch's legacy format is refused
+    by the opcode scan; the trainers' real pickled files in the fixtures pass it."""
+    import pickle
+
+    import torch
+
+    from diag.backend.pickle_scan import check_allocations
+    from diag.errors import DiagError
+
+    bombs = {
+        "p2.pt": pickle.dumps(_Bomb(), protocol=2),  # GLOBAL '__builtin__ bytearray'
+        "p4.pt": pickle.dumps(_Bomb(), protocol=4),  # STACK_GLOBAL, memoized
+    }
+    for name, data in bombs.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"x": _Bomb()}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in (*bombs, "legacy.pt"):
+        with pytest.raises(DiagError, match=r"asks for 4,000,000,000 bytes \(builtins.bytearray\)"):
+            check_allocations(tmp_path / name)
+    fixtures = Path(__file__).parent / "fixtures" / "trainers"
+    real = [p for p in fixtures.rglob("*") if p.suffix in (".pt", ".pth", ".bin") and p.is_file()]
+    assert len(real) > 10
+    for path in real:
+        check_allocations(path)
