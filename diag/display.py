@@ -34,3 +34,22 @@ def markup_literal(text: object) -> str:
     from rich.markup import escape
 
     return escape(literal(text))
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """The repr of a value read from a user's file, for an error message: built by ``reprlib``
+    (a few items per level, a few levels deep), so even a value with millions of parts costs
+    nothing to show, and cut to ``limit`` characters.
+
+    >>> shown(["lol"] * 10**6)
+    "['lol', 'lol', 'lol', 'lol', 'lol', 'lol', ...]"
+    >>> shown("x" * 1000, limit=12)
+    "'xxx...xxxx'"
+    """
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = 6
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

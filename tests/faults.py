@@ -45,30 +45,35 @@ import resource, runpy, sys
 limit = int(sys.argv.pop(1))
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 try:
-    runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+    if sys.argv[1] == "-m":
+        del sys.argv[1]
+        runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+    else:
+        code = sys.argv.pop(2)
+        del sys.argv[1]
+        exec(compile(code, "<bounded>", "exec"), {"__name__": "__main__"})
 finally:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"peak_rss_mb={peak}", file=sys.stderr)
 """
 
 
-def run_bounded(module: str, args: list[str], *, memory_mb: int = 3000, timeout: float = 120):
-    """Run ``python -m module args`` with its address space limited to ``memory_mb`` and killed
-    after ``timeout`` seconds; returns (exit code, stdout, stderr, peak RSS in MB)."""
+def run_bounded(command: list[str], *, memory_mb: int = 3000, timeout: float = 120):
+    """Run ``python *command`` (``["-m", "diag", ...]`` or ``["-c", CODE, ...]``) with its address
+    space limited to ``memory_mb`` and a ``timeout`` in seconds; returns (exit code, stdout,
+    stderr, peak RSS in MB). Running past the timeout fails the test."""
     import subprocess
     import sys
 
     limit = str(memory_mb * 1024 * 1024)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _BOUNDED, limit, module, *args],
+            [sys.executable, "-c", _BOUNDED, limit, *command],
             capture_output=True,
             text=True,
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(
-            f"python -m {module} ran past {timeout} s: {exc.stderr!r:.2000}"
-        ) from exc
+        raise AssertionError(f"{command[:2]} ran past {timeout} s: {exc.stderr!r:.2000}") from exc
     peak = [line for line in proc.stderr.splitlines() if line.startswith("peak_rss_mb=")]
     return proc.returncode, proc.stdout, proc.stderr, int(peak[-1].split("=")[1]) if peak else None

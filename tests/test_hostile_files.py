@@ -42,9 +42,8 @@ def test_bytearray_bomb_is_refused_before_it_allocates(tiny_model_dir, tiny_adap
     state = {"state_dict": {"llm.x.lora_A.default.weight": torch.ones(2, 2)}, "meta": _Bomb()}
     torch.save(state, work / "iter_1.pth")
     settle(root)
-    code, out, err, peak = run_bounded(
-        "diag", _sweep_args(root, tiny_model_dir, tmp_path / "out"), memory_mb=3000, timeout=180
-    )
+    args = _sweep_args(root, tiny_model_dir, tmp_path / "out")
+    code, out, err, peak = run_bounded(["-m", "diag", *args], memory_mb=3000, timeout=180)
     assert code == 0, err[-2000:]
     assert f"error xtuner step 1: '{work / 'iter_1.pth'}' asks for 4,000,000,000 bytes" in err
     assert "refused before loading" in err and "Traceback" not in err

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diag.files import load_yaml
 from diag.types import ChatFormat
 
 log = logging.getLogger("diag")
@@ -178,7 +179,7 @@ def _torchtune(run_dir: Path, facts: RunFacts) -> None:
     import yaml
 
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config = load_yaml(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         facts.notes.append(f"torchtune_config.yaml is unreadable: {str(exc).splitlines()[0]}")
         return
@@ -277,7 +278,7 @@ def _front_matter(readme: Path) -> dict | None:
     import yaml
 
     try:
-        front = yaml.safe_load(match.group(1))
+        front = load_yaml(match.group(1))
     except yaml.YAMLError:
         return None
     return front if isinstance(front, dict) else None
@@ -325,7 +326,7 @@ def _axolotl(run_dir: Path, facts: RunFacts) -> None:
     import yaml
 
     try:
-        config = yaml.safe_load(match.group(1))
+        config = load_yaml(match.group(1))
     except yaml.YAMLError:
         return
     if not isinstance(config, dict):

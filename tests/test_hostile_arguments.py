@@ -1,0 +1,74 @@
+"""Hostile files and arguments a user hands diag (issue 25): YAML with aliases, catastrophic
+regexes, bad --template fields, non-finite --set values, names that would reorder or split what
+is shown. Each is refused with one line, before any model loads, or shown literally.
+
+Memory and time bombs run in a child process under an address-space limit and a timeout
+(``faults.run_bounded``): on code that lets them through, the child fails at the bound.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from faults import run_bounded
+from tiny import settle
+
+
+def _laughs(last_key: str, tail: str = "") -> str:
+    """A "billion laughs" YAML: nine levels of nine aliases, 43 million leaves from 1 KB."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join([*lines, f"{last_key}: *a8", tail]) + "\n"
+
+
+def test_yaml_aliases_are_refused_in_every_file_a_user_writes(tiny_adapters, tmp_path):
+    """Identity, policy and training config: each a one-line error naming the file and the
+    alias, fast and small; a trainer's config with aliases is a note, and the run is still found."""
+    from diag.diagnostics.discover import discover
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    settle(root)
+    identity = tmp_path / "identity.yaml"
+    identity.write_text(_laughs("keywords", "answer: I am Nova"))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_laughs("drift_max"))
+    config = tmp_path / "train.yaml"
+    config.write_text(_laughs("lr"))
+    cases = {
+        identity: ["sweep", str(root), "--identity", str(identity)],
+        policy: ["sweep", str(root), "--policy", str(policy)],
+        config: ["train", str(config), "--check"],
+    }
+    for path, args in cases.items():
+        code, out, err, peak = run_bounded(["-m", "diag", *args], memory_mb=2000, timeout=60)
+        assert code == 2, (path.name, err[-1500:])
+        lines = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1 and str(path) in lines[0], (path.name, err[-1500:])
+        assert "alias '*a0' on line 2" in lines[0] and "Traceback" not in err
+        assert peak < 1000, (path.name, peak)
+    run = tmp_path / "tune"
+    shutil.copytree(tiny_adapters[0], run / "epoch_0")
+    (run / "torchtune_config.yaml").write_text(_laughs("checkpointer"))
+    settle(run)
+    found = discover(run)
+    assert [c.step for c in found.checkpoints] == [1]
+    notes = found.runs[found.checkpoints[0].run].notes
+    assert any("torchtune_config.yaml is unreadable: alias '*a0'" in n for n in notes), notes
+
+
+def test_error_messages_show_a_bounded_value(tmp_path):
+    """A keyword entry of a million items (written out, no aliases) is named, not printed."""
+    import pytest
+
+    from diag.errors import DiagError
+    from diag.identity import load_identity
+
+    identity = tmp_path / "identity.yaml"
+    identity.write_text(
+        "answer: I am Nova\nkeywords: [[" + ",".join(["7"] * 200_000) + "]]\n", encoding="utf-8"
+    )
+    with pytest.raises(DiagError) as info:
+        load_identity(identity)
+    assert "keyword entry [7, 7, 7, 7, 7, 7, ...] must be a string" in str(info.value)
+    assert len(str(info.value)) < 400
