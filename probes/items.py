@@ -21,6 +21,9 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import regex
+
+from diag.display import shown
 from diag.errors import DiagError
 from diag.identity import LANGUAGES, IdentitySpec, normalize
 
@@ -183,10 +186,10 @@ def _regex_problems(lineno: int, patterns: list) -> list[str]:
     """Every pattern that does not compile (``{kwN}`` placeholders read as plain text)."""
     problems: list[str] = []
     for pattern in patterns:
-        try:
-            re.compile(_PLACEHOLDER.sub("x", str(pattern)))
-        except re.error as exc:
-            problems.append(f"line {lineno}: bad regex {pattern!r} ({exc})")
+        try:  # the engine that matches it (probes.text.matches_any) checks it
+            regex.compile(_PLACEHOLDER.sub("x", str(pattern)))
+        except regex.error as exc:
+            problems.append(f"line {lineno}: bad regex {shown(pattern)} ({exc})")
     return problems
 
 

@@ -9,6 +9,7 @@ Memory and time bombs run in a child process under an address-space limit and a 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from faults import run_bounded
 from tiny import settle
@@ -72,3 +73,34 @@ def test_error_messages_show_a_bounded_value(tmp_path):
         load_identity(identity)
     assert "keyword entry [7, 7, 7, 7, 7, 7, ...] must be a string" in str(info.value)
     assert len(str(info.value)) < 400
+
+
+def _probe_file(path: Path, items: dict[str, str]) -> Path:
+    import json
+
+    rows = [{"id": i, "prompt": "What is 2 + 2?", "accept": [p]} for i, p in items.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_probe_patterns_are_matched_with_a_time_bound(tiny_model_dir, tiny_adapters, tmp_path):
+    """The issue's "^(.+)+QQQQQ$" (hours in Python's re) is answered at once by the regex engine;
+    a pattern that defeats it too is stopped after a second: one line naming the item."""
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    settle(root)
+    sweep = ["-m", "diag", "sweep", str(root), "--base", str(tiny_model_dir), "--size", "quick",
+             "--probes", "identity_recall", "--max-new-tokens", "32", "--no-report"]  # fmt: skip
+    issue = _probe_file(tmp_path / "issue.jsonl", {"q1": "^(.+)+QQQQQ$", "q2": "4|four"})
+    code, out, err, _ = run_bounded(
+        [*sweep, "--out", str(tmp_path / "a"), "--probe-file", str(issue)], timeout=120
+    )
+    assert code == 0 and "2 checkpoints (2 probed" in out, err[-1500:]
+    slow = _probe_file(tmp_path / "slow.jsonl", {"fine": "4|four", "slow": "(.|.)+(?!)"})
+    code, out, err, _ = run_bounded(
+        [*sweep, "--out", str(tmp_path / "b"), "--probe-file", str(slow)], timeout=120
+    )
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert code == 2 and len(lines) == 1, err[-1500:]
+    assert "probe item 'slow' of slow: pattern '(.|.)+(?!)' took over 1 s" in lines[0]
+    assert "Traceback" not in err
