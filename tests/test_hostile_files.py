@@ -76,3 +76,43 @@ def test_allocation_scan_follows_every_pickle_form(tmp_path):
     assert len(real) > 10
     for path in real:
         check_allocations(path)
+
+
+def test_odd_entries_are_named_skips_and_the_sweep_goes_on(tiny_model_dir, tiny_adapters, tmp_path):
+    """adapter_config.json nested 200,000 deep, checkpoint-50 a link to a file, checkpoint-70 a
+    dangling link, a FIFO and a /dev/zero link as adapter weights: each a skip saying what it is
+    (nothing is opened that would block or never end), and the healthy checkpoint is probed."""
+    import os
+
+    root = tmp_path / "runs"
+    run = root / "lora"
+    shutil.copytree(tiny_adapters[0], run / "checkpoint-10")
+    deep = shutil.copytree(tiny_adapters[1], run / "checkpoint-20")
+    (deep / "adapter_config.json").write_text("[" * 200_000 + "]" * 200_000)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (run / "checkpoint-50").symlink_to(tmp_path / "notes.txt")
+    (run / "checkpoint-70").symlink_to(tmp_path / "gone")
+    (run / "checkpoint-80").mkdir()  # empty: a named skip already
+    for name, make in (("fifo", os.mkfifo), ("zero", lambda p: p.symlink_to("/dev/zero"))):
+        folder = root / name / "checkpoint-1"
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_adapters[0] / "adapter_config.json", folder)
+        make(folder / "adapter_model.safetensors")
+    settle(root)
+    args = _sweep_args(root, tiny_model_dir, tmp_path / "out")
+    code, out, err, _ = run_bounded(["-m", "diag", *args], timeout=120)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert "2 checkpoints (2 probed, 0 from cache, 0 failed)" in out  # the base and lora 10
+    expected = {
+        run / "checkpoint-20": "adapter_config.json is nested too deeply to read",
+        run
+        / "checkpoint-50": f"is a file (a link to '{tmp_path / 'notes.txt'}'), not a checkpoint",
+        run / "checkpoint-70": f"is a link to '{tmp_path / 'gone'}', which does not exist",
+        run / "checkpoint-80": "holds no weights diag can read",
+        root / "fifo" / "checkpoint-1": "adapter_model.safetensors is a FIFO (named pipe)",
+        root / "zero" / "checkpoint-1": "is a character device (a link to '/dev/zero')",
+    }
+    skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == len(expected), skipped
+    for path, reason in expected.items():
+        assert any(f"skipped {path}: " in s and reason in s for s in skipped), (path, skipped)

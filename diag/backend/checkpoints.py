@@ -25,6 +25,7 @@ import torch
 
 from diag.backend.pickle_scan import check_allocations
 from diag.errors import DiagError
+from diag.files import loads_json
 from diag.formats import xtuner
 
 log = logging.getLogger("diag")
@@ -166,10 +167,9 @@ def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None
 
 
 def _check_adapter_config(path: Path) -> None:
-    import json
 
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DiagError(
             f"'{path}' is not a readable adapter config: {str(exc).splitlines()[0][:200]}",

@@ -24,7 +24,7 @@ import torch
 
 from diag.backend.loading import ensure_local_weights, quiet_transformers
 from diag.errors import DiagError
-from diag.files import write_json_atomic
+from diag.files import loads_json, write_json_atomic
 from diag.models import resolve_base
 from diag.records import tool_block
 
@@ -61,8 +61,8 @@ def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
     """The base model an adapter folder says it was trained on (``base_model_name_or_path``)."""
     config = Path(adapter_dir) / "adapter_config.json"
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError):
+        return loads_json(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diag.files import load_yaml
+from diag.files import load_yaml, loads_json
 from diag.types import ChatFormat
 
 log = logging.getLogger("diag")
@@ -49,8 +49,10 @@ class RunFacts:
 
 def read_json(path: Path) -> dict | None:
     """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
+    if not path.is_file():  # a FIFO or a /dev/zero link would block or never end
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
