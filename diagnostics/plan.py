@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from diag.diagnostics.discover import Checkpoint, Discovery
 
+from diag.display import shown
 from diag.errors import DiagError
 from diag.models import DEFAULT_BASE, resolve_base
 from diag.types import ChatFormat
@@ -31,13 +32,33 @@ def override_chat(system: str | None, template: str | None) -> dict:
             fields["template"] = PROMPT_TEMPLATES[template]["INSTRUCTION"]
             fields["system_template"] = PROMPT_TEMPLATES[template]["SYSTEM"]
         elif "{input}" in template:
+            _check_fields(template)
             fields["template"] = template
         else:
             raise DiagError(
-                f"--template {template!r} has no '{{input}}' and is not a known template name",
+                f"--template {shown(template)} has no '{{input}}' and is not a known template name",
                 fix=f"use a format string with {{input}} or one of {sorted(PROMPT_TEMPLATES)}",
             )
     return fields
+
+
+def _check_fields(template: str) -> None:
+    """A --template format string may name ``{input}`` and ``{system}`` only (``{{`` for a brace):
+    checked here, before any model loads, not when the first prompt is rendered."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        unknown = next((f for f in fields if f not in ("input", "system")), None)
+        if unknown is None:
+            return
+        problem = f"names the field {{{unknown}}}" if unknown else "has an empty field {}"
+    except ValueError as exc:  # a lone brace
+        problem = f"is not a format string ({exc})"
+    raise DiagError(
+        f"--template {shown(template)} {problem}: only {{input}} and {{system}} are filled in",
+        fix="write {{ and }} for literal braces",
+    )
 
 
 def choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,9 @@ def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
                 number = float(value)
             except (TypeError, ValueError):
                 problems.append(f"'{key}' must be a number, got {shown(value)}")
+                continue
+            if not math.isfinite(number):  # nan compares false with every bound
+                problems.append(f"'{key}' must be a finite number, got {shown(value)}")
                 continue
             if number < 0 or (number > 1 and key != "drift_max"):
                 problems.append(f"'{key}' = {number} is outside its range (0..1)")

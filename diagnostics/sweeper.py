@@ -84,6 +84,7 @@ def sweep(
     root = Path(runs_dir).expanduser()
     out = Path(out) if out else root / "diag"
     spec = identity if isinstance(identity, IdentitySpec) else load_identity(identity)
+    chat_override = override_chat(system, template)  # a bad --template fails before any model
     found = _discover(root, out, settle_seconds)
     check_writable(out)
     if device is not None and load_model is None and ray is None:
@@ -100,7 +101,7 @@ def sweep(
         )
     with exclusive(out), _workers(ray, actors, load, device) as pool:
         remove_stale_temp_files(out)
-        plan = make_plan(found, base, override_chat(system, template))
+        plan = make_plan(found, base, chat_override)
         generation = _sized(generation, next(iter(plan.by_base())), pool)
         stages = make_stages(spec, probes, size, generation, probe_files, languages)
         state = CollectedResults(root, out, found, spec, sweep_settings(stages, size))

@@ -104,3 +104,33 @@ def test_probe_patterns_are_matched_with_a_time_bound(tiny_model_dir, tiny_adapt
     assert code == 2 and len(lines) == 1, err[-1500:]
     assert "probe item 'slow' of slow: pattern '(.|.)+(?!)' took over 1 s" in lines[0]
     assert "Traceback" not in err
+
+
+def test_bad_template_fields_and_non_finite_limits_fail_before_any_model(tiny_adapters, tmp_path):
+    """--template naming fields diag does not fill, and --set with nan/inf: exit 2 with one line,
+    checked with the other arguments (no base is loaded, nothing is written)."""
+    from click.testing import CliRunner
+
+    from diag.cli import cli
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    settle(root)
+    missing_base = str(tmp_path / "no-such-base")  # loading it would be a different error
+    sweep = ["sweep", str(root), "--base", missing_base, "--out", str(tmp_path / "out")]
+    cases = {
+        "--template '{nope} {input}' names the field {nope}": ["--template", "{nope} {input}"],
+        "--template '{0} {input}' names the field {0}": ["--template", "{0} {input}"],
+        "--template '{input} }' is not a format string": ["--template", "{input} }"],
+        "'drift_max' must be a finite number, got 'nan'": ["--set", "drift_max=nan"],
+        "'drift_max' must be a finite number, got 'inf'": ["--set", "drift_max=inf"],
+        "'identity_min_low' must be a finite number, got '-inf'": [
+            "--set",
+            "identity_min_low=-inf",
+        ],
+    }
+    for expected, args in cases.items():
+        got = CliRunner().invoke(cli, [*sweep, *args])
+        assert got.exit_code == 2 and expected in got.output, (args, got.output)
+        assert got.output.count("\n") == 1 and "no-such-base" not in got.output
+        assert not (tmp_path / "out").exists()
