@@ -58,10 +58,14 @@ finally:
 """
 
 
-def run_bounded(command: list[str], *, memory_mb: int = 3000, timeout: float = 120):
+def run_bounded(
+    command: list[str], *, memory_mb: int = 3000, timeout: float = 120, env: dict | None = None
+):
     """Run ``python *command`` (``["-m", "diag", ...]`` or ``["-c", CODE, ...]``) with its address
     space limited to ``memory_mb`` and a ``timeout`` in seconds; returns (exit code, stdout,
-    stderr, peak RSS in MB). Running past the timeout fails the test."""
+    stderr, peak RSS in MB). Running past the timeout fails the test. ``env``: added to this
+    process's environment."""
+    import os
     import subprocess
     import sys
 
@@ -72,6 +76,7 @@ def run_bounded(command: list[str], *, memory_mb: int = 3000, timeout: float = 1
             capture_output=True,
             text=True,
             timeout=timeout,
+            env={**os.environ, **(env or {})},
         )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{command[:2]} ran past {timeout} s: {exc.stderr!r:.2000}") from exc

@@ -134,3 +134,33 @@ def test_bad_template_fields_and_non_finite_limits_fail_before_any_model(tiny_ad
         assert got.exit_code == 2 and expected in got.output, (args, got.output)
         assert got.output.count("\n") == 1 and "no-such-base" not in got.output
         assert not (tmp_path / "out").exists()
+
+
+def test_newlines_and_bidi_controls_in_names_are_shown_literally(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    """A run folder named with a newline, and one with a right-to-left override (which shows
+    "rtl<U+202E>gnp.exe" as "rtlexe.png"): escaped in the plain log, the summary, the terminal
+    report and the HTML report; never split over two lines or reordered."""
+    root = tmp_path / "runs"
+    for name in ("new\nline", "rtl\u202egnp.exe", "zero\u200bwidth"):
+        shutil.copytree(tiny_adapters[0], root / name / "checkpoint-1")
+    settle(root)
+    out = tmp_path / "out"
+    sweep = ["-m", "diag", "sweep", str(root), "--base", str(tiny_model_dir), "--out", str(out),
+             "--probes", "identity_recall", "--size", "quick", "--max-new-tokens", "4",
+             "--log-format", "plain"]  # fmt: skip
+    code, stdout, stderr, _ = run_bounded(sweep, timeout=180)
+    assert code == 0, stderr[-2000:]
+    report = ["-m", "diag", "report", str(out)]
+    code, shown, err, _ = run_bounded(report, timeout=120, env={"COLUMNS": "250"})
+    assert code == 0, err[-2000:]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for where, text in (("sweep", stdout + stderr), ("report", shown), ("html", html)):
+        assert "\u202e" not in text and "\u200b" not in text, where
+        assert not any(line.startswith("line") for line in text.splitlines()), where
+    progress = [line for line in stderr.splitlines() if line.startswith("[")]
+    for escaped in ("new\\x0aline step 1", "rtl\\u202egnp.exe step 1", "zero\\u200bwidth step 1"):
+        assert any(escaped in line for line in progress), (escaped, progress)
+    for escaped in ("new\\x0aline", "rtl\\u202egnp.exe", "zero\\u200bwidth"):
+        assert escaped in shown and escaped in html, escaped
