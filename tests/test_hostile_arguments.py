@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from faults import run_bounded
 from tiny import settle
 
@@ -164,3 +165,44 @@ def test_newlines_and_bidi_controls_in_names_are_shown_literally(
         assert any(escaped in line for line in progress), (escaped, progress)
     for escaped in ("new\\x0aline", "rtl\\u202egnp.exe", "zero\\u200bwidth"):
         assert escaped in shown and escaped in html, escaped
+
+
+def test_full_disk_while_the_report_is_written(tiny_model_dir, tiny_adapters, tmp_path):
+    """--out on a 1.2 MiB filesystem (a real tmpfs, in a user and mount namespace): the results
+    fit, the 4 MB report does not. The summary is printed, then one line says what was kept;
+    no temp file is left, and results.json is complete."""
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    probe = [unshare, "-rm", "sh", "-c", f"mount -t tmpfs -o size=8k tmpfs {tmp_path}"]
+    if unshare is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespaces here to make a small filesystem")
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    settle(root)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "out"
+    sweep = [sys.executable, "-m", "diag", "sweep", str(root), "--base", str(tiny_model_dir),
+             "--out", str(out), "--probes", "identity_recall", "--size", "quick",
+             "--max-new-tokens", "4"]  # fmt: skip
+    check = "import json,sys; json.load(open(sys.argv[1])); print('results.json complete')"
+    script = (
+        f'mount -t tmpfs -o size=1200k tmpfs "{disk}" && "$@"; echo "exit=$?"; '
+        f'ls -a "{out}"; "{sys.executable}" -c "{check}" "{out / "results.json"}"'
+    )
+    got = subprocess.run(
+        [unshare, "-rm", "sh", "-c", script, "sh", *sweep],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    text = got.stdout + got.stderr
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert "exit=2" in got.stdout and len(errors) == 1, text[-2000:]
+    assert f"cannot write the report '{out / 'report.html'}': No space left on device" in errors[0]
+    assert "results are kept" in errors[0] and f"diag report {out}" in errors[0]
+    assert "Traceback" not in text and "2 checkpoints (2 probed" in got.stdout  # the summary
+    listing = got.stdout.split("exit=2", 1)[1]
+    assert "results.json complete" in listing and ".tmp" not in listing, listing
