@@ -116,3 +116,26 @@ def test_odd_entries_are_named_skips_and_the_sweep_goes_on(tiny_model_dir, tiny_
     assert len(skipped) == len(expected), skipped
     for path, reason in expected.items():
         assert any(f"skipped {path}: " in s and reason in s for s in skipped), (path, skipped)
+
+
+def test_merge_force_refuses_non_finite_weights(tiny_adapters, tmp_path):
+    """--force overrides the gate, never the arithmetic: a NaN or inf adapter is one line naming
+    the tensor, and no output folder is written."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file, save_file
+
+    from diag.cli import cli
+
+    for value, kind in ((float("nan"), "NaN"), (float("inf"), "inf")):
+        folder = shutil.copytree(tiny_adapters[0], tmp_path / kind / "checkpoint-10")
+        weights = load_file(folder / "adapter_model.safetensors")
+        key = next(k for k in weights if "layers.1.self_attn.q_proj.lora_B" in k)
+        weights[key].view(-1)[:3] = value
+        save_file(weights, folder / "adapter_model.safetensors")
+        out = tmp_path / f"merged-{kind}"
+        got = CliRunner().invoke(cli, ["merge", str(folder), "--out", str(out), "--force"])
+        assert got.exit_code == 2, got.output
+        assert f"3 {kind} values in lora_B of layers.1.self_attn.q_proj" in got.output
+        assert "non-finite weights cannot be merged, not even with --force" in got.output
+        assert got.output.count("Error:") == 1 and "Traceback" not in got.output
+        assert not out.exists() and not list(tmp_path.glob(f".merged-{kind}*"))

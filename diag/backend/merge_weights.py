@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from diag.backend.loading import ensure_local_weights, quiet_transformers
+from diag.backend.loading import ensure_local_weights, non_finite, quiet_transformers
 from diag.errors import DiagError
 from diag.files import loads_json, write_json_atomic
 from diag.models import resolve_base
@@ -130,7 +130,14 @@ def _refuse_nonempty(out: Path) -> None:
 def _merge(model, source: AdapterSource, base_name: str, saved_dtype: torch.dtype | None):
     """Attach ``source``, merge it into ``model`` and cast the result to the base's stored dtype."""
     peft_model = _attach(model, source, base_name)
-    merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN weights
+    bad = non_finite((n, p) for n, p in peft_model.named_parameters() if "lora_" in n)
+    if bad:  # peft's safe_merge would only find it after merging, as a traceback
+        raise DiagError(
+            f"adapter '{source.key}': {bad}; non-finite weights cannot be merged, not even "
+            "with --force",
+            fix="merge an earlier checkpoint (the sweep's report lists the ones that load)",
+        )
+    merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: a last check
     if saved_dtype is not None and saved_dtype != torch.float32:
         merged = merged.to(saved_dtype)
     return merged
