@@ -139,3 +139,39 @@ def test_merge_force_refuses_non_finite_weights(tiny_adapters, tmp_path):
         assert "non-finite weights cannot be merged, not even with --force" in got.output
         assert got.output.count("Error:") == 1 and "Traceback" not in got.output
         assert not out.exists() and not list(tmp_path.glob(f".merged-{kind}*"))
+
+
+def test_adapter_for_another_base_names_the_tensor_and_the_fix(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    """An adapter trained on a wider model, and one whose config's rank is not its weights':
+    each error row names the first tensor that differs, both shapes, and the fix that fits."""
+    import json
+
+    from tiny import build_lora_adapter, build_tiny_model, identity_sweep
+
+    wide = build_tiny_model(tmp_path / "wide-model", hidden_size=64)
+    root = tmp_path / "runs"
+    build_lora_adapter(wide, root / "run" / "checkpoint-1", seed=5)
+    broken = shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-2")
+    config = json.loads((broken / "adapter_config.json").read_text())
+    (broken / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    shutil.copytree(tiny_adapters[1], root / "run" / "checkpoint-3")
+    settle(root)
+    result = identity_sweep(root, tiny_model_dir, tmp_path / "out")
+    rows = {c["step"]: c for c in result.checkpoints if c["run"] == "run"}
+    assert rows[3]["status"] == "ok"
+    other, bad = rows[1]["error"], rows[2]["error"]
+    assert f"does not fit base model '{tiny_model_dir}'" in other
+    assert "(8 tensors differ), so it was trained on another base" in other
+    assert "lora_A of layers.0.self_attn.q_proj is [4, 64] in the adapter, [4, 32] in the base" in (
+        other
+    )
+    assert "(8 tensors differ)" in other
+    assert (
+        f"Fix: pass --base with the model it was trained on (its adapter_config.json names '{wide.resolve()}')"
+        in other
+    )
+    assert "is broken: lora_A of layers.0.self_attn.q_proj has rank 4 ([4, 32])" in bad
+    assert "adapter_config.json says r=8" in bad and "Fix: copy the adapter again" in bad
+    assert "--base" not in bad

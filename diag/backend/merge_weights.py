@@ -22,7 +22,12 @@ from typing import Any
 
 import torch
 
-from diag.backend.loading import ensure_local_weights, non_finite, quiet_transformers
+from diag.backend.loading import (
+    ensure_local_weights,
+    mismatch_error,
+    non_finite,
+    quiet_transformers,
+)
 from diag.errors import DiagError
 from diag.files import loads_json, write_json_atomic
 from diag.models import resolve_base
@@ -233,11 +238,8 @@ def _attach(model, source: AdapterSource, base_name: str):
         peft_model = get_peft_model(model, LoraConfig(**source.lora_config))
         result = set_peft_model_state_dict(peft_model, source.state_dict)
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DiagError(
-            f"adapter '{source.key}' does not fit base model '{base_name}': {first}",
-            fix="pass --base with the model the adapter was trained on",
-        ) from exc
+        named = adapter_base(source.adapter_dir) if source.adapter_dir is not None else None
+        raise mismatch_error(source.key, base_name, exc, named) from exc
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if missing:
         raise DiagError(
