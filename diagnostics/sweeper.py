@@ -30,6 +30,7 @@ from diag.diagnostics.workers import LocalPool, Outcome, ProbeTask
 from diag.backend import load_backend
 from diag.errors import DiagError
 from diag.formats.layouts import shards
+from diag.formats.safetensors_header import check_header, widest_dimension
 from diag.identity import IdentitySpec, load_identity
 from diag.models import resolve_base
 from diag.records import (
@@ -332,6 +333,14 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
     return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
 
 
+def base_widest(name: str) -> int | None:
+    """The widest dimension of a base model (from its config.json; None before the embedded
+    GGUF is converted): no tensor of a checkpoint of it is wider."""
+    source = resolve_base(name)
+    folder = source.cache_dir if source.gguf_file else source.path
+    return widest_dimension(folder / "config.json") if folder else None
+
+
 # ------------------------------------------------------------------------------------- probing
 class _BaseRunner:
     """Probes one base and its checkpoints through ``workers`` (this process or Ray actors),
@@ -346,6 +355,7 @@ class _BaseRunner:
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.workers, self.bar, self.stages, self.policy = workers, bar, stages, policy
         self.base_fp = base_fingerprint(name, fingerprints)
+        self.widest = base_widest(name)
         self.references: dict[tuple[str, ChatFormat], object] = {}  # (stage, chat) -> Reference
         self.screened: dict[tuple, list[dict]] = {}  # a screen's records, reused by the full suite
 
@@ -445,11 +455,14 @@ class _BaseRunner:
             chat=chat.to_dict(),
         )
         try:
+            for weights in (f for f in ckpt.files if f.suffix == ".safetensors"):
+                check_header(weights, self.widest)  # before minutes of hashing a 4 GB claim
             record.fingerprint = self.fp.fingerprint(
                 ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
             )
-        except OSError as exc:  # vanished or unreadable mid-sweep
-            self.state.add_error(record, f"cannot read weights: {exc}")
+        except (OSError, DiagError) as exc:  # vanished, unreadable, or a header that lies
+            message = str(exc) if isinstance(exc, DiagError) else f"cannot read weights: {exc}"
+            self.state.add_error(record, message, error_type=type(exc).__name__)
             self.bar.done(label, False, error=True)
             return None
         key = self._key(record.fingerprint, chat, stage)

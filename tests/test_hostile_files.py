@@ -175,3 +175,32 @@ def test_adapter_for_another_base_names_the_tensor_and_the_fix(
     assert "is broken: lora_A of layers.0.self_attn.q_proj has rank 4 ([4, 32])" in bad
     assert "adapter_config.json says r=8" in bad and "Fix: copy the adapter again" in bad
     assert "--base" not in bad
+
+
+def test_header_claiming_4_gb_is_refused_before_hashing(tiny_model_dir, tiny_adapters, tmp_path):
+    """An adapter whose safetensors header claims a 4 GB tensor (a sparse file of zeros): an
+    error row saying so, and the file is never hashed (the fingerprint memo does not list it)."""
+    import json
+    import struct
+
+    root = tmp_path / "runs"
+    bad = shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")
+    shutil.copytree(tiny_adapters[1], root / "run" / "checkpoint-2")
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    n = 1_000_000_000
+    header = json.dumps({name: {"dtype": "F32", "shape": [4, n // 4], "data_offsets": [0, 4 * n]}})
+    header = header.encode() + b" " * (-len(header) % 8)
+    weights = bad / "adapter_model.safetensors"
+    with open(weights, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + 4 * n)  # sparse: no disk used
+    settle(root)
+    out = tmp_path / "out"
+    args = _sweep_args(root, tiny_model_dir, out, "--log-format", "plain")
+    code, stdout, err, _ = run_bounded(["-m", "diag", *args], timeout=120)
+    assert code == 0, err[-2000:]
+    assert f"error run step 1: '{weights}' claims tensor '{name}' of shape [4, 250000000]" in err
+    assert "wider than any dimension of its base model" in err
+    assert "3 checkpoints (2 probed, 0 from cache, 1 failed)" in stdout
+    memo = json.loads((out / "cache" / "fingerprints.json").read_text())
+    assert not [key for key in memo if str(weights) in key]  # never read in full
