@@ -7,7 +7,6 @@ or the default; the chat format from the checkpoint's run (manifest, XTuner conf
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 from diag.diagnostics.discover import Checkpoint, Discovery
@@ -16,8 +15,6 @@ from diag.display import shown
 from diag.errors import DiagError
 from diag.models import DEFAULT_BASE, resolve_base
 from diag.types import ChatFormat
-
-log = logging.getLogger("diag")
 
 
 def override_chat(system: str | None, template: str | None) -> dict:
@@ -62,26 +59,26 @@ def _check_fields(template: str) -> None:
 
 
 def choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
-    """--base, else the adapter's own base if it is here, else the run's, else the default."""
+    """--base, else the adapter's own base, else the run's, else the default. A base the
+    checkpoint or its run names that is not here (a hub id not in the local cache, a folder of
+    another machine) is a one-line DiagError: probing it on another base would only measure
+    that base, after minutes of probing."""
     if flag is not None:
         return resolve_base(flag).name
-    for hint in (ckpt.base_hint, run_base):
-        if not hint:
-            continue
-        if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
-            return DEFAULT_BASE
-        try:
-            return resolve_base(hint).name
-        except DiagError:
-            continue
-    if ckpt.base_hint or run_base:
-        log.warning(
-            "%s: base '%s' is not available locally; using the default %s (pass --base)",
-            ckpt.path,
-            ckpt.base_hint or run_base,
-            DEFAULT_BASE,
-        )
-    return DEFAULT_BASE
+    hint = ckpt.base_hint or run_base
+    if not hint:
+        return DEFAULT_BASE
+    if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
+        return DEFAULT_BASE
+    try:
+        return resolve_base(hint).name
+    except DiagError as exc:
+        whose = "its adapter_config.json" if ckpt.base_hint else "its run"
+        raise DiagError(
+            f"'{ckpt.path}' was trained on '{hint}' ({whose} says so), which is not available "
+            "here (not a local folder, not in the local Hugging Face cache)",
+            fix=exc.fix or "pass --base with a local copy of it",
+        ) from None
 
 
 class Plan:
@@ -90,6 +87,7 @@ class Plan:
     def __init__(self):
         self.checkpoints: list[tuple[Checkpoint, str, ChatFormat]] = []
         self.bases_chats: list[tuple[str, ChatFormat]] = []
+        self.unavailable: list[tuple[Checkpoint, str]] = []  # base not here: error rows at once
 
     def by_base(self) -> dict[str, list[tuple[Checkpoint, ChatFormat]]]:
         groups: dict[str, list] = {name: [] for name, _ in self.bases_chats}
@@ -124,7 +122,13 @@ def make_plan(found: Discovery, flag, override: dict) -> Plan:
     plan = Plan()
     for ckpt in found.checkpoints:
         run = found.runs[ckpt.run]
-        name = choose_base(ckpt, flag, run.base)
+        try:
+            name = choose_base(ckpt, flag, run.base)
+        except DiagError as exc:
+            if flag is not None:  # --base itself is wrong: nothing can be probed
+                raise
+            plan.unavailable.append((ckpt, str(exc)))
+            continue
         chat = replace(ckpt.chat or ChatFormat(), **override)
         plan.checkpoints.append((ckpt, name, chat))
         if (name, chat) not in plan.bases_chats:

@@ -32,7 +32,7 @@ from diag.errors import DiagError
 from diag.formats.layouts import shards
 from diag.formats.safetensors_header import check_header, widest_dimension
 from diag.identity import IdentitySpec, load_identity
-from diag.models import resolve_base
+from diag.models import DEFAULT_BASE, resolve_base
 from diag.records import (
     CheckpointRecord,
 )
@@ -103,9 +103,11 @@ def sweep(
     with exclusive(out), _workers(ray, actors, load, device) as pool:
         remove_stale_temp_files(out)
         plan = make_plan(found, base, chat_override)
-        generation = _sized(generation, next(iter(plan.by_base())), pool)
+        generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), pool)
         stages = make_stages(spec, probes, size, generation, probe_files, languages)
         state = CollectedResults(root, out, found, spec, sweep_settings(stages, size))
+        for ckpt, message in plan.unavailable:  # its base is not here: nothing to probe it on
+            state.add_error(_record(ckpt, None, None), message, ckpt=ckpt, error_type="DiagError")
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
         runner_options = dict(
             cache=ResultCache(out / "cache"),
@@ -333,6 +335,20 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
     return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
 
 
+def _record(ckpt: Checkpoint, base: str | None, chat: ChatFormat | None) -> CheckpointRecord:
+    """A checkpoint's row, before anything is measured."""
+    return CheckpointRecord(
+        run=ckpt.run,
+        step=ckpt.step,
+        path=str(ckpt.path),
+        format=ckpt.format,
+        label=ckpt.label,
+        also=[str(p) for p in ckpt.aliases],
+        base=base,
+        chat=chat.to_dict() if chat else None,
+    )
+
+
 def base_widest(name: str) -> int | None:
     """The widest dimension of a base model (from its config.json; None before the embedded
     GGUF is converted): no tensor of a checkpoint of it is wider."""
@@ -444,16 +460,7 @@ class _BaseRunner:
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages[0]:
             label += f" ({stage.name} suite)"
-        record = CheckpointRecord(
-            run=ckpt.run,
-            step=ckpt.step,
-            path=str(ckpt.path),
-            format=ckpt.format,
-            label=ckpt.label,
-            also=[str(p) for p in ckpt.aliases],
-            base=self.name,
-            chat=chat.to_dict(),
-        )
+        record = _record(ckpt, self.name, chat)
         try:
             for weights in (f for f in ckpt.files if f.suffix == ".safetensors"):
                 check_header(weights, self.widest)  # before minutes of hashing a 4 GB claim

@@ -204,3 +204,32 @@ def test_header_claiming_4_gb_is_refused_before_hashing(tiny_model_dir, tiny_ada
     assert "3 checkpoints (2 probed, 0 from cache, 1 failed)" in stdout
     memo = json.loads((out / "cache" / "fingerprints.json").read_text())
     assert not [key for key in memo if str(weights) in key]  # never read in full
+
+
+def test_base_not_available_offline_is_an_error_row_at_once(
+    tiny_model_dir, tiny_adapters, tmp_path
+):
+    """An adapter naming a hub base that is not in the local cache: an error row before anything
+    is probed (no default base substituted); with --base it is probed on that base."""
+    import json
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_adapters[0], root / "run" / "checkpoint-1")  # names the tiny model
+    hub = shutil.copytree(tiny_adapters[1], root / "run" / "checkpoint-2")
+    config = json.loads((hub / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "some-org/a-model-not-cached-here"
+    (hub / "adapter_config.json").write_text(json.dumps(config))
+    settle(root)
+    sweep = ["-m", "diag", "sweep", str(root), "--probes", "identity_recall", "--size", "quick",
+             "--max-new-tokens", "4", "--no-report", "--log-format", "plain"]  # fmt: skip
+    code, out, err, _ = run_bounded([*sweep, "--out", str(tmp_path / "a")], timeout=90)
+    assert code == 0, err[-2000:]
+    assert err.count("loading base") == 1 and f"loading base {tiny_model_dir}" in err  # only
+    assert (
+        f"error run step 2: '{hub}' was trained on 'some-org/a-model-not-cached-here' (its "
+        "adapter_config.json says so), which is not available here" in err
+    )
+    assert "3 checkpoints (2 probed, 0 from cache, 1 failed)" in out
+    args = [*sweep, "--out", str(tmp_path / "b"), "--base", str(tiny_model_dir)]
+    code, out, err, _ = run_bounded(args, timeout=90)
+    assert code == 0 and "3 checkpoints (3 probed, 0 from cache, 0 failed)" in out, err[-2000:]
