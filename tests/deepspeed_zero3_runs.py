@@ -45,19 +45,11 @@ def _train(rank: int, ranks: int, model_dir: str, out: str, kind: str, port: int
     import deepspeed
     import deepspeed.ops
     import torch
-    from transformers import AutoModelForCausalLM
+    from deepspeed_runs import seeded_model  # the same seeded model, full or LoRA (r=4, alpha=8)
 
     # gloo on CPU needs no shared-memory all-reduce; skipping it saves a C++ build
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    torch.manual_seed(7)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if kind == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-        )
-        model = get_peft_model(model, lora)
+    model = seeded_model(Path(model_dir), kind, xtuner=False)
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},

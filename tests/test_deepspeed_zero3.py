@@ -10,9 +10,7 @@ engine's files with only that container type changed, so both forms are checked.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 pytest.importorskip("deepspeed")
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from deepspeed_runs import build  # noqa: E402
 from deepspeed_zero3_runs import KINDS, RANKS, STEPS, run_name  # noqa: E402
 from tiny import identity_sweep, settle  # noqa: E402
 
@@ -29,17 +28,7 @@ RUNS = [run_name(kind, ranks) for kind in KINDS for ranks in RANKS]
 
 @pytest.fixture(scope="module")
 def zero3_root(tiny_model_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("zero3")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "deepspeed_zero3_runs.py"), str(tiny_model_dir), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return build("deepspeed_zero3_runs.py", tiny_model_dir, tmp_path_factory.mktemp("zero3"))
 
 
 def _with_tuple_shapes(run: Path, dest: Path) -> Path:
