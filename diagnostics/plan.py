@@ -65,20 +65,23 @@ def choose_base(ckpt: Checkpoint, flag, run_base: str | None) -> str:
     that base, after minutes of probing."""
     if flag is not None:
         return resolve_base(flag).name
-    hint = ckpt.base_hint or run_base
-    if not hint:
+    hints = [h for h in (ckpt.base_hint, run_base) if h]
+    if not hints:
         return DEFAULT_BASE
-    if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # e.g. HuggingFaceTB/SmolLM2-...
-        return DEFAULT_BASE
-    try:
-        return resolve_base(hint).name
-    except DiagError as exc:
-        whose = "its adapter_config.json" if ckpt.base_hint else "its run"
-        raise DiagError(
-            f"'{ckpt.path}' was trained on '{hint}' ({whose} says so), which is not available "
-            "here (not a local folder, not in the local Hugging Face cache)",
-            fix=exc.fix or "pass --base with a local copy of it",
-        ) from None
+    first = None
+    for hint in hints:  # the adapter's own, then the run's (ms-swift: a path, then a hub id)
+        if str(hint).lower().rstrip("/").endswith(DEFAULT_BASE):  # HuggingFaceTB/SmolLM2-...
+            return DEFAULT_BASE
+        try:
+            return resolve_base(hint).name
+        except DiagError as exc:
+            first = first or exc
+    whose = "its adapter_config.json" if ckpt.base_hint else "its run"
+    raise DiagError(
+        f"'{ckpt.path}' was trained on '{hints[0]}' ({whose} says so), which is not available "
+        "here (not a local folder, not in the local Hugging Face cache)",
+        fix=first.fix or "pass --base with a local copy of it",
+    )
 
 
 class Plan:
