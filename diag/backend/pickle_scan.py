@@ -38,11 +38,12 @@ class _Global(tuple):
 
 
 def _allocates(func) -> bool:
-    """Callables of torch's allow-list that allocate as many bytes/elements as they are asked."""
+    """Callables of torch's allow-list that allocate as many bytes/elements as they are asked
+    (``_rebuild_qtensor`` allocates its size before it attaches the file's storage)."""
     if not isinstance(func, _Global):
         return False
     module, name = func
-    return (module, name) == ("builtins", "bytearray") or (
+    return (module, name) in (("builtins", "bytearray"), ("torch._utils", "_rebuild_qtensor")) or (
         module.startswith("torch") and name.endswith(("Storage", "Tensor"))
     )
 
@@ -52,7 +53,7 @@ def _claimed(func: _Global, args) -> int:
     if not isinstance(args, tuple):
         return 0
     if func == ("torch._utils", "_rebuild_qtensor") and len(args) > 2:
-        args = args[2]  # its size tuple: it allocates before it attaches the file's storage
+        args = args[2]  # its size tuple
     numbers = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
     for a in args:
         if isinstance(a, tuple):
@@ -61,9 +62,7 @@ def _claimed(func: _Global, args) -> int:
 
 
 def _check_call(func, args, limit: int, where: str) -> None:
-    if not isinstance(func, _Global):
-        return
-    if not (_allocates(func) or func == ("torch._utils", "_rebuild_qtensor")):
+    if not _allocates(func):
         return
     claimed = _claimed(func, args)
     if claimed > limit:
