@@ -54,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from diag.diagnostics.sweeper import sweep
+
     from diag.types import GenerationConfig
 
     started = time.perf_counter()
@@ -83,8 +84,10 @@ def main() -> None:
             }
             for c in rows
         ]
-        leak_key = "parrot_leakage" if any(r["parrot_leakage"] is not None for r in table) else (
-            "regurgitation"
+        leak_key = (
+            "parrot_leakage"
+            if any(r["parrot_leakage"] is not None for r in table)
+            else ("regurgitation")
         )
         limit = policy["leakage_max"] if leak_key == "parrot_leakage" else 0.10
         pressure = [r["parrot_pressure"] or 0.0 for r in table]

@@ -21,11 +21,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from diag.display import shown
 from diag.errors import DiagError
+from diag.files import load_yaml
 from diag.records import Check, CheckpointRecord, MetricStats
 from diag.stats import mcnemar_exact_one_sided, wilson_interval
 from diag.task import SEEN_LABEL
@@ -127,7 +130,7 @@ def parse_overrides(pairs) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = str(pair).partition("=")
         if not sep or not key.strip():
-            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
+            raise DiagError(f"--set {shown(pair)} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
         parsed[key.strip()] = value.strip()
     return parsed
 
@@ -152,7 +155,7 @@ def load_policy(path: str | Path | None = None, overrides=None) -> Policy:
                 f"policy file '{path}' not found", fix="pass --policy PATH to a YAML file"
             )
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise DiagError(f"policy file '{path}' is not valid YAML: {first}") from exc
@@ -193,21 +196,26 @@ def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
                 if level is False:  # YAML 1.1 reads a bare `off` as false
                     level = "off"
                 if name not in CHECKS:
-                    problems.append(f"unknown check '{name}'{_did_you_mean(name, CHECKS)}")
+                    problems.append(f"unknown check {shown(name)}{_did_you_mean(name, CHECKS)}")
                 elif str(level) not in SEVERITIES:
                     problems.append(
-                        f"check '{name}': severity {level!r} is not one of {SEVERITIES}"
+                        f"check '{shown(name)}': severity {shown(level)} is not one of {SEVERITIES}"
                     )
                 else:
                     severities[name] = str(level)
             changes["checks"] = severities
         elif key not in THRESHOLDS:
-            problems.append(f"unknown key '{key}'{_did_you_mean(key, THRESHOLDS + ('checks',))}")
+            problems.append(
+                f"unknown key {shown(key)}{_did_you_mean(key, THRESHOLDS + ('checks',))}"
+            )
         else:
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                problems.append(f"'{key}' must be a number, got {value!r}")
+                problems.append(f"'{key}' must be a number, got {shown(value)}")
+                continue
+            if not math.isfinite(number):  # nan compares false with every bound
+                problems.append(f"'{key}' must be a finite number, got {shown(value)}")
                 continue
             if number < 0 or (number > 1 and key != "drift_max"):
                 problems.append(f"'{key}' = {number} is outside its range (0..1)")

@@ -20,6 +20,7 @@ from diag.diagnostics.workers import Outcome, ProbeTask
 from diag.backend.tokenizer_check import base_tokenizer_key
 from diag.errors import DiagError
 from diag.formats.layouts import shards
+from diag.formats.safetensors_header import check_header, widest_dimension
 from diag.models import resolve_base
 from diag.records import CheckpointRecord
 from diag.types import ChatFormat
@@ -34,6 +35,29 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
         return fingerprints.fingerprint([source.path / source.gguf_file])
     files, _ = shards(source.path)
     return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
+
+
+def base_widest(name: str) -> int | None:
+    """The widest dimension of a base model (from its config.json; None before the embedded
+    GGUF is converted): no tensor of a checkpoint of it is wider."""
+    source = resolve_base(name)
+    folder = source.cache_dir if source.gguf_file else source.path
+    return widest_dimension(folder / "config.json") if folder else None
+
+
+def checkpoint_record(ckpt: Checkpoint, base: str | None, chat: ChatFormat | None, **more):
+    """A checkpoint's row, before anything is measured."""
+    return CheckpointRecord(
+        run=ckpt.run,
+        step=ckpt.step,
+        path=str(ckpt.path),
+        format=ckpt.format,
+        label=ckpt.label,
+        also=[str(p) for p in ckpt.aliases],
+        base=base,
+        chat=chat.to_dict() if chat else None,
+        **more,
+    )
 
 
 def save_partial(state, fingerprints) -> None:
@@ -71,6 +95,7 @@ class BaseRunner:
         self.workers, self.bar, self.policy = workers, bar, policy
         self.targets, self.stages_for, self.judged_on = targets, stages_for, judged_on
         self.base_fp = base_fingerprint(name, fingerprints)
+        self.widest = base_widest(name)
         # the tokenizer diag will use (checked, maybe the slow one): answers depend on it
         self.tokenizer = base_tokenizer_key(name, trust_remote_code)
         self._said_why = False
@@ -196,24 +221,18 @@ class BaseRunner:
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages_for(target)[0]:
             label += f" ({stage.name} suite)"
-        record = CheckpointRecord(
-            run=ckpt.run,
-            step=ckpt.step,
-            path=str(ckpt.path),
-            format=ckpt.format,
-            label=ckpt.label,
-            also=[str(p) for p in ckpt.aliases],
-            base=self.name,
-            chat=chat.to_dict(),
-            target=target,
-            judged_on=self.judged_on[target],
+        record = checkpoint_record(
+            ckpt, self.name, chat, target=target, judged_on=self.judged_on[target]
         )
         try:
+            for weights in (f for f in ckpt.files if f.suffix == ".safetensors"):
+                check_header(weights, self.widest)  # before minutes of hashing a 4 GB claim
             record.fingerprint = self.fp.fingerprint(
                 ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
             )
-        except OSError as exc:  # vanished or unreadable mid-sweep
-            self.state.add_error(record, f"cannot read weights: {exc}")
+        except (OSError, DiagError) as exc:  # vanished, unreadable, or a header that lies
+            message = str(exc) if isinstance(exc, DiagError) else f"cannot read weights: {exc}"
+            self.state.add_error(record, message, error_type=type(exc).__name__)
             self.bar.done(label, False, error=True)
             return None
         key = self._key(record.fingerprint, chat, stage)

@@ -24,7 +24,7 @@ from diag.diagnostics.discover import Discovery, discover
 from diag.diagnostics.outdir import check_writable, exclusive, remove_stale_temp_files, writing
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
-from diag.diagnostics.runner import BaseRunner
+from diag.diagnostics.runner import BaseRunner, checkpoint_record
 from diag.diagnostics.stages import make_stages, sweep_settings
 from diag.diagnostics.stored import SweepResult
 from diag.diagnostics.targets import judged_on, resolve_targets, target_key
@@ -32,6 +32,7 @@ from diag.diagnostics.workers import LocalPool
 
 from diag.backend import load_backend
 from diag.errors import DiagError
+from diag.models import DEFAULT_BASE
 from diag.types import GenerationConfig
 
 log = logging.getLogger("diag")
@@ -86,6 +87,7 @@ def sweep(
     started = time.perf_counter()
     root = Path(runs_dir).expanduser()
     out = Path(out) if out else root / "diag"
+    chat_override = override_chat(system, template)  # a bad --template fails before any model
     found = _discover(root, out, settle_seconds)
     taught = resolve_targets(found, identity, data, eval_data, announce=progress != "quiet")
     check_writable(out)
@@ -106,18 +108,21 @@ def sweep(
     with exclusive(out), _workers(ray, actors, load, device) as pool:
         remove_stale_temp_files(out)
         keys = {run: target_key(t) for run, t in taught.items()}
-        plan = make_plan(found, base, override_chat(system, template), keys)
-        generation = _sized(generation, next(iter(plan.by_base())), pool)
+        plan = make_plan(found, base, chat_override, keys)
+        generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), pool)
         specs = {target_key(t): (t.spec, t.task) for t in taught.values()}
         stages_for = functools.cache(
             lambda key: make_stages(
                 specs[key][0], probes, size, generation, probe_files, languages, specs[key][1]
             )
         )
-        primary = plan.primary_target()
+        primary = plan.primary_target(next(iter(specs)))
         state = CollectedResults(
             root, out, found, taught, sweep_settings(stages_for(primary), size)
         )
+        for ckpt, message in plan.unavailable:  # its base is not here: nothing to probe it on
+            record = checkpoint_record(ckpt, None, None)
+            state.add_error(record, message, ckpt=ckpt, error_type="DiagError")
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
         runner_options = dict(
             cache=ResultCache(out / "cache"),

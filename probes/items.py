@@ -15,13 +15,16 @@ answers are re-scored with the current patterns, and results name the version th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import regex
+
+from diag.display import shown
 from diag.errors import DiagError
+from diag.files import loads_json
 from diag.identity import LANGUAGES, IdentitySpec, normalize
 from diag.task import TaskSpec
 
@@ -137,9 +140,9 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
 def _load_row(line: str, lineno: int, problems: list[str]) -> dict | None:
     """One line as a JSON object, or None with the reason appended to ``problems``."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        problems.append(f"line {lineno}: not JSON ({exc.msg})")
+        row = loads_json(line)
+    except ValueError as exc:  # JSONDecodeError, or nested too deeply to read
+        problems.append(f"line {lineno}: not JSON ({getattr(exc, 'msg', exc)})")
         return None
     if not isinstance(row, dict):
         problems.append(f"line {lineno}: expected an object")
@@ -184,10 +187,10 @@ def _regex_problems(lineno: int, patterns: list) -> list[str]:
     """Every pattern that does not compile (``{kwN}`` placeholders read as plain text)."""
     problems: list[str] = []
     for pattern in patterns:
-        try:
-            re.compile(_PLACEHOLDER.sub("x", str(pattern)))
-        except re.error as exc:
-            problems.append(f"line {lineno}: bad regex {pattern!r} ({exc})")
+        try:  # the engine that matches it (probes.text.matches_any) checks it
+            regex.compile(_PLACEHOLDER.sub("x", str(pattern)))
+        except regex.error as exc:
+            problems.append(f"line {lineno}: bad regex {shown(pattern)} ({exc})")
     return problems
 
 

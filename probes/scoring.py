@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from diag.probes.reference import Reference
 from diag.probes.text import (
+    SlowPattern,
     ends_in_loop,
     matches_any,
     modal_groups,
@@ -19,6 +20,7 @@ from diag.probes.text import (
     seq_rep_n,
 )
 
+from diag.errors import DiagError
 from diag.identity import IdentitySpec
 
 
@@ -141,7 +143,13 @@ def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Refere
     base = (ref.outcomes.get(set_name) if ref else None) or {}
     rows = []
     for rec in recs.generations.get(set_name, []):
-        verdict = grade(rec["text"], rec, identity, rec["prompt"])
+        try:
+            verdict = grade(rec["text"], rec, identity, rec["prompt"])
+        except SlowPattern as exc:
+            raise DiagError(
+                f"probe item '{rec['id']}' of {set_name.removeprefix('custom:')}: {exc.problem}",
+                fix=exc.fix,
+            ) from None
         rows.append(
             sample_row(
                 probe,

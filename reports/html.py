@@ -46,6 +46,7 @@ def render_html(results: dict, samples: list[dict], results_dir: str | Path = ".
     )
     env.filters["metric"] = format_metric
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.0f}%"
+    env.filters["lines"] = _multiline
     context = build_context(results, samples, results_dir)
     context["plotly_js"] = _plotly_js()
     return env.get_template("report.html.j2").render(**context)
@@ -59,6 +60,14 @@ def _shown_literally(value):
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
         return literal(value)
     return value
+
+
+def _multiline(value):
+    """A model's answer or a prompt: shown literally, keeping its line breaks (the answers table
+    wraps them); names and everything else go through ``finalize``, newlines escaped."""
+    import markupsafe
+
+    return markupsafe.escape(literal(value, lines=True))
 
 
 def format_metric(value, name: str = "") -> str:

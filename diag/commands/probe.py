@@ -123,10 +123,12 @@ def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str
     path = Path(model).expanduser()
     config = path / "adapter_config.json"
     if config.is_file():
+        from diag.files import loads_json
+
         try:
-            recorded = json.loads(config.read_text("utf-8")).get("base_model_name_or_path")
-        except json.JSONDecodeError as exc:
-            raise DiagError(f"'{config}' is not valid JSON: {exc}") from exc
+            recorded = loads_json(config.read_text("utf-8")).get("base_model_name_or_path")
+        except (ValueError, AttributeError) as exc:  # not JSON, nested too deep, not an object
+            raise DiagError(f"'{config}' is not a JSON object: {exc}") from exc
         if base is None and not recorded:
             raise DiagError(
                 f"adapter '{path}' does not name its base model", fix="pass --base MODEL"
