@@ -12,14 +12,14 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from diag.diagnostics.checks import keyword_progress, pct
 from diag.diagnostics.judged import taught_name
 
 # checks whose failure means the model got worse than its base (collapse), not "not learned yet"
 from diag.diagnostics.onset import COLLAPSE_CHECKS
-from diag.diagnostics.policy import Check, keyword_progress, pct
 
 from diag.metrics import taught
-from diag.records import RunRecord
+from diag.records import Check, RunRecord
 
 SAVES_IN_WINDOW = 10  # how many saves to ask for between the last unlearned and the collapse
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from diag.diagnostics.checks import pct
 from diag.diagnostics.distance import distance, progress, shortfalls
-from diag.diagnostics.policy import Check, pct
 
 from diag.metrics import METRICS, taught, with_symptom
-from diag.records import CheckpointRecord
+from diag.records import Check, CheckpointRecord
 
 
 @dataclass

@@ -20,12 +20,13 @@ when any of them competes (the staged sweep measures the contenders fully).
 from __future__ import annotations
 
 from diag.diagnostics.advice import NextSteps
+from diag.diagnostics.checks import pct
 from diag.diagnostics.distance import start
 from diag.diagnostics.judged import Judged, diagnosis, label, quote, taught_name
-from diag.diagnostics.policy import Check, Policy, pct
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import METRICS, taught
-from diag.records import CheckpointRecord
+from diag.records import Check, CheckpointRecord
 
 _EPS = 1e-9
 

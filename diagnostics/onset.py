@@ -30,7 +30,8 @@ shows in the generated answers (docs/probes.md).
 
 from __future__ import annotations
 
-from diag.diagnostics.policy import Policy, evaluate_checkpoint
+from diag.diagnostics.checks import evaluate_checkpoint
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import METRICS, with_symptom
 from diag.records import CheckpointRecord, Onset

@@ -26,9 +26,10 @@ from collections import defaultdict
 
 from diag.diagnostics import nearest
 from diag.diagnostics.advice import NextSteps, run_next_steps
+from diag.diagnostics.checks import evaluate_checkpoint, is_eligible, pct
 from diag.diagnostics.judged import Judged, describe, label, taught_name
 from diag.diagnostics.onset import locate_onset
-from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible, pct
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import taught
 from diag.records import (

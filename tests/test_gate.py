@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from diag.diagnostics.cache import Fingerprinter
+from diag.diagnostics.checks import TASK_CHECKS
 from diag.diagnostics.policy import CHECKS as ALL_CHECKS
-from diag.diagnostics.policy import TASK_CHECKS
 from diag.diagnostics.verdict import gate
 from diag.diagnostics.verdict_output import to_junit, to_markdown
 from synthetic_sweep import ckpt, learned_then_parrot, sweep

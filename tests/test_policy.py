@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from diag.diagnostics.policy import (
-    CHECKS,
-    TASK_CHECKS,
-    Policy,
-    evaluate_checkpoint,
-    is_eligible,
-    load_policy,
-)
+from diag.diagnostics.checks import TASK_CHECKS, evaluate_checkpoint, is_eligible
+from diag.diagnostics.policy import CHECKS, Policy, load_policy
 from synthetic_sweep import base, ckpt
 
 from diag.errors import DiagError

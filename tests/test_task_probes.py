@@ -116,7 +116,8 @@ def test_seen_rows_are_labelled_everywhere_a_task_score_is_shown():
     train, _ = rows(0)
     seen = derive_task(_pairs(train)).spec
     assert not seen.held_out and seen.label == "seen rows: fit, not generalisation"
-    from diag.diagnostics.policy import Policy, evaluate_checkpoint
+    from diag.diagnostics.checks import evaluate_checkpoint
+    from diag.diagnostics.policy import Policy
     from synthetic_sweep import base, ckpt
 
     record = ckpt(100)
