@@ -53,7 +53,10 @@ try:
         del sys.argv[1]
         exec(compile(code, "<bounded>", "exec"), {"__name__": "__main__"})
 finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    # VmHWM is this process's own high-water mark; ru_maxrss also counts the parent's, which
+    # Linux carries into a child across fork/vfork + exec (a test process holding models)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    peak = int(hwm[0].split()[1]) // 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"peak_rss_mb={peak}", file=sys.stderr)
 """
 
