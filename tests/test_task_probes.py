@@ -199,3 +199,18 @@ def test_sweep_results_keep_the_task(tmp_path):
     data = Taught(None, "derived from --data", task=spec).to_dict()
     assert data["task"]["label"] == "held-out rows" and data["task"]["hash"] == spec.hash
     assert json.loads(json.dumps(data))["task"]["rows"][0]["reference"].startswith(OPENING)
+
+
+def test_the_onset_says_where_parrot_pressure_crossed_one_half():
+    from diag.diagnostics.onset import locate_onset
+    from diag.diagnostics.policy import Policy
+    from synthetic_sweep import ckpt
+
+    records = [ckpt(s) for s in (10, 20, 30, 40)] + [ckpt(50, drift=2.0, lost=60, gained=0)]
+    for record, pressure in zip(records, (0.02, 0.10, 0.40, 0.62, 0.81)):
+        record["metrics"]["parrot_pressure"] = pressure
+    base = ckpt(0, identity=(0, 30), lost=0, gained=0, drift=0.0)
+    base["metrics"]["parrot_pressure"] = 0.0
+    onset = locate_onset(records, base, Policy())
+    assert onset.collapsing_from == 50 and onset.pressure_crossed == [30, 40]
+    assert "parrot pressure crossed one half between steps 30 and 40" in onset.sentence()

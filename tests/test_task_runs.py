@@ -120,3 +120,15 @@ def test_the_report_lists_the_task_and_its_terms(task_sweep):
     section = html[html.index('id="taught"') :]
     assert "scored on" in section and "held-out rows" in section
     assert "brightway" in section and "lumio" in section
+
+
+def test_diag_taught_describes_the_task(task_sweep):
+    from click.testing import CliRunner
+
+    from diag.cli import cli
+
+    runs = Path(task_sweep.data["root"])
+    result = CliRunner().invoke(cli, ["taught", str(runs)])
+    assert result.exit_code == 0, result.output
+    assert "# task: scored on held-out rows" in result.output
+    assert "#   asked: 24 questions from 30 held-out rows" in result.output
