@@ -100,6 +100,19 @@ def run_next_steps(
         return NextSteps(
             f"the {what} was partly learned by step {step}{detail}", ("train longer",), True
         )
+    before = [j for j in judged if j.record.step < first.record.step]
+    if onset is not None and before and onset.collapsing_from <= before[-1].record.step:
+        # the damage began saves before anything was learned: more saves in between find no
+        # good checkpoint; the data or the learning rate has to change
+        return NextSteps(
+            f"the {what} was learned between steps {before[-1].record.step} and "
+            f"{first.record.step}, but collapse had begun earlier, between "
+            f"{onset.healthy_until} and {onset.collapsing_from}: no save can be both",
+            (
+                _dilution(run, healthy, what),
+                "or lower the learning rate, so the model learns before it forgets",
+            ),
+        )
     window, start, end = _learning_window(judged, first, onset, what)
     return NextSteps(window, (_save_often(name, run, start, end), _dilution(run, healthy, what)))
 

@@ -214,3 +214,22 @@ def test_the_onset_says_where_parrot_pressure_crossed_one_half():
     onset = locate_onset(records, base, Policy())
     assert onset.collapsing_from == 50 and onset.pressure_crossed == [30, 40]
     assert "parrot pressure crossed one half between steps 30 and 40" in onset.sentence()
+
+
+def test_collapse_before_learning_says_no_save_can_be_both():
+    """The real undiluted support-bot run: regurgitation from the second save, the facts only
+    later. More saves in between cannot help; the first next step is to dilute."""
+    from diag.diagnostics.recommend import recommend
+    from synthetic_sweep import sweep
+
+    records = [
+        _task_ckpt(20, 0.0, 0.0),
+        _task_ckpt(40, 0.0, 0.55),  # regurgitates before it knows anything
+        _task_ckpt(60, 0.10, 0.80),
+        _task_ckpt(80, 0.70, 0.90),  # learned, long collapsed
+    ]
+    rec = recommend(sweep(_task_base(), *records))
+    assert rec["step"] is None
+    steps = rec["runs"]["task-run"]["next_steps"]
+    assert "but collapse had begun earlier, between 20 and 40: no save can be both" in steps[0]
+    assert steps[1].startswith("dilute")
