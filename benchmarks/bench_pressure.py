@@ -1,7 +1,7 @@
 """Parrot pressure against generated leakage, per checkpoint, on real runs (e.g. the demo's).
 
     .venv/bin/python benchmarks/bench_pressure.py RUNS_DIR [--out OUT] [--identity en]
-        [--languages en] [--max-new-tokens 48]
+        [--languages en] [--max-new-tokens 48] [--probes parrot,pressure,drift]
 
 Sweeps RUNS_DIR with the full suite in the given languages (every checkpoint, no staging) and
 prints, per run and step: parrot pressure (likelihood only), parrot leakage and modal share
@@ -51,6 +51,11 @@ def main() -> None:
     parser.add_argument("--identity", default=None, help="default: what each run was taught")
     parser.add_argument("--languages", default="en")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--probes",
+        default="parrot,pressure,drift",
+        help="what to ask (generated leakage needs parrot; pressure needs drift)",
+    )
     args = parser.parse_args()
 
     from diag.diagnostics.sweeper import sweep
@@ -63,6 +68,7 @@ def main() -> None:
         identity=args.identity,
         out=args.out,
         size="full",
+        probes=args.probes,
         languages=args.languages,
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=64),
         progress="plain",
