@@ -132,13 +132,19 @@ def steps_text(steps: list[int]) -> str:
 
 def _why_none(mine: list[Judged]) -> str:
     """'steps 60 and 80 learned but collapsed (parrot), further from the goal than the base,
-    steps 20 and 40 learned nothing'."""
+    step 40 learned part of it but collapsed (forgetting), ..., steps 20 and 30 learned
+    nothing'. "Learned" is the taught checks passing; "part of it": above the base on what was
+    taught, short of the checks (one fact in 24 is not a learned task)."""
     moved = [j for j in mine if j.record.ok and j.progress > 0]
-    words = "/".join(sorted({diagnosis(j.checks) for j in moved}))
-    text = (
-        f"{steps_text([j.step for j in moved])} learned but collapsed ({words}), further from "
-        "the goal than the base"
-    )
+    parts = []
+    for label, group in (
+        ("learned", [j for j in moved if j.learned]),
+        ("learned part of it", [j for j in moved if not j.learned]),
+    ):
+        if group:
+            words = "/".join(sorted({diagnosis(j.checks) for j in group}))
+            parts.append(f"{steps_text([j.step for j in group])} {label} but collapsed ({words})")
+    text = ", ".join(parts) + ", further from the goal than the base"
     still = [j.step for j in mine if j.record.ok and j.progress <= 0]
     return text + (f", {steps_text(still)} learned nothing" if still else "")
 

@@ -310,3 +310,19 @@ def test_a_stored_policy_this_diag_cannot_read_back_keeps_the_stored_recommendat
     results["recommendation"] = stored
     out = _write(tmp_path, results)
     assert rejudged(load_sweep(out)).data["recommendation"]["rule"] == "an older rule"
+
+
+def test_a_checkpoint_above_the_base_but_short_of_learning_is_not_called_learned():
+    """The real undiluted support-bot run: step 40 carried 1 fact in 24 and already regurgitated;
+    the headline must not count it with the checkpoints that learned the task."""
+    records = [
+        ckpt(20, identity=(0, 36), drift=0.05),
+        ckpt(40, identity=(12, 36), **PARROT),
+        ckpt(60, identity=(36, 36), **WORSE),
+    ]
+    verdict = recommend(sweep(*records))["verdict"]
+    assert (
+        "none is worth considering: step 60 learned but collapsed (parrot), step 40 learned part "
+        "of it but collapsed (parrot), further from the goal than the base, step 20 learned "
+        "nothing" in verdict
+    ), verdict
