@@ -137,13 +137,13 @@ def _why_none(mine: list[Judged]) -> str:
     taught, short of the checks (one fact in 24 is not a learned task)."""
     moved = [j for j in mine if j.record.ok and j.progress > 0]
     parts = []
-    for label, group in (
+    for how, group in (
         ("learned", [j for j in moved if j.learned]),
         ("learned part of it", [j for j in moved if not j.learned]),
     ):
         if group:
             words = "/".join(sorted({diagnosis(j.checks) for j in group}))
-            parts.append(f"{steps_text([j.step for j in group])} {label} but collapsed ({words})")
+            parts.append(f"{steps_text([j.step for j in group])} {how} but collapsed ({words})")
     text = ", ".join(parts) + ", further from the goal than the base"
     still = [j.step for j in mine if j.record.ok and j.progress <= 0]
     return text + (f", {steps_text(still)} learned nothing" if still else "")
