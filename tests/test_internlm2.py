@@ -299,7 +299,9 @@ def test_xtuner_pth_merges_through_the_cli(internlm2, tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
 
 
-def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(internlm2, tmp_path):
+def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(
+    internlm2, tmp_path, caplog
+):
     from diag.train.config import load_config
     from diag.train.recipe import run_training
 
@@ -307,8 +309,13 @@ def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(intern
     out = tmp_path / "run"
     overrides = [f"base={folder}", "trust_remote_code=true", f"output_dir={out}", "max_steps=2"]
     overrides += ["save_every=1", "batch_size=2", "data.identity_samples=8", "lora.r=4"]
-    result = run_training(load_config(None, overrides + ["cpu_threads=1"]))
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        result = run_training(load_config(None, overrides + ["cpu_threads=1"]))
     assert [c.name for c in result.checkpoints] == ["checkpoint-1", "checkpoint-2"]
+    # InternLM2's own code makes one causal mask over a packed row: the batches are padded
+    batches = json.loads((out / "diag-run.json").read_text())["data"]["batches"]
+    said = [r.getMessage() for r in caplog.records if "packed examples apart" in r.getMessage()]
+    assert batches == "padded" and len(said) == 1
     config = json.loads((out / "checkpoint-2" / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == sorted(LORA_TARGETS)
     settle(out)
