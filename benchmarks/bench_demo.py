@@ -40,7 +40,13 @@ def main() -> None:
     parser.add_argument("--fresh-home", action="store_true")
     parser.add_argument("--size", default="staged")
     parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; on "
+                        "a CPU other jobs keep busy, 1 avoids OpenMP spin-waiting)")  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.fresh_home:
         os.environ["DIAG_HOME"] = str(fresh_home(args.work))

@@ -83,7 +83,13 @@ def main() -> None:
     parser.add_argument("--languages", default="en")
     parser.add_argument("--arms", default="shared,unshared")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; on "
+                        "a CPU other jobs keep busy, 1 avoids OpenMP spin-waiting)")  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from diag.diagnostics.stages import make_stages
     from diag.diagnostics.workers import ProbeTask, execute

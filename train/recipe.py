@@ -77,11 +77,14 @@ def build_training_data(
         if mix.rehearsal:
             if base_lm is None:
                 raise ValueError("self-rehearsal needs the base model")
-            rehearsal = self_rehearsal(base_lm, chat, mix.rehearsal_max_new_tokens)
+            rehearsal = self_rehearsal(
+                base_lm, chat, config.data.max_length, mix.rehearsal_max_new_tokens
+            )
             general += rehearsal
             described["rehearsal"] = {
                 "conversations": len(rehearsal),
                 "max_new_tokens": mix.rehearsal_max_new_tokens,
+                "max_length": config.data.max_length,
             }
     conversations = mix_general(identity_convs, general, mix.general_ratio, seed=config.seed)
     described.update(

@@ -343,6 +343,10 @@ class HFBackend:
         texts = [self.render(p, chat) for p in prompts]
         return [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
 
+    def prompt_tokens(self, prompts: Sequence[str], chat: ChatFormat = ChatFormat()) -> list[int]:
+        """How many tokens each prompt is, as the model sees it (chat template applied)."""
+        return [len(ids) for ids in self._encode_prompts(prompts, chat)]
+
     def _check_context(self, prompts, encoded, new_tokens: int) -> None:
         """A prompt that cannot fit the model's context with its answer is a one-line error."""
         context = getattr(self.model.config, "max_position_embeddings", None)
