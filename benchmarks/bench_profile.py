@@ -11,7 +11,7 @@ the sweep does once per sweep), then each named checkpoint as the staged sweep w
   screen              the screen (the staged sweep's first stage)
   full after screen   the full suite reusing the screen's answers (a promoted checkpoint), asking
                       every prompt (a checkpoint that may be eligible is never stopped early)
-  full alone          the full suite from nothing (``--size full``)
+  full alone          the full suite from nothing (``--size full``; with ``--alone``)
 
 Each is split by benchmarks/profiler.py into generation prefill, decode steps, log-likelihood
 passes, adapter swap, scoring and I/O. ``--arms``: ``shared`` is the backend as it is (the
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--languages", default="en")
     parser.add_argument("--arms", default="shared,unshared")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--alone", action="store_true", help="also the full suite from nothing")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; on "
                         "a CPU other jobs keep busy, 1 avoids OpenMP spin-waiting)")  # fmt: skip
     args = parser.parse_args()
@@ -91,8 +92,9 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
+    from diag.diagnostics import workers
     from diag.diagnostics.stages import make_stages
-    from diag.diagnostics.workers import ProbeTask, execute
+    from diag.diagnostics.workers import ProbeTask
     from diag.probes.suite import rescore, subset_records
     from profiler import Profiler
 
@@ -110,7 +112,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     report: dict = {"load_seconds": round(load_seconds, 1), "arms": {}}
     with Profiler() as prof:
-        base = execute(lm, ProbeTask("base (full suite)", None, chat, spec, full.settings))
+        base = workers.execute(lm, ProbeTask("base (full suite)", None, chat, spec, full.settings))
         part = subset_records(base.run.records, screen.sets, "quick", screen.settings["languages"])
         references = {"screen": rescore(part, spec, None, screen.sets).reference}
         references["full"] = base.run.reference
@@ -125,13 +127,16 @@ def main() -> None:
                     ProbeTask(f"{label} [{arm}]", ckpt, chat, spec, screen.settings,
                               reference=references["screen"]),
                 ]  # fmt: skip
-                outcome = execute(lm, tasks[0])
-                for name, reuse in (("full after screen", outcome.run.records), ("full alone", ())):
+                outcome = workers.execute(lm, tasks[0])
+                fulls = [("full after screen", outcome.run.records)]
+                if args.alone:
+                    fulls.append(("full alone", ()))
+                for name, reuse in fulls:
                     task = ProbeTask(
                         f"{label} [{arm}] ({name}, full suite)", ckpt, chat, spec, full.settings,
                         reference=references["full"], reuse=tuple(reuse),
                     )  # fmt: skip
-                    done = execute(lm, task)
+                    done = workers.execute(lm, task)  # the profiler's wrapper
                     runs.setdefault((label, name), {})[arm] = done.run
                 lm.use_adapter(None)
         lm.__dict__.pop("_score_batch", None)
@@ -157,6 +162,7 @@ def main() -> None:
         summary=summary,
         max_loglikelihood_difference=differences,
         tasks=prof.tasks,
+        outside_tasks={k: round(v, 2) for k, v in prof.outside.items()},
         load_average=os.getloadavg(),
     )
     print(json.dumps({"summary": summary, "max_ll_diff": differences}, indent=1))
