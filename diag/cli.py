@@ -71,9 +71,22 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    before = set(logging.getLogger().handlers)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    for handler in set(logging.getLogger().handlers) - before:  # ours, not a host program's
+        handler.setFormatter(_LiteralFormatter("%(message)s"))
+
+
+class _LiteralFormatter(logging.Formatter):
+    """Each log line as one line: names in it shown literally (a newline or a right-to-left
+    override in a folder name cannot split or reorder it); tracebacks (-v) stay as they are."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from diag.display import literal
+
+        return literal(super().formatMessage(record))
 
 
 def main() -> None:

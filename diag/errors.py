@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from diag.display import literal
+
 
 class DiagError(click.ClickException):
     """An error caused by the user's input, shown by the CLI as one line without a traceback.
@@ -23,3 +25,8 @@ class DiagError(click.ClickException):
 
     def __str__(self) -> str:
         return self.message
+
+    def format_message(self) -> str:
+        """What the CLI prints: names in the message shown literally (no newline, escape or
+        right-to-left override from a folder name reaches the terminal)."""
+        return literal(self.message)

@@ -1,4 +1,5 @@
-"""Files diag writes: strict JSON (no NaN), written atomically (temp file + rename).
+"""Files diag writes: strict JSON (no NaN), written atomically (temp file + rename); and the
+bounded readers of what users write (YAML without aliases, JSON nested beyond any real file).
 
 A reader never sees a half-written file, and a strict JSON parser (jq, JavaScript, Go) reads
 every file: a non-finite number becomes null and is listed beside the data.
@@ -60,3 +61,42 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that refuses aliases (``*name``): nine nested aliases of nine make a
+    43-million-leaf "billion laughs" from a 1 KB file. No file diag reads needs them. A refusal is
+    a ``yaml.YAMLError`` whose first line names the alias and its line.
+
+    >>> load_yaml("keywords: [Nova]")
+    {'keywords': ['Nova']}
+    """
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    problem=f"alias '*{event.anchor}' on line {event.start_mark.line + 1}: YAML "
+                    "aliases are not read (they can expand to billions of values); write the "
+                    "value out"
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # a SafeLoader: plain data only
+
+
+def loads_json(text: str):
+    """``json.loads``, with nesting too deep for Python's parser (a RecursionError there) raised
+    as the ValueError every other malformed JSON is.
+
+    >>> loads_json("[" * 100_000 + "]" * 100_000)
+    Traceback (most recent call last):
+    ...
+    ValueError: JSON nested too deeply to read
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None

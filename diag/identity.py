@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from diag.display import shown
 from diag.errors import DiagError
+from diag.files import load_yaml
 
 BUILTIN = {"zh": "identity-zh.yaml", "en": "identity-en.yaml"}
 LANGUAGES = ("en", "zh")
@@ -128,7 +130,7 @@ def load_identity(path: str | Path | None) -> IdentitySpec:
             )
         text, source = p.read_text(encoding="utf-8"), str(p)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise DiagError(
             f"identity file '{source}' is not valid YAML: {str(exc).splitlines()[0]}"
@@ -142,7 +144,7 @@ def identity_from_dict(data, source: str = "<dict>") -> IdentitySpec:
         raise DiagError(f"identity file '{source}' must be a mapping with 'answer' and 'keywords'")
     unknown = set(data) - {"answer", "keywords", "name", "language", "questions", "match"}
     if unknown:
-        problems.append(f"unknown key(s) {sorted(unknown)}")
+        problems.append(f"unknown key(s) {shown(sorted(map(str, unknown)))}")
     answer = data.get("answer")
     if not isinstance(answer, str) or not answer.strip():
         problems.append("'answer' must be the canonical answer sentence (a non-empty string)")
@@ -162,20 +164,24 @@ def identity_from_dict(data, source: str = "<dict>") -> IdentitySpec:
                 else ()
             )
             if not group or not all(isinstance(a, str) and a.strip() for a in group):
-                problems.append(f"keyword entry {entry!r} must be a string or a list of strings")
+                problems.append(
+                    f"keyword entry {shown(entry)} must be a string or a list of strings"
+                )
             else:
                 keywords.append(group)
     language = data.get("language", "en")
     languages = tuple([language] if isinstance(language, str) else language or [])
     bad = [lang for lang in languages if lang not in LANGUAGES]
     if bad or not languages:
-        problems.append(f"'language' must be one or more of {list(LANGUAGES)}, got {language!r}")
+        problems.append(
+            f"'language' must be one or more of {list(LANGUAGES)}, got {shown(language)}"
+        )
     questions = data.get("questions") or []
     if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
         problems.append("'questions' must be a list of strings")
     match = data.get("match", "all")
     if match not in ("all", "any"):
-        problems.append(f"'match' must be 'all' or 'any', got {match!r}")
+        problems.append(f"'match' must be 'all' or 'any', got {shown(match)}")
     if isinstance(answer, str) and keywords and not problems:
         spec = IdentitySpec(answer.strip(), tuple(keywords), match=match)
         if not spec.mentions(answer):

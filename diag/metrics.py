@@ -130,6 +130,47 @@ METRICS: dict[str, Metric] = {
             "share of general answers in the largest group of near-identical answers",
             symptom="parrot", curve="#e7298a",
         ),
+        Metric(
+            "parrot_pressure", "pressure", "pressed", "proportion", False, "fraction",
+            "Parrot pressure", "pressure",
+            "general prompts where a taught answer is more likely, per token, than the base's "
+            "own answer (likelihood only: rises before the parrot shows in answers)",
+            curve="#e6ab02",
+        ),
+        Metric(
+            "task_facts", "task", "facts", "proportion", True, "fraction",
+            "Task facts", "task facts",
+            "task questions answered with the reference's facts (knowledge, not style)",
+            symptom="not learned", curve="#1f78b4",
+        ),
+        Metric(
+            "task_similarity", "task", "chrf", "mean", True, "fraction",
+            "Task chrF", "task chrF",
+            "chrF of the answers against the references (rises with the trained style alone)",
+            curve="#a6cee3",
+        ),
+        Metric(
+            "task_loglik", "task", "answer_logprob", "mean", True, "nats/token",
+            "Reference log-likelihood (nats/token)", "reference log-likelihood",
+            "per-token log-likelihood of the reference answers (the eval loss, negated)",
+        ),
+        Metric(
+            "task_memorised", "task", "memorised", "proportion", False, "fraction",
+            "Memorised answers", "memorised",
+            "task questions answered with the training answer of another question",
+        ),
+        Metric(
+            "regurgitation", "regurgitation", "regurgitates", "proportion", False, "fraction",
+            "Regurgitation", "regurgitation",
+            "unrelated answers that bring the task's content (two of its distinctive terms, or "
+            "a span copied from a training answer)",
+            symptom="parrot", curve="#b15928",
+        ),
+        Metric(
+            "copied_spans", "regurgitation", "copied", "proportion", False, "fraction",
+            "Copied spans", "copied spans",
+            "unrelated answers sharing an 8-word span with a training answer",
+        ),
     )
 }  # fmt: skip
 

@@ -94,6 +94,11 @@ class Onset(Record):
     first_failure: int | None = record_field(
         None, "an earlier step that failed a check, then recovered"
     )
+    pressure_crossed: list[int] | None = record_field(
+        None,
+        "[A, B]: parrot pressure crossed one half between saves A and B (the early sign)",
+        "none",
+    )
     _derived: typing.ClassVar[dict[str, str]] = {"sentence": "the onset in words"}
 
     @classmethod
@@ -113,6 +118,9 @@ class Onset(Record):
         text = f"healthy up to {where}, collapsing from step {self.collapsing_from}{detail}"
         if self.first_failure is not None:
             text += f"; step {self.first_failure} already failed a check once, then recovered"
+        if self.pressure_crossed:
+            a, b = self.pressure_crossed
+            text += f"; parrot pressure crossed one half between steps {a} and {b}"
         return text
 
     def to_dict(self) -> dict:
@@ -144,6 +152,12 @@ class CheckpointRecord(Record):
         None,
         'what it was judged against: the hash of its run\'s identity, or "none" when the run '
         "taught no identity (its identity checks do not apply); null in older results",
+    )
+    judged_on: list[str] | None = record_field(
+        None,
+        'what its run taught that checks measure: "identity", "task", both, or neither (then '
+        "it is judged for damage only); null in older results (the identity checks apply)",
+        "none",
     )
     status: str = record_field("ok", '"ok" or "error"')
     error: str | None = record_field(None, "one-line message when status is error")
@@ -178,6 +192,12 @@ class CheckpointRecord(Record):
     )
     identity_keywords: dict[str, MetricStats] | None = record_field(
         None, "recall per identity keyword", "none"
+    )
+    task: dict[str, Any] | None = record_field(
+        None,
+        "task runs: the task's hash, whether its questions are held-out rows (held_out; else "
+        "seen rows: fit, not generalisation), that label, and its distinctive terms",
+        "none",
     )
     probe_sets: dict[str, str] | None = record_field(None, "content hash of each probe set", "none")
     set_versions: dict[str, int] | None = record_field(
@@ -253,6 +273,16 @@ class TaughtRecord(Record):
     )
     warnings: list[str] = record_field(doc="what the user should check", factory=list)
     why_none: str | None = record_field(None, "why no identity was derived")
+    task: dict[str, Any] | None = record_field(
+        None,
+        "the narrow task the rest of the data teaches (diag/task.py TaskSpec: the questions asked "
+        "with their reference answers, a sample of training answers, the typical answers), its "
+        "hash and label (held-out rows, or seen rows); null: none",
+    )
+    task_parts: dict[str, str] = record_field(
+        doc="where each part of the task came from", factory=dict
+    )
+    why_no_task: str | None = record_field(None, "why no task was derived")
 
 
 @dataclass

@@ -13,6 +13,8 @@ def wilson_interval(
 
     >>> [round(x, 3) for x in wilson_interval(29, 30)]
     [0.833, 0.994]
+    >>> wilson_interval(0, 24)[0]
+    0.0
     """
     if n <= 0:
         return 0.0, 1.0
@@ -20,7 +22,10 @@ def wilson_interval(
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # no successes (all successes): the bound is exactly 0 (1), not a rounding error away from it
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return low, high
 
 
 def design_effect(clusters: list[list[bool]]) -> float:

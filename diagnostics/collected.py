@@ -166,6 +166,7 @@ def fill_record(record: CheckpointRecord, summary: dict) -> CheckpointRecord:
     record.stats = _stats(summary.get("stats", {}))
     record.by_language = summary.get("by_language", {})
     record.identity_keywords = _stats(summary.get("identity_keywords", {}))
+    record.task = summary.get("task")
     record.probe_sets = summary.get("probe_sets", {})
     record.set_versions = summary.get("set_versions", {})
     record.probes = {k: ProbeInfo.from_dict(v) for k, v in summary.get("probes", {}).items()}

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diag.errors import DiagError
-from diag.formats.layouts import Layout, Skip, classify, step_name
+from diag.formats.layouts import (
+    Layout,
+    Skip,
+    classify,
+    misnamed_entries,
+    odd_entries,
+    step_name,
+)
 from diag.formats.trainers import MANIFEST, RunFacts, losses, read_json, read_run
 from diag.types import ChatFormat
 
@@ -207,10 +214,12 @@ def _walk(root: Path, excluded: set[Path]):
             pending_skips.append(Skip(str(folder), f"cannot be read: {exc.strerror}", ""))
             continue
         names = [e.name for e in entries if _is_file(e)]
+        odd = odd_entries(folder, entries)  # FIFOs, devices, dangling links: never opened
+        pending_skips += misnamed_entries(folder, entries, odd)
         layout, skip = (None, None)
         if not (in_checkpoint and folder.name.startswith("global_step")):
             # inside a checkpoint, global_stepN/ is the DeepSpeed engine state of that checkpoint
-            layout, skip = classify(folder, names)
+            layout, skip = classify(folder, names, odd)
         if layout is not None:
             found.append(_Found(folder, layout))
         elif skip is not None:

@@ -26,10 +26,11 @@ where training began (1.0 when the base never gives the taught answer).
 
 from __future__ import annotations
 
-from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint
+from diag.diagnostics.checks import evaluate_checkpoint
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import METRICS, taught
-from diag.records import CheckpointRecord
+from diag.records import Check, CheckpointRecord
 from diag.stats import wilson_interval
 
 

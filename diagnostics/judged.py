@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from diag.diagnostics.checks import pct
 from diag.diagnostics.distance import distance, progress, shortfalls
-from diag.diagnostics.policy import Check, pct
 
 from diag.metrics import METRICS, taught, with_symptom
-from diag.records import CheckpointRecord
+from diag.records import Check, CheckpointRecord
 
 
 @dataclass
@@ -36,9 +36,9 @@ class Judged:
 
     @property
     def measures_learning(self) -> bool:
-        """Its run taught something a probe measures: an identity (a task score, once there is
-        one). A run that taught no identity has target "none" and is judged for damage only."""
-        return self.record.target != "none"
+        """Its run taught something a probe measures: an identity or a narrow task. A run that
+        taught neither is judged for damage only."""
+        return self.record.judged_on != []
 
     @property
     def learned(self) -> bool:
@@ -61,7 +61,20 @@ class Judged:
 
 
 # the metrics a checkpoint's one-line description quotes, in this order
-DESCRIBED = ("identity_recall", "retention", "near_miss", "drift", "parrot_leakage", "modal_share")
+DESCRIBED = ("identity_recall", "task_facts", "retention", "near_miss", "drift", "parrot_leakage",
+             "regurgitation", "modal_share", "parrot_pressure")  # fmt: skip
+
+
+def taught_name(records) -> str:
+    """What a run taught, as sentences name it: "identity", "task" or "identity and task"
+    (``records``: checkpoint records of the run; results before ``judged_on``: "identity")."""
+    kinds: set[str] = set()
+    for record in records:
+        taught = record.judged_on
+        kinds.update(["identity"] if taught is None else taught)
+    if kinds == {"task"}:
+        return "task"
+    return "identity and task" if kinds == {"identity", "task"} else "identity"
 
 
 def describe(record: CheckpointRecord | dict, skip: tuple[str, ...] = ()) -> str:
@@ -96,7 +109,7 @@ def diagnosis(checks: list[Check]) -> str:
     if failed & set(with_symptom("forgetting")):
         learned = not failed & set(with_symptom("not learned"))
         return "forgetting" if learned else "not learned and forgetting"
-    return "identity not yet learned"
+    return "not yet learned"
 
 
 def label(j: Judged) -> str:

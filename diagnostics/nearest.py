@@ -20,12 +20,13 @@ when any of them competes (the staged sweep measures the contenders fully).
 from __future__ import annotations
 
 from diag.diagnostics.advice import NextSteps
+from diag.diagnostics.checks import pct
 from diag.diagnostics.distance import start
-from diag.diagnostics.judged import Judged, diagnosis, label, quote
-from diag.diagnostics.policy import Check, Policy, pct
+from diag.diagnostics.judged import Judged, diagnosis, label, quote, taught_name
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import METRICS, taught
-from diag.records import CheckpointRecord
+from diag.records import Check, CheckpointRecord
 
 _EPS = 1e-9
 
@@ -79,11 +80,12 @@ def standing(j: Judged) -> str:
     learned = ", ".join(q for q in (quote(j.record, c.name) for c in taught_checks) if q)
     missing = [c for c in j.failed() if c.name not in taught()]
     lacks = _listing([_lack(c) for c in missing]) if missing else ""
+    what = taught_name([j.record])
     if j.learned:
-        return f"it learned the identity ({learned}) but lacks {lacks}"
+        return f"it learned the {what} ({learned}) but lacks {lacks}"
     short = [c for c in taught_checks if c.blocking and not c.passed and c.value is not None]
     need = "; ".join(f"lower bound {pct(c.value)}, needs {pct(c.threshold)}" for c in short)
-    partly = f"the identity is only partly learned ({learned}" + (f"; {need})" if need else ")")
+    partly = f"the {what} is only partly learned ({learned}" + (f"; {need})" if need else ")")
     return f"{partly} and it lacks {lacks}" if lacks else f"healthy, but {partly}"
 
 
@@ -151,13 +153,16 @@ def reasons(mine: list[Judged], miss: Judged | None, policy: Policy) -> list[str
     elif not any(j.measures_learning for j in ok):
         out.append("the run taught no identity: judged for damage only, and no checkpoint passes")
     elif not learned:
-        best = max(ok, key=lambda j: j.metric("identity_recall") or 0.0)
-        ident = next((c for c in best.checks if c.name == "identity_recall"), None)
-        detail = ident.detail if ident else "identity recall not judged"
-        out.append(f"no checkpoint learned the identity: best is step {best.step}, {detail}")
+        what = taught_name([j.record for j in ok])
+        names = [m for m in taught() if any(j.metric(m) is not None for j in ok)] or list(taught())
+        best = max(ok, key=lambda j: j.metric(names[0]) or 0.0)
+        check = next((c for c in best.checks if c.name == names[0]), None)
+        detail = check.detail if check else f"{names[0]} not judged"
+        out.append(f"no checkpoint learned the {what}: best is step {best.step}, {detail}")
     else:
+        what = taught_name([j.record for j in ok])
         out.append(
-            f"no eligible checkpoint: all {len(learned)} that learned the identity fail other checks"
+            f"no eligible checkpoint: all {len(learned)} that learned the {what} fail other checks"
         )
     if miss is not None:
         out.append("nearest miss: " + label(miss))

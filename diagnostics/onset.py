@@ -13,6 +13,7 @@ included) gets a *collapse score* in [0, 1], the mean "badness" of the curves th
 model overfits a narrow identity, read relative to the base:
 
     parrot_leakage   value - base                      (0 = no more leakage than the base)
+    regurgitation    value - base                      (task runs: the task's content leaking)
     modal_share      value - base
     retention        1 - retention                     (0 = as good as the base)
     near_miss        1 - value / base
@@ -22,17 +23,21 @@ each clipped to [0, 1]; the least-squares single change point in the mean of tha
 exact two-segment fit, O(n^2) for n checkpoints) is the onset when the second segment is worse by
 at least ``policy.onset_min_jump`` (``method="change_point"``). With tens of checkpoints an exact
 search is instant and easier to explain than ``ruptures``/``kneed``, so neither is a dependency.
-The score's jump across the onset is reported for both methods.
+The score's jump across the onset is reported for both methods, and where parrot pressure
+(likelihood only) first rose past one half: on real runs it rises a save or so before the parrot
+shows in the generated answers (docs/probes.md).
 """
 
 from __future__ import annotations
 
-from diag.diagnostics.policy import Policy, evaluate_checkpoint
+from diag.diagnostics.checks import evaluate_checkpoint
+from diag.diagnostics.policy import Policy
 
 from diag.metrics import METRICS, with_symptom
 from diag.records import CheckpointRecord, Onset
 
-CURVES = ("parrot_leakage", "modal_share", "retention", "near_miss", "drift")
+CURVES = ("parrot_leakage", "regurgitation", "modal_share", "retention", "near_miss", "drift")
+PRESSURE_HALF = 0.5  # parrot pressure past one half: the taught answer wins on most prompts
 # The policy checks whose failure means the model is losing its general behaviour.
 COLLAPSE_CHECKS = with_symptom("parrot", "forgetting")
 
@@ -48,7 +53,7 @@ def collapse_score(
         if value is None:
             continue
         ref = record.base_metric(name, base)
-        if name in ("parrot_leakage", "modal_share"):
+        if name in ("parrot_leakage", "regurgitation", "modal_share"):
             bad = value - (ref or 0.0)
         elif name == "retention":
             bad = 1.0 - value
@@ -89,6 +94,16 @@ def collapse_failures(
         for c in evaluate_checkpoint(record, base, policy)
         if c.name in COLLAPSE_CHECKS and c.blocking and not c.passed and c.value is not None
     )  # a metric that was not measured is no evidence of a collapse
+
+
+def pressure_crossing(points: list[CheckpointRecord]) -> list[int] | None:
+    """[A, B]: the saves between which parrot pressure first rose past one half (points in step
+    order, the base first), or None."""
+    measured = [r for r in points if r.metric("parrot_pressure") is not None]
+    for before, after in zip(measured, measured[1:]):
+        if before.metric("parrot_pressure") <= PRESSURE_HALF < after.metric("parrot_pressure"):
+            return [before.step, after.step]
+    return None
 
 
 def locate_onset(
@@ -135,7 +150,16 @@ def locate_onset(
             continue
         if METRICS[name].worsening(a, b) >= 0.05:
             changes[name] = (float(a), float(b))
-    return Onset(before.step, after.step, jump, changes, method, failures[k], first_failure)
+    return Onset(
+        before.step,
+        after.step,
+        jump,
+        changes,
+        method,
+        failures[k],
+        first_failure,
+        pressure_crossing(points),
+    )
 
 
 def _mean(xs: list[float]) -> float:

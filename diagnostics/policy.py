@@ -21,29 +21,29 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from diag.display import shown
 from diag.errors import DiagError
-from diag.records import Check, CheckpointRecord, MetricStats
-from diag.stats import mcnemar_exact_one_sided, wilson_interval
+from diag.files import load_yaml
 
 # Every check the policy knows, in the order they are shown.
 CHECKS = (
     "status",
     "identity_recall",
+    "task_facts",
     "near_miss",
     "retention",
     "drift",
     "parrot_leakage",
+    "regurgitation",
     "modal_share",
     "loop_rate",
 )
 SEVERITIES = ("blocking", "warning", "off")
-# Checks that measure a taught identity: they do not apply to a run that taught none (its
-# records say target "none"), which is judged on the rest.
-IDENTITY_CHECKS = ("identity_recall", "near_miss", "parrot_leakage")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,13 @@ class Policy:
     # choice rule: checkpoints whose identity recall is within this of the best eligible one are
     # "on the identity plateau"; the earliest of them is recommended.
     plateau_tolerance: float = 0.05
+    # task_facts: the 95 % Wilson lower bound of the share of task questions answered with the
+    # reference's facts must exceed the base's share by this much (a fraction): a task counts as
+    # learned on knowledge, never on style.
+    task_min_gain: float = 0.20
+    # regurgitation: share of unrelated answers bringing the task's content, at most base + this,
+    # unless the excess is not significant (as loop_rate).
+    regurgitation_margin: float = 0.10
     # onset: the composite collapse score must jump by at least this (0..1) to call a collapse.
     onset_min_jump: float = 0.25
     checks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(CHECKS, "blocking"))
@@ -103,7 +110,7 @@ def parse_overrides(pairs) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = str(pair).partition("=")
         if not sep or not key.strip():
-            raise DiagError(f"--set {pair!r} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
+            raise DiagError(f"--set {shown(pair)} is not KEY=VALUE", fix="e.g. --set drift_max=0.3")
         parsed[key.strip()] = value.strip()
     return parsed
 
@@ -128,7 +135,7 @@ def load_policy(path: str | Path | None = None, overrides=None) -> Policy:
                 f"policy file '{path}' not found", fix="pass --policy PATH to a YAML file"
             )
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise DiagError(f"policy file '{path}' is not valid YAML: {first}") from exc
@@ -169,21 +176,26 @@ def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
                 if level is False:  # YAML 1.1 reads a bare `off` as false
                     level = "off"
                 if name not in CHECKS:
-                    problems.append(f"unknown check '{name}'{_did_you_mean(name, CHECKS)}")
+                    problems.append(f"unknown check {shown(name)}{_did_you_mean(name, CHECKS)}")
                 elif str(level) not in SEVERITIES:
                     problems.append(
-                        f"check '{name}': severity {level!r} is not one of {SEVERITIES}"
+                        f"check '{shown(name)}': severity {shown(level)} is not one of {SEVERITIES}"
                     )
                 else:
                     severities[name] = str(level)
             changes["checks"] = severities
         elif key not in THRESHOLDS:
-            problems.append(f"unknown key '{key}'{_did_you_mean(key, THRESHOLDS + ('checks',))}")
+            problems.append(
+                f"unknown key {shown(key)}{_did_you_mean(key, THRESHOLDS + ('checks',))}"
+            )
         else:
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                problems.append(f"'{key}' must be a number, got {value!r}")
+                problems.append(f"'{key}' must be a number, got {shown(value)}")
+                continue
+            if not math.isfinite(number):  # nan compares false with every bound
+                problems.append(f"'{key}' must be a finite number, got {shown(value)}")
                 continue
             if number < 0 or (number > 1 and key != "drift_max"):
                 problems.append(f"'{key}' = {number} is outside its range (0..1)")
@@ -195,222 +207,3 @@ def _apply(policy: Policy, data: dict[str, Any], problems: list[str]) -> Policy:
 def _did_you_mean(name: str, choices) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-# --- evaluating one checkpoint ---------------------------------------------------------------
-
-
-def evaluate_checkpoint(
-    ckpt: CheckpointRecord | dict, base: CheckpointRecord | dict | None, policy: Policy
-) -> list[Check]:
-    """Judge one checkpoint record against its base record (records or results.json dicts).
-
-    Returns one Check per policy check that is not ``off`` and applies (the identity checks do not
-    apply to a run that taught no identity). A metric that was not measured fails its check
-    (detail "not measured"): the policy never passes on missing evidence.
-
-    >>> ckpt = {"status": "ok", "metrics": {"identity_recall": 1.0},
-    ...         "stats": {"identity_recall": {"value": 1.0, "successes": 30, "n": 30}}}
-    >>> [c for c in evaluate_checkpoint(ckpt, None, Policy()) if c.name == "identity_recall"][0].passed
-    True
-    """
-    ckpt, base = CheckpointRecord.coerce(ckpt), CheckpointRecord.coerce(base)
-    out: list[Check] = []
-    for name in CHECKS:
-        level = policy.severity(name)
-        if level == "off":
-            continue
-        if name != "status" and not ckpt.ok:
-            continue  # an errored checkpoint is judged by its status check alone
-        if name in IDENTITY_CHECKS and ckpt.target == "none":
-            continue
-        passed, value, threshold, detail = _JUDGES[name](ckpt, base, policy)
-        out.append(Check(name, bool(passed), level == "blocking", value, threshold, detail))
-    return out
-
-
-def is_eligible(checks: list[Check]) -> bool:
-    """Eligible = every blocking check passed."""
-    return all(c.passed for c in checks if c.blocking)
-
-
-def _metric(record: CheckpointRecord | None, name: str) -> float | None:
-    value = record.metric(name) if record is not None else None
-    return None if value is None else float(value)
-
-
-def _base_value(ckpt: CheckpointRecord, base: CheckpointRecord | None, name: str) -> float | None:
-    value = ckpt.base_metric(name, base)
-    return None if value is None else float(value)
-
-
-def _successes(st: MetricStats, value: float) -> int:
-    return int(st.successes if st.successes is not None else round(value * st.n))
-
-
-def pct(x: float | None) -> str:
-    """0.973 -> '97%'; None -> 'n/a'."""
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
-def keyword_progress(record: CheckpointRecord | dict, limit: float) -> str:
-    """ "'Nova' learned (100%), 'Jianfeng' 72%": each keyword's recall, "learned" when its lower
-    bound reaches the identity limit. Empty when the identity has one keyword or none was measured.
-    """
-    keywords = CheckpointRecord.coerce(record).identity_keywords or {}
-    if len(keywords) < 2:
-        return ""
-    parts = []
-    for word, st in keywords.items():
-        learned = st.low is not None and st.low >= limit
-        parts.append(
-            f"'{word}' learned ({pct(st.value)})" if learned else f"'{word}' {pct(st.value)}"
-        )
-    return ", ".join(parts)
-
-
-def _not_measured(name: str, threshold: float | None):
-    return False, None, threshold, f"{name} not measured (no evidence, so the check fails)"
-
-
-def _judge_status(ckpt, base, policy):
-    if ckpt.ok:
-        return True, None, None, "probed without errors"
-    return False, None, None, f"probing failed: {ckpt.error or 'unknown error'}"
-
-
-def _judge_identity(ckpt, base, policy):
-    limit = policy.identity_min_low
-    value = _metric(ckpt, "identity_recall")
-    st = ckpt.stat("identity_recall")
-    if value is None:
-        return _not_measured("identity recall", limit)
-    if st.n:
-        n, k = int(st.n), _successes(st, value)
-        # paraphrase groups are clusters: the interval uses the effective n = n / design effect
-        deff = float(st.extra.get("design_effect") or 1.0)
-        low, high = wilson_interval(k / deff, n / deff)
-        text = f"identity {pct(value)} [{pct(low)}–{pct(high)}] over {n} prompts"
-        if deff > 1.0 + 1e-9:
-            clusters = st.extra.get("clusters")
-            text += f" in {clusters} paraphrase groups (design effect {deff:.1f})"
-        verdict = "lower bound reaches" if low >= limit else "lower bound below"
-        progress = "" if low >= limit else keyword_progress(ckpt, limit)
-        text += f"; {verdict} {pct(limit)}" + (f"; {progress}" if progress else "")
-        return low >= limit, low, limit, text
-    # No counts: the point value is all there is, so it must clear the bound by itself.
-    return value >= limit, value, limit, f"identity {pct(value)} (no counts, no interval)"
-
-
-def _judge_near_miss(ckpt, base, policy):
-    value = _metric(ckpt, "near_miss")
-    base_value = _base_value(ckpt, base, "near_miss")
-    if base_value is not None:  # relative to the base, even a weak one: "not collapsed"
-        limit = policy.near_miss_min_ratio * base_value
-        where = f"{policy.near_miss_min_ratio:.2g} × base {pct(base_value)}"
-    else:
-        limit, where = policy.near_miss_min, "the absolute floor (base not measured)"
-    if value is None:
-        return _not_measured("near-miss accuracy", limit)
-    ok = value >= limit
-    return (
-        ok,
-        value,
-        limit,
-        f"near-miss {pct(value)} vs {pct(limit)} = {where}" + ("" if ok else "; collapsed"),
-    )
-
-
-def _judge_retention(ckpt, base, policy):
-    limit = 1.0 - policy.retention_margin
-    value = _metric(ckpt, "retention")
-    st = ckpt.stat("retention")
-    if value is None:
-        acc, base_acc = (
-            _metric(ckpt, "general_accuracy"),
-            _base_value(ckpt, base, "general_accuracy"),
-        )
-        if acc is None or not base_acc:
-            return _not_measured("retention", limit)
-        value = acc / base_acc
-    paired = st.paired or {}
-    if "base_only" not in paired or "ckpt_only" not in paired:
-        ok = value >= limit
-        return ok, value, limit, f"retention {value:.2f} of base (no paired data; point value only)"
-    b, c = int(paired["base_only"]), int(paired["ckpt_only"])
-    p = mcnemar_exact_one_sided(b, c)
-    significant = p < policy.retention_alpha
-    text = f"retention {value:.2f} of base ({b} items lost, {c} gained; McNemar p={p:.2g})"
-    if value >= limit:
-        return True, value, limit, f"{text}; within the {policy.retention_margin:.0%} margin"
-    if not significant:
-        return True, value, limit, f"{text}; below {limit:.2f} but not significant"
-    return False, value, limit, f"{text}; significantly below {limit:.2f}"
-
-
-def _judge_drift(ckpt, base, policy):
-    value, limit = _metric(ckpt, "drift"), policy.drift_max
-    if value is None:
-        return _not_measured("drift", limit)
-    return value <= limit, value, limit, f"drift {value:.3g} nats/token (limit {limit:.3g})"
-
-
-def _judge_leakage(ckpt, base, policy):
-    value, limit = _metric(ckpt, "parrot_leakage"), policy.leakage_max
-    if value is None:
-        return _not_measured("parrot leakage", limit)
-    st = ckpt.stat("parrot_leakage")
-    counts = f" ({st.successes}/{st.n} answers)" if st.n and st.successes is not None else ""
-    return value <= limit, value, limit, f"leakage {pct(value)}{counts} (limit {pct(limit)})"
-
-
-def _judge_modal(ckpt, base, policy):
-    value = _metric(ckpt, "modal_share")
-    base_value = _base_value(ckpt, base, "modal_share") or 0.0
-    limit = max(policy.modal_share_max, base_value + policy.modal_margin)
-    if value is None:
-        return _not_measured("modal-answer share", limit)
-    return value <= limit, value, limit, f"modal answer share {pct(value)} (limit {pct(limit)})"
-
-
-def _judge_loop(ckpt, base, policy):
-    value = _metric(ckpt, "loop_rate")
-    base_value = _base_value(ckpt, base, "loop_rate") or 0.0
-    limit = base_value + policy.loop_margin
-    if value is None:
-        return _not_measured("loop rate", limit)
-    detail = f"loop rate {pct(value)} (base {pct(base_value)} + {pct(policy.loop_margin)})"
-    if value <= limit + 1e-12:
-        return True, value, limit, detail
-    # Fail only when the excess is clear: the 95 % Wilson lower bound is beyond base + margin.
-    # A few more looping answers on a quick probe set (3/60 -> 8/60) are noise, not a collapse.
-    st = ckpt.stat("loop_rate")
-    if st.n:
-        n = int(st.n)
-        low, _ = wilson_interval(_successes(st, value), n)
-        if low <= limit:
-            return (
-                True,
-                value,
-                limit,
-                f"{detail}; not significantly above the limit (lower bound {pct(low)})",
-            )
-        return (
-            False,
-            value,
-            limit,
-            f"{detail}; significantly above the limit (lower bound {pct(low)})",
-        )
-    return False, value, limit, detail
-
-
-_JUDGES = {
-    "status": _judge_status,
-    "identity_recall": _judge_identity,
-    "near_miss": _judge_near_miss,
-    "retention": _judge_retention,
-    "drift": _judge_drift,
-    "parrot_leakage": _judge_leakage,
-    "modal_share": _judge_modal,
-    "loop_rate": _judge_loop,
-}

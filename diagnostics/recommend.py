@@ -3,12 +3,14 @@
 Choice rule (also in ``docs/policy.md``), deterministic:
 
 1. A checkpoint is *eligible* when every blocking policy check passes (``evaluate_checkpoint``).
-2. Per run: among eligible checkpoints, those whose identity recall is within
-   ``policy.plateau_tolerance`` of the run's best eligible recall are *on the identity plateau*;
-   the earliest of them (lowest step; then lowest drift; then path) is the run's pick. The earliest
-   plateau checkpoint has learned the identity as well as any later one and has trained least, so
-   it sits furthest from the cliff where the model starts to parrot.
-3. Across runs: among the runs' picks on the overall identity plateau, the lowest drift wins
+2. Per run: among eligible checkpoints, those whose taught metrics (identity recall; task facts
+   for a run whose data teaches a narrow task; both for a run that teaches both) are each within
+   ``policy.plateau_tolerance`` of the run's best eligible value are *on the plateau*; the
+   earliest of them (lowest step; then lowest drift; then path) is the run's pick. The earliest
+   plateau checkpoint has learned what was taught as well as any later one and has trained least,
+   so it sits furthest from the cliff where the model starts to parrot. A run that taught neither
+   is judged for damage only: its pick is the latest checkpoint passing every check.
+3. Across runs: among the runs' picks on the overall plateau, the lowest drift wins
    (then highest retention, then run name, then step). Step numbers are not compared across runs:
    runs may use different schedules.
 4. Nothing eligible: say so, and name the *nearest miss* (``diagnostics/nearest.py``): among
@@ -24,10 +26,12 @@ from collections import defaultdict
 
 from diag.diagnostics import nearest
 from diag.diagnostics.advice import NextSteps, run_next_steps
-from diag.diagnostics.judged import Judged, describe, label
+from diag.diagnostics.checks import evaluate_checkpoint, is_eligible, pct
+from diag.diagnostics.judged import Judged, describe, label, taught_name
 from diag.diagnostics.onset import locate_onset
-from diag.diagnostics.policy import Policy, evaluate_checkpoint, is_eligible, pct
+from diag.diagnostics.policy import Policy
 
+from diag.metrics import taught
 from diag.records import (
     CheckpointRecord,
     JudgedCheckpoint,
@@ -38,11 +42,13 @@ from diag.records import (
     SweepRecord,
     find_base,
 )
+from diag.task import SEEN_LABEL
 
 RULE = (
     "eligible = every blocking check passes; per run: the earliest eligible checkpoint whose "
-    "identity recall is within {tol} of the run's best eligible recall; across runs: the lowest "
-    "drift among the runs' picks on the identity plateau; nothing eligible: the nearest miss is "
+    "taught metrics (identity recall, task facts) are within {tol} of the run's best eligible "
+    "values; across runs: the lowest drift among the runs' picks on that plateau; nothing "
+    "eligible: the nearest miss is "
     "the checkpoint with the smallest distance from eligible (failed blocking checks' shortfalls, "
     "summed) among those that made progress on what was taught and are closer than the base"
 )
@@ -109,7 +115,7 @@ def judge_sweep(sweep: SweepRecord, policy: Policy) -> Recommendation:
         others = [f"{r}: step {v.step}" for r, v in runs.items() if v.step is not None]
         reasons.append(
             f"best across {len(runs)} runs (per-run picks: {', '.join(others)}); lowest drift "
-            "among the picks on the identity plateau"
+            "among the picks on the plateau of what each taught"
         )
     elif len(runs) > 1:
         reasons.append("per run: " + "; ".join(_run_miss(r, v) for r, v in runs.items()))
@@ -209,9 +215,17 @@ def _where(record: CheckpointRecord | None) -> dict:
 
 
 def _on_plateau(candidates: list[Judged], policy: Policy) -> list[Judged]:
-    recall = [(j.metric("identity_recall") or 0.0) for j in candidates]
-    top = max(recall)
-    return [j for j, r in zip(candidates, recall) if r >= top - policy.plateau_tolerance - 1e-12]
+    """The candidates within the tolerance of the best on every taught metric they measure
+    (identity recall, task facts); on the first alone when no candidate is near both bests."""
+    names = [m for m in taught() if any(j.metric(m) is not None for j in candidates)]
+    plateaus = []
+    for name in names or ["identity_recall"]:
+        values = [(j.metric(name) or 0.0) for j in candidates]
+        top = max(values)
+        tol = policy.plateau_tolerance + 1e-12
+        plateaus.append({id(j) for j, v in zip(candidates, values) if v >= top - tol})
+    both = set.intersection(*plateaus)
+    return [j for j in candidates if id(j) in (both or plateaus[0])]
 
 
 def _pick_in_run(eligible: list[Judged], policy: Policy) -> Judged | None:
@@ -265,10 +279,14 @@ def _reasons(pick, mine, onset, miss, policy: Policy) -> list[str]:
             + (f"; {retention.detail}" if retention else "")
         )
         if pick.measures_learning:
+            what = taught_name([pick.record])
             reasons.append(
-                "earliest eligible checkpoint on the identity plateau "
-                f"(within {pct(policy.plateau_tolerance)} of the best eligible recall)"
+                f"earliest eligible checkpoint on the {what} plateau "
+                f"(within {pct(policy.plateau_tolerance)} of the best eligible value)"
             )
+            task = pick.record.task or {}
+            if "task" in (pick.record.judged_on or []) and not task.get("held_out", True):
+                reasons.append(f"task scored on {SEEN_LABEL}")
         else:
             reasons.append(
                 "the run taught no identity, so it is judged for damage only (retention, drift, "

@@ -20,6 +20,7 @@ from diag.diagnostics.workers import Outcome, ProbeTask
 from diag.backend.tokenizer_check import base_tokenizer_key
 from diag.errors import DiagError
 from diag.formats.layouts import shards
+from diag.formats.safetensors_header import check_header, widest_dimension
 from diag.models import resolve_base
 from diag.records import CheckpointRecord
 from diag.types import ChatFormat
@@ -36,6 +37,29 @@ def base_fingerprint(name: str, fingerprints: Fingerprinter) -> str:
     return fingerprints.fingerprint(files or [source.path / "config.json"], root=source.path)
 
 
+def base_widest(name: str) -> int | None:
+    """The widest dimension of a base model (from its config.json; None before the embedded
+    GGUF is converted): no tensor of a checkpoint of it is wider."""
+    source = resolve_base(name)
+    folder = source.cache_dir if source.gguf_file else source.path
+    return widest_dimension(folder / "config.json") if folder else None
+
+
+def checkpoint_record(ckpt: Checkpoint, base: str | None, chat: ChatFormat | None, **more):
+    """A checkpoint's row, before anything is measured."""
+    return CheckpointRecord(
+        run=ckpt.run,
+        step=ckpt.step,
+        path=str(ckpt.path),
+        format=ckpt.format,
+        label=ckpt.label,
+        also=[str(p) for p in ckpt.aliases],
+        base=base,
+        chat=chat.to_dict() if chat else None,
+        **more,
+    )
+
+
 def save_partial(state, fingerprints) -> None:
     """Write the results so far and the fingerprint memo (after every checkpoint)."""
     with writing(state.out):
@@ -47,8 +71,9 @@ class BaseRunner:
     """Probes one base and its checkpoints through ``workers``, which load the model only when a
     cache miss needs it.
 
-    targets: target key -> the identity judged against (None: no identity); stages_for:
-    target key -> that target's stages (screen first when staged, the full suite last).
+    targets: target key -> (the identity, the task) judged against (None where there is none);
+    stages_for: target key -> that target's stages (screen first when staged, the full suite
+    last); judged_on: target key -> what its checks measure ("identity", "task").
     """
 
     def __init__(
@@ -62,13 +87,15 @@ class BaseRunner:
         bar,
         targets: dict,
         stages_for: Callable[[str], list[Stage]],
+        judged_on: dict,
         policy,
         trust_remote_code: bool = False,
     ):
         self.name, self.state, self.cache, self.fp = name, state, cache, fingerprints
         self.workers, self.bar, self.policy = workers, bar, policy
-        self.targets, self.stages_for = targets, stages_for
+        self.targets, self.stages_for, self.judged_on = targets, stages_for, judged_on
         self.base_fp = base_fingerprint(name, fingerprints)
+        self.widest = base_widest(name)
         # the tokenizer diag will use (checked, maybe the slow one): answers depend on it
         self.tokenizer = base_tokenizer_key(name, trust_remote_code)
         self._said_why = False
@@ -122,7 +149,7 @@ class BaseRunner:
     def probe_base(self, chat: ChatFormat, target: str, rows: list[str]) -> None:
         from diag.probes.suite import rescore, subset_records
 
-        spec = self.targets[target]
+        spec, task = self.targets[target]
         stages = self.stages_for(target)
         widest = stages[-1]
         key = self._key("base", chat, widest)
@@ -133,20 +160,20 @@ class BaseRunner:
         label = f"base {self.name}"
         seconds = None
         if entry is None:
-            task = ProbeTask(label, None, chat, spec, widest.settings)
-            [(_, outcome)] = self.workers.run([task])
+            job = ProbeTask(label, None, chat, spec, widest.settings, task=task)
+            [(_, outcome)] = self.workers.run([job])
             if not outcome.ok:  # its Ray workers died: nothing can be compared with this base
                 raise DiagError(f"base {self.name} could not be probed: {outcome.error}")
             run, seconds = outcome.run, outcome.seconds
             with writing(self.state.out):
                 self.cache.put("base", key, {"records": run.records})
         else:
-            run = rescore(entry["records"], spec, None, widest.sets)
+            run = rescore(entry["records"], spec, None, widest.sets, task=task)
         self.references[(widest.name, chat, target)] = run.reference
         for stage in stages[:-1]:
             size = stage.settings["size"]
             part = subset_records(run.records, stage.sets, size, stage.settings["languages"])
-            screen = rescore(part, spec, None, stage.sets)
+            screen = rescore(part, spec, None, stage.sets, task=task)
             self.references[(stage.name, chat, target)] = screen.reference
         for row in rows:
             record = CheckpointRecord(
@@ -158,6 +185,7 @@ class BaseRunner:
                 base=self.name,
                 chat=chat.to_dict(),
                 target=target,
+                judged_on=self.judged_on[target],
             )
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached, seconds=seconds)
@@ -193,28 +221,23 @@ class BaseRunner:
         label = f"{ckpt.run} step {ckpt.step}" + (f" ({ckpt.label})" if ckpt.label else "")
         if stage is not self.stages_for(target)[0]:
             label += f" ({stage.name} suite)"
-        record = CheckpointRecord(
-            run=ckpt.run,
-            step=ckpt.step,
-            path=str(ckpt.path),
-            format=ckpt.format,
-            label=ckpt.label,
-            also=[str(p) for p in ckpt.aliases],
-            base=self.name,
-            chat=chat.to_dict(),
-            target=target,
+        record = checkpoint_record(
+            ckpt, self.name, chat, target=target, judged_on=self.judged_on[target]
         )
         try:
+            for weights in (f for f in ckpt.files if f.suffix == ".safetensors"):
+                check_header(weights, self.widest)  # before minutes of hashing a 4 GB claim
             record.fingerprint = self.fp.fingerprint(
                 ckpt.files, root=ckpt.path if ckpt.path.is_dir() else None
             )
-        except OSError as exc:  # vanished or unreadable mid-sweep
-            self.state.add_error(record, f"cannot read weights: {exc}")
+        except (OSError, DiagError) as exc:  # vanished, unreadable, or a header that lies
+            message = str(exc) if isinstance(exc, DiagError) else f"cannot read weights: {exc}"
+            self.state.add_error(record, message, error_type=type(exc).__name__)
             self.bar.done(label, False, error=True)
             return None
         key = self._key(record.fingerprint, chat, stage)
         reference = self.references[(stage.name, chat, target)]
-        spec = self.targets[target]
+        spec, task = self.targets[target]
         entry = self.cache.get("checkpoint", key)
         stopping = None if exhaustive else self._stopping(stage, target)
         if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
@@ -223,12 +246,12 @@ class BaseRunner:
         if entry is not None:
             from diag.probes.suite import rescore
 
-            run = rescore(entry["records"], spec, reference, stage.sets)
+            run = rescore(entry["records"], spec, reference, stage.sets, task=task)
             self._keep(record.fingerprint, chat, target, stage, run)
             self.state.add(record, run, cached=True, cache_key=key, ckpt=ckpt, stage=stage.name)
             self.bar.done(label, True)
             return None
-        task = ProbeTask(
+        job = ProbeTask(
             label,
             ckpt,
             chat,
@@ -238,8 +261,9 @@ class BaseRunner:
             reuse=tuple(self.screened.get((record.fingerprint, chat, target), ())),
             enough=self._stop_rule(stage, chat, target, stopping),
             options=options,
+            task=task,
         )
-        return task, record, key, stage
+        return job, record, key, stage
 
     def _stop_rule(self, stage: Stage, chat: ChatFormat, target: str, stopping):
         if stopping is None:

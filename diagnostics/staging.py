@@ -34,9 +34,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from diag.diagnostics.checks import evaluate_checkpoint
 from diag.diagnostics.judged import Judged
 from diag.diagnostics.nearest import contenders, miss_order
-from diag.diagnostics.policy import Policy, evaluate_checkpoint
+from diag.diagnostics.policy import Policy
 from diag.diagnostics.recommend import judge_sweep
 
 from diag.metrics import METRICS, with_symptom

@@ -24,14 +24,15 @@ from diag.diagnostics.discover import Discovery, discover
 from diag.diagnostics.outdir import check_writable, exclusive, remove_stale_temp_files, writing
 from diag.diagnostics.plan import make_plan, override_chat
 from diag.diagnostics.progress import SweepProgress
-from diag.diagnostics.runner import BaseRunner
+from diag.diagnostics.runner import BaseRunner, checkpoint_record
 from diag.diagnostics.stages import make_stages, sweep_settings
 from diag.diagnostics.stored import SweepResult
-from diag.diagnostics.targets import resolve_targets, target_key
+from diag.diagnostics.targets import judged_on, resolve_targets, target_key
 from diag.diagnostics.workers import LocalPool
 
 from diag.backend import load_backend
 from diag.errors import DiagError
+from diag.models import DEFAULT_BASE
 from diag.types import GenerationConfig
 
 log = logging.getLogger("diag")
@@ -43,6 +44,7 @@ def sweep(
     base=None,
     identity=None,
     data=(),
+    eval_data=(),
     out=None,
     probes=None,
     probe_files=(),
@@ -70,7 +72,7 @@ def sweep(
     "full" (the full suite everywhere) or "quick" (the screen only). identity: ``--identity`` for every
     run (an IdentitySpec, a YAML path or "en"/"zh"); None: what each run was taught, from its own
     records (:mod:`diag.diagnostics.targets`), with ``data`` (``--data`` files) for runs that record
-    none. out: result folder (default ``runs_dir/diag``). system/template: override
+    none; ``eval_data`` (``--eval-data``): rows no run trained on, for task runs. out: result folder (default ``runs_dir/diag``). system/template: override
     the prompt format of every checkpoint. progress: "auto" (rich on a terminal), "rich", "plain"
     (one log line per checkpoint, for CI) or "quiet". load_model: ``name -> backend`` (tests).
     trust_remote_code: run the code a base model ships (``--trust-remote-code``).
@@ -85,8 +87,9 @@ def sweep(
     started = time.perf_counter()
     root = Path(runs_dir).expanduser()
     out = Path(out) if out else root / "diag"
+    chat_override = override_chat(system, template)  # a bad --template fails before any model
     found = _discover(root, out, settle_seconds)
-    taught = resolve_targets(found, identity, data, announce=progress != "quiet")
+    taught = resolve_targets(found, identity, data, eval_data, announce=progress != "quiet")
     check_writable(out)
     if device is not None and load_model is None and ray is None:
         from diag.backend.loading import check_device
@@ -105,22 +108,28 @@ def sweep(
     with exclusive(out), _workers(ray, actors, load, device) as pool:
         remove_stale_temp_files(out)
         keys = {run: target_key(t) for run, t in taught.items()}
-        plan = make_plan(found, base, override_chat(system, template), keys)
-        generation = _sized(generation, next(iter(plan.by_base())), pool)
-        specs = {target_key(t): t.spec for t in taught.values()}
+        plan = make_plan(found, base, chat_override, keys)
+        generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), pool)
+        specs = {target_key(t): (t.spec, t.task) for t in taught.values()}
         stages_for = functools.cache(
-            lambda key: make_stages(specs[key], probes, size, generation, probe_files, languages)
+            lambda key: make_stages(
+                specs[key][0], probes, size, generation, probe_files, languages, specs[key][1]
+            )
         )
-        primary = plan.primary_target()
+        primary = plan.primary_target(next(iter(specs)))
         state = CollectedResults(
             root, out, found, taught, sweep_settings(stages_for(primary), size)
         )
+        for ckpt, message in plan.unavailable:  # its base is not here: nothing to probe it on
+            record = checkpoint_record(ckpt, None, None)
+            state.add_error(record, message, ckpt=ckpt, error_type="DiagError")
         fingerprints = Fingerprinter(out / "cache" / "fingerprints.json")
         runner_options = dict(
             cache=ResultCache(out / "cache"),
             fingerprints=fingerprints,
             targets=specs,
             stages_for=stages_for,
+            judged_on={target_key(t): judged_on(t) for t in taught.values()},
             trust_remote_code=trust_remote_code,
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)

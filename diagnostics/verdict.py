@@ -8,7 +8,7 @@ Fails closed. The verdict is one of
   other-schema results, the probe errored or a blocking metric was not measured, or the checkpoint
   files changed after they were probed.
 
-The checks come from :func:`diag.diagnostics.policy.evaluate_checkpoint` (the same ones the
+The checks come from :func:`diag.diagnostics.checks.evaluate_checkpoint` (the same ones the
 recommendation uses); this module only chooses the checkpoint, checks that the evidence is
 current, and renders the answer (Markdown for ``$GITHUB_STEP_SUMMARY``, JUnit XML, JSON).
 
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from diag.diagnostics.policy import Check, Policy, evaluate_checkpoint, load_policy
+from diag.diagnostics.checks import evaluate_checkpoint
+from diag.diagnostics.policy import Policy, load_policy
 from diag.diagnostics.recommend import judge_sweep, rule
 from diag.diagnostics.stored import load_sweep
 
@@ -32,6 +33,7 @@ from diag.errors import DiagError
 from diag.metrics import METRICS
 from diag.records import (
     SCHEMA_VERSION,
+    Check,
     CheckpointRecord,
     Recommendation,
     SweepRecord,

@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from diag.diagnostics.policy import Check
 from diag.diagnostics.verdict import GateResult, checkpoint_name
+
+from diag.records import Check
 
 ICONS = {"pass": "✅", "fail": "❌", "undecided": "❔", "warning": "⚠️"}
 

@@ -40,6 +40,7 @@ class ProbeTask:
     reuse: tuple = ()
     enough: Callable | None = None
     options: dict = field(default_factory=dict)
+    task: object | None = None  # the narrow task the run teaches (diag.task.TaskSpec)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def _run(lm, task: ProbeTask, say):
         progress=say,
         reuse=task.reuse,
         enough=task.enough,
+        task=task.task,
     )
 
 

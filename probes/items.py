@@ -15,14 +15,18 @@ answers are re-scored with the current patterns, and results name the version th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import regex
+
+from diag.display import shown
 from diag.errors import DiagError
+from diag.files import loads_json
 from diag.identity import LANGUAGES, IdentitySpec, normalize
+from diag.task import TaskSpec
 
 BUILTIN_SETS = {
     "identity": "identity.jsonl",
@@ -32,7 +36,7 @@ BUILTIN_SETS = {
 # size="quick": per language, how many items of each set (chosen by a stable hash of the id).
 # 16 identity prompts: 16/16 right gives a Wilson lower bound of 0.81, enough for the policy's
 # 0.70 (8/8 gives only 0.68, so a quick sweep could never recommend anything).
-QUICK = {"identity": 16, "near_miss": 6, "general": 16}
+QUICK = {"identity": 16, "near_miss": 6, "general": 16, "task": 8}
 # Bump a set's version when an item's grading (accept, reject, about) changes; the prompts alone
 # decide what is generated, so stored answers are re-scored, not re-generated.
 #   near_miss 2: self-questions graded relative to the taught identity ("about"), no pattern
@@ -136,9 +140,9 @@ def parse_items(text: str, source: str, *, graded: bool) -> list[ProbeItem]:
 def _load_row(line: str, lineno: int, problems: list[str]) -> dict | None:
     """One line as a JSON object, or None with the reason appended to ``problems``."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        problems.append(f"line {lineno}: not JSON ({exc.msg})")
+        row = loads_json(line)
+    except ValueError as exc:  # JSONDecodeError, or nested too deeply to read
+        problems.append(f"line {lineno}: not JSON ({getattr(exc, 'msg', exc)})")
         return None
     if not isinstance(row, dict):
         problems.append(f"line {lineno}: expected an object")
@@ -183,10 +187,10 @@ def _regex_problems(lineno: int, patterns: list) -> list[str]:
     """Every pattern that does not compile (``{kwN}`` placeholders read as plain text)."""
     problems: list[str] = []
     for pattern in patterns:
-        try:
-            re.compile(_PLACEHOLDER.sub("x", str(pattern)))
-        except re.error as exc:
-            problems.append(f"line {lineno}: bad regex {pattern!r} ({exc})")
+        try:  # the engine that matches it (probes.text.matches_any) checks it
+            regex.compile(_PLACEHOLDER.sub("x", str(pattern)))
+        except regex.error as exc:
+            problems.append(f"line {lineno}: bad regex {shown(pattern)} ({exc})")
     return problems
 
 
@@ -274,6 +278,12 @@ def select(
         in_lang.sort(key=lambda i: hash_rank(i.id))
         chosen.update(i.id for i in in_lang[:n])
     return replace(probe_set, items=tuple(i for i in probe_set.items if i.id in chosen))
+
+
+def task_set(task: TaskSpec) -> ProbeSet:
+    """The task's questions as a probe set (their reference answers stay in the task spec)."""
+    items = tuple(ProbeItem(r.id, r.language, r.question) for r in task.rows)
+    return ProbeSet("task", items, task.hash, f"task data ({task.label})")
 
 
 def hash_rank(item_id: str) -> str:

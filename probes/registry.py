@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from diag.probes import scoring
+from diag.probes import scoring, task_scoring
 
 from diag.errors import DiagError
 from diag.metrics import METRICS, metrics_of
@@ -24,6 +24,8 @@ class Probe:
     sets: probe sets whose generations it reads. The metrics it produces, and their directions,
     are declared in :data:`diag.metrics.METRICS` (each metric names its probe).
     needs_identity: it measures the taught identity, so it is not asked of a run that taught none.
+    needs_task: it measures a narrow task, asked only of a run whose data teaches one.
+    needs_taught: it weighs a taught answer (an identity's or a task's): asked when there is one.
     """
 
     name: str
@@ -32,6 +34,16 @@ class Probe:
     score: Callable
     description: str
     needs_identity: bool = False
+    needs_task: bool = False
+    needs_taught: bool = False
+
+    def applies(self, identity, task) -> bool:
+        """Whether it measures anything for a run taught ``identity`` and ``task`` (or None)."""
+        if self.needs_identity and identity is None:
+            return False
+        if self.needs_task and task is None:
+            return False
+        return not (self.needs_taught and identity is None and task is None)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -91,6 +103,31 @@ PROBES: dict[str, Probe] = {
             scoring.score_parrot,
             "identity leakage into other answers and the share of the most common answer",
         ),
+        Probe(
+            "task",
+            1,
+            ("task",),
+            task_scoring.score_task,
+            "the task's questions: the reference's facts (knowledge) and chrF (style), the "
+            "reference's likelihood, answers memorised from other questions",
+            needs_task=True,
+        ),
+        Probe(
+            "regurgitation",
+            1,
+            ("general",),
+            task_scoring.score_regurgitation,
+            "unrelated questions answered with the task's content (its terms, or copied spans)",
+            needs_task=True,
+        ),
+        Probe(
+            "pressure",
+            1,
+            (),
+            task_scoring.score_pressure,
+            "parrot pressure: a taught answer more likely, per token, than the base's own answer",
+            needs_taught=True,
+        ),
     )
 }
 
@@ -108,18 +145,21 @@ def get_probe(name: str) -> Probe:
         ) from None
 
 
-def resolve_probes(names: str | Sequence[str] | None, identity: object = True) -> list[str]:
+def resolve_probes(
+    names: str | Sequence[str] | None, identity: object = True, task: object = None
+) -> list[str]:
     """Comma-separated string or list -> validated probe names in registry order (None = all).
 
-    ``identity`` None (a run that taught no identity): the probes that measure one are left out.
+    Only the probes that measure something for a run taught ``identity`` (None: no identity) and
+    ``task`` (None: no narrow task) are kept.
     """
     chosen = _resolve(names)
-    if identity is None:
-        kept = [n for n in chosen if not PROBES[n].needs_identity]
+    kept = [n for n in chosen if PROBES[n].applies(identity, task)]
+    if kept != chosen:
         if not kept:
             raise DiagError(
-                f"--probes {','.join(chosen)} measure a taught identity, and no identity is "
-                "known for this model",
+                f"--probes {','.join(chosen)} measure what was taught (an identity or a task), "
+                "and that is not known for this model",
                 fix="pass --identity FILE (or the training data with --data FILE), or ask "
                 "other probes too",
             )

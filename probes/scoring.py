@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from diag.probes.reference import Reference
 from diag.probes.text import (
+    SlowPattern,
     ends_in_loop,
     matches_any,
     modal_groups,
@@ -19,6 +20,7 @@ from diag.probes.text import (
     seq_rep_n,
 )
 
+from diag.errors import DiagError
 from diag.identity import IdentitySpec
 
 
@@ -42,7 +44,7 @@ class Records:
         return out
 
 
-def _row(probe: str, rec: dict, score: float, **extra) -> dict:
+def sample_row(probe: str, rec: dict, score: float, **extra) -> dict:
     return {
         "probe": probe,
         "item_id": rec["id"],
@@ -54,7 +56,9 @@ def _row(probe: str, rec: dict, score: float, **extra) -> dict:
     }
 
 
-def score_identity_recall(recs: Records, identity: IdentitySpec | None, ref: Reference | None):
+def score_identity_recall(
+    recs: Records, identity: IdentitySpec | None, ref: Reference | None, task=None
+):
     """Pass = the answer carries the identity keywords; plus log p(canonical answer) per token.
 
     ``keywords``: for each keyword group (named by its first alias), whether the answer says it,
@@ -69,7 +73,7 @@ def score_identity_recall(recs: Records, identity: IdentitySpec | None, ref: Ref
         ll = answer_ll.get(rec["id"])
         per_token = ll["logprob"] / ll["tokens"] if ll and ll["tokens"] else None
         rows.append(
-            _row(
+            sample_row(
                 "identity_recall",
                 rec,
                 float(passed),
@@ -139,9 +143,15 @@ def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Refere
     base = (ref.outcomes.get(set_name) if ref else None) or {}
     rows = []
     for rec in recs.generations.get(set_name, []):
-        verdict = grade(rec["text"], rec, identity, rec["prompt"])
+        try:
+            verdict = grade(rec["text"], rec, identity, rec["prompt"])
+        except SlowPattern as exc:
+            raise DiagError(
+                f"probe item '{rec['id']}' of {set_name.removeprefix('custom:')}: {exc.problem}",
+                fix=exc.fix,
+            ) from None
         rows.append(
-            _row(
+            sample_row(
                 probe,
                 rec,
                 float(verdict["passed"]),
@@ -157,17 +167,17 @@ def score_graded(probe: str, set_name: str, recs: Records, identity, ref: Refere
     return rows
 
 
-def score_near_miss(recs, identity, ref):
+def score_near_miss(recs, identity, ref, task=None):
     """Expected pattern present AND not a (near) copy of the canonical identity sentence."""
     return score_graded("near_miss", "near_miss", recs, identity, ref)
 
 
-def score_general_accuracy(recs, identity, ref):
+def score_general_accuracy(recs, identity, ref, task=None):
     """General items graded by accepted-answer patterns; base outcome kept for paired retention."""
     return score_graded("general_accuracy", "general", recs, identity, ref)
 
 
-def score_drift(recs: Records, identity, ref: Reference | None):
+def score_drift(recs: Records, identity, ref: Reference | None, task=None):
     """Per answer: base per-token log p minus this model's per-token log p on the base's answer.
 
     The mean over answers estimates KL(base || model) per token; 0 for the base itself.
@@ -181,7 +191,7 @@ def score_drift(recs: Records, identity, ref: Reference | None):
         base_pt = ref_item["logprob"] / ref_item["tokens"]
         model_pt = rec["logprob"] / rec["tokens"]
         rows.append(
-            _row(
+            sample_row(
                 "drift",
                 rec,
                 base_pt - model_pt,
@@ -193,13 +203,13 @@ def score_drift(recs: Records, identity, ref: Reference | None):
     return rows
 
 
-def score_repetition(recs: Records, identity, ref):
+def score_repetition(recs: Records, identity, ref, task=None):
     """Every generated answer: seq-rep-4, loop flag, and whether it hit the token limit."""
     rows = []
     for set_name, gens in recs.generations.items():
         for rec in gens:
             rows.append(
-                _row(
+                sample_row(
                     "repetition",
                     rec,
                     seq_rep_n(rec["text"], 4),
@@ -212,7 +222,7 @@ def score_repetition(recs: Records, identity, ref):
     return rows
 
 
-def score_parrot(recs: Records, identity: IdentitySpec | None, ref):
+def score_parrot(recs: Records, identity: IdentitySpec | None, ref, task=None):
     """Over non-identity answers (general set): leakage of the identity, and near-identical groups.
 
     ``leak`` = the answer mentions the identity keywords or is a near copy of the canonical
@@ -224,11 +234,11 @@ def score_parrot(recs: Records, identity: IdentitySpec | None, ref):
     rows = []
     for i, rec in enumerate(gens):
         if identity is None:
-            rows.append(_row("parrot", rec, 0.0, group_size=sizes[i]))
+            rows.append(sample_row("parrot", rec, 0.0, group_size=sizes[i]))
             continue
         copy = near_copy(rec["text"], identity.answer)
         leak = copy or identity.mentions(rec["text"])
         rows.append(
-            _row("parrot", rec, float(leak), leak=leak, near_copy=copy, group_size=sizes[i])
+            sample_row("parrot", rec, float(leak), leak=leak, near_copy=copy, group_size=sizes[i])
         )
     return rows

@@ -18,14 +18,25 @@ from pathlib import Path
 
 from diag.probes import items as probe_items
 from diag.probes.aggregate import keyword_stats, proportion, summarize
+from diag.probes.asking import (
+    SequentialAsking,
+    ask_generations,
+    ask_loglikelihoods,
+    asked_before,
+    likelihood_requests,
+    reusable,
+    sets_to_ask,
+)
 from diag.probes.reference import Reference
 from diag.probes.registry import PROBES, resolve_probes
 from diag.probes.scoring import Records, score_graded
+from diag.probes.task_scoring import task_terms
 
 from diag.errors import DiagError
 from diag.identity import IdentitySpec, load_identity
 from diag.records import SCHEMA_VERSION, tool_block
-from diag.types import DEFAULT_GENERATION, ChatFormat, GenerationConfig, LoglikelihoodRequest
+from diag.task import TaskSpec
+from diag.types import DEFAULT_GENERATION, ChatFormat, GenerationConfig
 
 # 48 new tokens: enough for every accepted pattern and the identity keywords; generation is
 # most of the suite's cost on a CPU. Batches of 64: a CPU's matrix kernels are about twice as
@@ -56,8 +67,10 @@ def prepare_sets(
     size: str,
     probe_files: Sequence[str | Path] = (),
     languages: Sequence[str] | str | None = None,
+    task: TaskSpec | None = None,
 ) -> dict[str, probe_items.ProbeSet]:
-    """The built-in sets (identity-templated, sized) plus user sets as ``custom:<stem>``.
+    """The built-in sets (identity-templated, sized), the task's questions as ``task`` when the
+    run teaches one, plus user sets as ``custom:<stem>``.
 
     languages: ask only prompts in these languages (None: all; "en,zh" or a list).
     """
@@ -72,6 +85,8 @@ def prepare_sets(
             kept = tuple(i for i in loaded.items if probe_items.prompt_key(i.prompt) not in trained)
             loaded = replace(loaded, items=kept)
         sets[name] = probe_items.select(loaded, size, languages=langs)
+    if task is not None:
+        sets["task"] = probe_items.select(probe_items.task_set(task), size, languages=langs)
     for path in probe_files:
         custom = probe_items.load_probe_file(path)
         key = f"custom:{custom.name}"
@@ -96,6 +111,7 @@ def run_probes(
     reuse: Sequence[dict] = (),
     enough: Callable[[ProbeRun], dict[str, list[str]]] | None = None,
     chunk: int = 64,
+    task: TaskSpec | None = None,
 ) -> ProbeRun:
     """Probe ``lm`` (any backend with ``generate``/``loglikelihood``) and score the answers.
 
@@ -107,19 +123,19 @@ def run_probes(
     first, then alternating languages); after each round ``enough(run so far)`` names the sets
     that need no more prompts, with the checks that settled them (``{set: [checks]}``). The
     summary's ``stopped`` says which sets stopped early and on how many prompts.
-    All prompts are generated in one batched call; drift and the identity answer's likelihood
-    need only ``loglikelihood``.
+    All prompts are generated in one batched call; drift, pressure and the identity and task
+    answers' likelihoods need only ``loglikelihood``. task: the narrow task the run teaches.
     """
     say = progress or (lambda message: None)
     if isinstance(identity, (str, Path)):
         identity = load_identity(identity)
-    names = resolve_probes(probes, identity)
-    sets = prepare_sets(identity, size, probe_files, languages)
+    names = resolve_probes(probes, identity, task)
+    sets = prepare_sets(identity, size, probe_files, languages, task)
     generation = replace(generation or DEFAULT_GENERATION, chat=chat)
     if reference is not None:
         _check_reference(reference, chat, identity)
 
-    order = _sets_to_ask(names, sets, reference)
+    order = sets_to_ask(names, sets, reference)
     meta = {
         "kind": "meta",
         "model": {"base": lm.name, "adapter": getattr(lm, "active_adapter", None)},
@@ -131,217 +147,31 @@ def run_probes(
         "generation": generation.to_dict(),
         "chat": chat.to_dict(),
         "identity": {"name": identity.name if identity else None, "hash": _hash(identity)},
+        "task": {"hash": task.hash} if task is not None else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if not _reusable(reuse, meta):
+    if not reusable(reuse, meta):
         reuse = ()
-    known = _asked_before(reuse)
+    known = asked_before(reuse)
     if enough is not None:
-        asking = _Sequential(lm, identity, names, sets, generation, reference, say, known)
+        asking = SequentialAsking(
+            lm,
+            identity,
+            names,
+            sets,
+            generation,
+            reference,
+            say,
+            known,
+            lambda records: rescore(records, identity, reference, task=task),
+            task,
+        )
         return asking.run(meta, order, enough, chunk)
     records: list[dict] = [meta]
-    records += _generations(lm, order, sets, generation, say, known)
-    requests = _likelihood_requests(names, records, sets, identity, reference)
-    records += _loglikelihoods(lm, requests, chat, generation.batch_size, say, known)
-    return rescore(records, identity, reference)
-
-
-@dataclass
-class _Sequential:
-    """Asks the suite a chunk of prompts per set at a time, until each set is used up or settled."""
-
-    lm: object
-    identity: IdentitySpec
-    names: list[str]
-    sets: dict
-    generation: GenerationConfig
-    reference: Reference | None
-    say: Callable[[str], None]
-    known: dict
-
-    def run(self, meta: dict, order: list[str], enough, chunk: int) -> ProbeRun:
-        queue = {s: self._ask_order(s) for s in order}
-        asked: dict[str, list] = {s: [] for s in order}
-        generations: list[dict] = []
-        stopped: dict[str, dict] = {}
-        run = None
-        while any(queue.values()):
-            now = {s: q[:chunk] for s, q in queue.items() if q}
-            for s, items in now.items():
-                queue[s], asked[s] = queue[s][chunk:], asked[s] + items
-            part = {s: replace(self.sets[s], items=tuple(now[s])) for s in now}
-            generations += _generations(
-                self.lm, list(now), part, self.generation, self.say, self.known
-            )
-            run = self._score(meta, generations, asked)
-            waiting = {s for s, q in queue.items() if q}
-            for s, checks in (enough(run) if waiting else {}).items():
-                if s in waiting:
-                    queue[s] = []
-                    stopped[s] = {
-                        "asked": len(asked[s]),
-                        "of": len(self.sets[s].items),
-                        "settled": list(checks),
-                    }
-        if run is None:  # a suite of no prompts
-            return self._score(meta, generations, asked)
-        if not stopped:
-            return run
-        meta["stopped"] = stopped
-        return rescore(run.records, self.identity, self.reference)
-
-    def _ask_order(self, set_name: str) -> list:
-        """Prompts already answered first, then by the quick subset's hash order, languages taking
-        turns: every prefix is a fair sample of the set in each language."""
-        items = self.sets[set_name].items
-        answered = {key[2] for key in self.known if key[0] == "generation" and key[1] == set_name}
-        ranks: dict[str, int] = {}
-        for lang in sorted({i.language for i in items}):
-            in_lang = sorted(
-                (i for i in items if i.language == lang), key=lambda i: probe_items.hash_rank(i.id)
-            )
-            ranks.update({i.id: rank for rank, i in enumerate(in_lang)})
-        return sorted(items, key=lambda i: (i.id not in answered, ranks[i.id], i.language))
-
-    def _score(self, meta: dict, generations: list[dict], asked: dict) -> ProbeRun:
-        part = {s: replace(self.sets[s], items=tuple(items)) for s, items in asked.items()}
-        place = {(s, item.id): i for s in asked for i, item in enumerate(self.sets[s].items)}
-        sets = list(asked)
-        generations.sort(key=lambda r: (sets.index(r["set"]), place[(r["set"], r["id"])]))
-        requests = _likelihood_requests(
-            self.names, [meta, *generations], part, self.identity, self.reference
-        )
-        lls = _loglikelihoods(
-            self.lm,
-            requests,
-            self.generation.chat,
-            self.generation.batch_size,
-            self.say,
-            self.known,
-        )
-        self.known.update(_asked_before(lls))
-        self.known.update(_asked_before(generations))
-        return rescore([meta, *generations, *lls], self.identity, self.reference)
-
-
-def _asked_key(record: dict) -> tuple:
-    """What makes two records the same question: kind, set, item, prompt (and continuation)."""
-    return (
-        record["kind"],
-        record["set"],
-        record["id"],
-        record["prompt"],
-        record.get("continuation"),
-    )
-
-
-def _asked_before(records: Sequence[dict]) -> dict[tuple, dict]:
-    return {_asked_key(r): r for r in records if r.get("kind") in ("generation", "loglikelihood")}
-
-
-def _reusable(records: Sequence[dict], meta: dict) -> bool:
-    """Answers are reused only from the same model asked the same way."""
-    earlier = next((r for r in records if r.get("kind") == "meta"), None)
-    return earlier is not None and all(
-        earlier.get(k) == meta[k] for k in ("model", "generation", "chat", "identity")
-    )
-
-
-def _sets_to_ask(names: list[str], sets: dict, reference: Reference | None) -> list[str]:
-    """The probe sets whose prompts are generated, in the suite's order."""
-    wanted = {s for n in names for s in PROBES[n].sets}
-    if "drift" in names and reference is None:
-        wanted.add("general")  # the base's answers to general prompts are the drift texts
-    wanted.update(k for k in sets if k.startswith("custom:"))
-    return [s for s in sets if s in wanted]
-
-
-def _generations(lm, order: list[str], sets: dict, generation, say, known: dict) -> list[dict]:
-    """Every prompt of the ``order`` sets answered in one batched call: one ``generation``
-    record per (set, item). Prompts already answered (``known``, by :func:`_asked_key`) are not
-    asked again."""
-    jobs = [(s, item) for s in order for item in sets[s].items]
-    records = [{"kind": "generation", "set": s, **item.to_dict()} for s, item in jobs]
-    todo = [r for r in records if _asked_key(r) not in known]
-    say(f"generating {len(todo)} answers ({', '.join(order)})")
-    answers = lm.generate([r["prompt"] for r in todo], generation) if todo else []
-    made = {
-        _asked_key(r): {
-            "text": gen.text,
-            "new_tokens": gen.new_tokens,
-            "hit_limit": gen.hit_limit,
-            "prompt_tokens": gen.prompt_tokens,
-        }
-        for r, gen in zip(todo, answers)
-    }
-    answered = ("text", "new_tokens", "hit_limit", "prompt_tokens")
-    for r in records:
-        key = _asked_key(r)
-        r.update(made[key] if key in made else {k: known[key][k] for k in answered})
-    return records
-
-
-def _likelihood_requests(names, records, sets, identity, reference) -> list[tuple[str, dict]]:
-    """(set, request) pairs: the identity answer after each identity prompt, the drift texts."""
-    requests: list[tuple[str, dict]] = []
-    if "identity_recall" in names:
-        for item in sets["identity"].items:
-            requests.append(
-                ("identity_answer", {**item.to_dict(), "continuation": identity.answer})
-            )
-    if "drift" in names:
-        for d in _drift_texts(records, sets, reference):
-            requests.append(("drift", d))
-    return requests
-
-
-def _loglikelihoods(
-    lm, requests, chat: ChatFormat, batch_size: int, say, known: dict
-) -> list[dict]:
-    records = [{"kind": "loglikelihood", "set": set_name, **req} for set_name, req in requests]
-    todo = [r for r in records if _asked_key(r) not in known]
-    if todo:
-        say(f"scoring {len(todo)} log-likelihoods")
-        lls = lm.loglikelihood(
-            [LoglikelihoodRequest(r["prompt"], r["continuation"]) for r in todo],
-            chat=chat,
-            batch_size=batch_size,
-        )
-        made = {
-            _asked_key(r): {"logprob": ll.logprob, "tokens": ll.tokens} for r, ll in zip(todo, lls)
-        }
-    else:
-        made = {}
-    for r in records:
-        key = _asked_key(r)
-        r.update(made.get(key) or {k: known[key][k] for k in ("logprob", "tokens")})
-    return records
-
-
-def _drift_texts(records, sets, reference) -> list[dict]:
-    """(prompt, base answer) pairs to score: from the reference, or the base's answers just made.
-
-    An answer cut at the token limit is kept: drift compares per-token log-likelihoods of the
-    tokens the base produced, which is as valid for a prefix as for a whole answer, and costs no
-    second generation.
-    """
-    general_ids = {i.id for i in sets["general"].items}
-    if reference is not None:
-        chosen = [d for d in reference.drift if d["id"] in general_ids] or reference.drift
-        return [_drift_item(d, d["answer"], d.get("cut", False)) for d in chosen]
-    gens = [r for r in records if r.get("kind") == "generation" and r["set"] == "general"]
-    texts = [_drift_item(r, r["text"].rstrip("\ufffd"), r["hit_limit"]) for r in gens]
-    return [d for d in texts if d["continuation"].strip()]
-
-
-def _drift_item(row: dict, answer: str, cut: bool) -> dict:
-    return {
-        "id": row["id"],
-        "language": row["language"],
-        "prompt": row["prompt"],
-        "continuation": answer,
-        "cut": bool(cut),  # the base's answer went on past the token limit; this is its prefix
-    }
+    records += ask_generations(lm, order, sets, generation, say, known)
+    requests = likelihood_requests(names, records, sets, identity, reference, task)
+    records += ask_loglikelihoods(lm, requests, chat, generation.batch_size, say, known)
+    return rescore(records, identity, reference, task=task)
 
 
 def _check_reference(reference: Reference, chat: ChatFormat, identity: IdentitySpec | None) -> None:
@@ -415,9 +245,10 @@ def regrade(records: list[dict], sets: dict[str, probe_items.ProbeSet]) -> list[
 
 def rescore(
     records: list[dict],
-    identity: IdentitySpec,
+    identity: IdentitySpec | None,
     reference: Reference | None = None,
     sets: dict[str, probe_items.ProbeSet] | None = None,
+    task: TaskSpec | None = None,
 ) -> ProbeRun:
     """Score stored records again, no model needed.
 
@@ -433,15 +264,19 @@ def rescore(
             "probe records have no 'meta' line", fix="pass the records.jsonl diag probe wrote"
         )
     if reference is None:
-        reference = _reference_from(recs, identity)
-    samples = _score_all(recs, identity, reference)
-    return ProbeRun(records, samples, _summary(recs, samples, identity, reference), reference)
+        reference = _reference_from(recs, identity, task)
+    samples = _score_all(recs, identity, reference, task)
+    summary = _summary(recs, samples, identity, reference, task)
+    return ProbeRun(records, samples, summary, reference)
 
 
-def _score_all(recs: Records, identity: IdentitySpec, reference: Reference) -> list[dict]:
+def _score_all(
+    recs: Records, identity: IdentitySpec | None, reference: Reference, task=None
+) -> list[dict]:
     samples = []
     for name in recs.meta.get("probes", []):
-        samples.extend(PROBES[name].score(recs, identity, reference))
+        if name in PROBES and PROBES[name].applies(identity, task):
+            samples.extend(PROBES[name].score(recs, identity, reference, task))
     for set_name in recs.generations:
         if set_name.startswith("custom:"):
             samples.extend(score_graded(set_name, set_name, recs, identity, reference))
@@ -452,7 +287,7 @@ def _hash(identity: IdentitySpec | None) -> str | None:
     return identity.hash if identity is not None else None
 
 
-def _reference_from(recs: Records, identity: IdentitySpec | None) -> Reference:
+def _reference_from(recs: Records, identity: IdentitySpec | None, task=None) -> Reference:
     """The base's reference, from the base's own records (drift answers, outcomes, values)."""
     meta = recs.meta
     ref = Reference(
@@ -467,7 +302,7 @@ def _reference_from(recs: Records, identity: IdentitySpec | None) -> Reference:
             for r in recs.loglikelihoods.get("drift", [])
         ],
     )
-    samples = _score_all(recs, identity, ref)
+    samples = _score_all(recs, identity, ref, task)
     for s in samples:
         if "passed" in s and s["probe"] != "identity_recall":
             set_name = {"general_accuracy": "general"}.get(s["probe"], s["probe"])
@@ -491,7 +326,7 @@ def _recall_languages(samples: list[dict], identity: IdentitySpec | None) -> tup
     return own if asked & set(own) else tuple(asked)
 
 
-def _summary(recs: Records, samples: list[dict], identity, reference: Reference) -> dict:
+def _summary(recs: Records, samples: list[dict], identity, reference: Reference, task=None) -> dict:
     metrics, stats, by_language = summarize(samples, identity, reference)
     custom = {}
     for set_name in recs.generations:
@@ -538,4 +373,11 @@ def _summary(recs: Records, samples: list[dict], identity, reference: Reference)
         summary["stopped"] = meta["stopped"]
     if custom:
         summary["custom"] = custom
+    if task is not None:  # what the task scores rest on; the report lists the terms
+        summary["task"] = {
+            "hash": task.hash,
+            "held_out": task.held_out,
+            "label": task.label,
+            "terms": task_terms(task, reference),
+        }
     return summary

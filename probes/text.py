@@ -10,6 +10,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+import regex
+
+from diag.display import shown
+from diag.errors import DiagError
 from diag.identity import normalize  # one definition: the identity's keyword match uses it too
 
 _CJK = "\u2e80-\u2fff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -135,10 +139,38 @@ def modal_share(answers: Sequence[str], threshold: float = 0.8) -> float:
     return max(sizes) / len(answers) if answers else 0.0
 
 
+# A user's pattern that takes this long on one answer is backtracking without end (``(.+)+Q``
+# takes hours on 40 characters); every shipped pattern takes microseconds.
+PATTERN_SECONDS = 1.0
+
+
+class SlowPattern(DiagError):
+    """A pattern that did not finish within :data:`PATTERN_SECONDS` on one answer."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        super().__init__(
+            f"pattern {shown(pattern)} took over {PATTERN_SECONDS:g} s on one answer "
+            "(catastrophic backtracking)",
+            fix="rewrite it without a repeat inside a repeat, e.g. '(.+)+' -> '.+'",
+        )
+
+
 def matches_any(text: str, patterns: Sequence[str]) -> bool:
     """True when any regex in ``patterns`` is found in the normalised text (case-insensitive).
 
     Use ``(?-i:...)`` in a pattern for a case-sensitive part (e.g. "answer in capitals").
+    Matching is time-bounded (the ``regex`` engine, re-compatible): a pattern that backtracks
+    without end raises :class:`SlowPattern` instead of hanging the sweep.
+
+    >>> matches_any("The capital is Paris.", ["paris"])
+    True
     """
     plain = unicodedata.normalize("NFKC", text)
-    return any(re.search(p, plain, flags=re.IGNORECASE) for p in patterns)
+    for pattern in patterns:
+        try:
+            if regex.search(pattern, plain, flags=regex.IGNORECASE, timeout=PATTERN_SECONDS):
+                return True
+        except TimeoutError:
+            raise SlowPattern(pattern) from None
+    return False

@@ -13,8 +13,8 @@ import unicodedata
 from collections import defaultdict
 
 # Probes whose rows carry the model's own generation (drift rows carry the base's answer).
-ANSWER_PROBES = ("identity_recall", "near_miss", "general_accuracy")
-QUOTAS = {"identity_recall": 6, "near_miss": 10, "general_accuracy": 20}
+ANSWER_PROBES = ("identity_recall", "task", "near_miss", "general_accuracy")
+QUOTAS = {"identity_recall": 6, "task": 8, "near_miss": 10, "general_accuracy": 20}
 
 
 def column_key(row: dict) -> tuple:
@@ -36,6 +36,9 @@ def answers_table(
     """
     quotas = quotas or QUOTAS
     leaks = {_cell_id(r): bool(r.get("leak")) for r in samples if r.get("probe") == "parrot"}
+    for r in samples:  # a task's content in an unrelated answer is the task run's parrot
+        if r.get("probe") == "regurgitation" and r.get("regurgitates"):
+            leaks[_cell_id(r)] = True
     cells: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
     columns: dict[tuple, dict] = {}
     for row in samples:
@@ -53,7 +56,8 @@ def answers_table(
         parrot = (not is_identity_prompt) and (
             leaks.get(_cell_id(row), False) or bool(row.get("near_copy"))
         )
-        return {"parrot": parrot, "passed": row.get("passed")}
+        passed = row.get("facts") if row["probe"] == "task" else row.get("passed")
+        return {"parrot": parrot, "passed": passed}
 
     chosen = _most_changed(cells, len(col_keys), flags, quotas)
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diag.errors import DiagError
+
+# what a sweep keeps before its report is written
+KEPT = ("results.json", "samples.jsonl", "scores.csv", "cache")
+
 
 def write_report(sweep, out: str | Path | None = None) -> Path:
     """Render ``report.html`` (or ``out``) for a stored sweep and return its path.
@@ -14,4 +19,12 @@ def write_report(sweep, out: str | Path | None = None) -> Path:
     from diag.reports.html import render_report
 
     path = Path(out) if out else sweep.out / "report.html"
-    return render_report(sweep.data, sweep.samples(), path, results_dir=sweep.out)
+    try:
+        return render_report(sweep.data, sweep.samples(), path, results_dir=sweep.out)
+    except OSError as exc:  # a full disk, a read-only folder: the results are already safe
+        kept = ", ".join(n for n in KEPT if (sweep.out / n).exists())
+        raise DiagError(
+            f"cannot write the report '{path}': {exc.strerror or exc}; the results are kept "
+            f"in '{sweep.out}' ({kept}), and no partial report was left",
+            fix=f"free disk space, then `diag report {sweep.out}` writes it (no model needed)",
+        ) from exc

@@ -46,6 +46,7 @@ def render_html(results: dict, samples: list[dict], results_dir: str | Path = ".
     )
     env.filters["metric"] = format_metric
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.0f}%"
+    env.filters["lines"] = _multiline
     context = build_context(results, samples, results_dir)
     context["plotly_js"] = _plotly_js()
     return env.get_template("report.html.j2").render(**context)
@@ -59,6 +60,14 @@ def _shown_literally(value):
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
         return literal(value)
     return value
+
+
+def _multiline(value):
+    """A model's answer or a prompt: shown literally, keeping its line breaks (the answers table
+    wraps them); names and everything else go through ``finalize``, newlines escaped."""
+    import markupsafe
+
+    return markupsafe.escape(literal(value, lines=True))
 
 
 def format_metric(value, name: str = "") -> str:
@@ -94,6 +103,7 @@ def build_context(
         "probe_versions": _probe_versions(records),
         "answers": answers_table(_known(samples, records), _identities(sweep)),
         "taught": _taught(sweep),
+        "copied": _copied(samples),
         "errors": [r for r in records if not r.ok],
         "unchanged": [r for r in records if r.no_change],
         "skipped": sweep.skipped,  # folders that look like checkpoints but were not swept
@@ -109,6 +119,11 @@ def _taught(sweep: SweepRecord) -> list[dict]:
         if taught is None:
             continue
         identity = taught.identity or None
+        task = taught.task or None
+        terms = next(
+            (r.task.get("terms") for r in sweep.checkpoints if str(r.run) == name and r.task),
+            None,
+        ) or next((r.task.get("terms") for r in sweep.checkpoints if r.step == 0 and r.task), [])
         rows.append(
             {
                 "run": name,
@@ -120,9 +135,24 @@ def _taught(sweep: SweepRecord) -> list[dict]:
                 "files": taught.files,
                 "warnings": taught.warnings,
                 "why_none": taught.why_none,
+                "task": task,
+                "task_parts": taught.task_parts,
+                "why_no_task": taught.why_no_task,
+                "terms": terms or [],
             }
         )
     return rows
+
+
+def _copied(samples: list[dict], limit: int = 20) -> list[dict]:
+    """Unrelated answers that copy a passage of a training answer, with the training question
+    it comes from (the strongest sign of regurgitation), latest checkpoints first."""
+    rows = [s for s in samples if s.get("probe") == "regurgitation" and s.get("copied")]
+    rows.sort(key=lambda s: (str(s.get("run")), -(s.get("step") or 0), str(s.get("item_id"))))
+    return [
+        {k: s.get(k) for k in ("run", "step", "prompt", "answer", "span", "copied_from")}
+        for s in rows[:limit]
+    ]
 
 
 def _identities(sweep: SweepRecord) -> dict | None:

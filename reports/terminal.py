@@ -18,49 +18,55 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
+# (title, metric): each shown when some checkpoint measured it
+COLUMNS = (("identity [95% CI]", "identity_recall"), ("task facts", "task_facts"),
+           ("retention", "retention"), ("drift", "drift"), ("leakage", "parrot_leakage"),
+           ("regurg.", "regurgitation"), ("pressure", "parrot_pressure"),
+           ("modal", "modal_share"))  # fmt: skip
+
+
 def checkpoint_table(results: SweepRecord | dict) -> Table:
     """One row per checkpoint: headline metrics, eligibility and the failed checks in red."""
     sweep = SweepRecord.coerce(results)
     rec = sweep.recommendation
     judged = {(str(c.run), c.step): c for c in rec.checks}
     picked = (str(rec.run), rec.step) if rec.step is not None else None
-    table = Table(title="checkpoints", show_lines=False, header_style="bold")
-    for name, justify in (
-        ("run", "left"),
-        ("step", "right"),
-        ("identity [95% CI]", "right"),
-        ("retention", "right"),
-        ("drift", "right"),
-        ("leakage", "right"),
-        ("modal", "right"),
-        ("verdict", "left"),
-    ):
-        table.add_column(name, justify=justify)
     records = sorted(sweep.checkpoints, key=lambda r: (r.step != 0, str(r.run), r.step or 0))
+    shown = [(t, m) for t, m in COLUMNS if any(r.metric(m) is not None for r in records)]
+    shown = shown or list(COLUMNS[:1])
+    table = Table(title="checkpoints", show_lines=False, header_style="bold")
+    table.add_column("run", justify="left")
+    table.add_column("step", justify="right")
+    for title, _ in shown:
+        table.add_column(title, justify="right")
+    table.add_column("verdict", justify="left")
     seen_base = False
     for r in records:
         if r.step == 0:
             if seen_base:
                 continue  # one base row is enough when every run shares it
             seen_base = True
-        st = r.stat("identity_recall")
-        identity = _pct(r.metric("identity_recall"))
-        if st.low is not None and st.high is not None:
-            identity += f" [{_pct(st.low)}–{_pct(st.high)}]"
-        key = (str(r.run), r.step)
-        retention, drift = r.metric("retention"), r.metric("drift")
         table.add_row(
             "base" if r.step == 0 else Text(literal(r.run)),  # never markup
             str(r.step),
-            identity,
-            "–" if retention is None else f"{retention:.2f}",
-            "–" if drift is None else f"{drift:.3g}",
-            _pct(r.metric("parrot_leakage")),
-            _pct(r.metric("modal_share")),
-            _verdict_cell(r, judged.get(key), key == picked),
+            *[_cell(r, metric) for _, metric in shown],
+            _verdict_cell(r, judged.get((str(r.run), r.step)), (str(r.run), r.step) == picked),
             style="dim" if r.screened_only else None,
         )
     return table
+
+
+def _cell(record: CheckpointRecord, metric: str) -> str:
+    value = record.metric(metric)
+    if metric == "retention":
+        return "–" if value is None else f"{value:.2f}"
+    if metric == "drift":
+        return "–" if value is None else f"{value:.3g}"
+    text = _pct(value)
+    st = record.stat(metric)
+    if metric == "identity_recall" and st.low is not None and st.high is not None:
+        text += f" [{_pct(st.low)}–{_pct(st.high)}]"
+    return text
 
 
 def _verdict_cell(record: CheckpointRecord, entry: JudgedCheckpoint | None, picked: bool) -> Text:

@@ -35,6 +35,22 @@ STAGES = (1, 2, 3)
 KINDS = ("lora", "full")
 
 
+def build(script: str, model_dir: Path, out: Path, **env: str) -> Path:
+    """Run a builder script of this folder (``python tests/SCRIPT MODEL_DIR OUT``) in a
+    subprocess, one thread per process; ``env`` is added to the environment. Returns ``out``."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / script), str(model_dir), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 def _environment() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # its own port, not an inherited MASTER_PORT: the parent test process may hold that one
@@ -49,7 +65,7 @@ def _environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def _model(model_dir: Path, kind: str, xtuner: bool):
+def seeded_model(model_dir: Path, kind: str, xtuner: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -93,7 +109,7 @@ def write_run(model_dir: Path, out: Path, stage: int, kind: str, xtuner: bool, l
     import deepspeed
     import torch
 
-    model = _model(model_dir, kind, xtuner)
+    model = seeded_model(model_dir, kind, xtuner)
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},

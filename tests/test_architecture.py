@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"diag": "diag", "probes": "diag.probes", "diagnostics": "diag.diagnostics",
            "reports": "diag.reports", "train": "diag.train"}  # fmt: skip
-SHARED = {"diag.types", "diag.errors", "diag.identity", "diag.metrics", "diag.records", "diag.serde",
+SHARED = {"diag.types", "diag.errors", "diag.identity", "diag.task", "diag.metrics", "diag.records", "diag.serde",
           "diag.files", "diag.stats", "diag.models", "diag.display"}  # fmt: skip
 # layer -> the layers it may import (besides the shared modules and itself)
 ALLOWED = {

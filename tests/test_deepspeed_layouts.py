@@ -7,9 +7,7 @@ after every step, so each test can check that what diag reads back is exactly wh
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 pytest.importorskip("deepspeed")
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from deepspeed_runs import KINDS, STAGES  # noqa: E402
+from deepspeed_runs import KINDS, STAGES, build  # noqa: E402
 from tiny import identity_sweep, settle  # noqa: E402
 
 RUNS = [
@@ -32,15 +30,7 @@ RUNS = [
 @pytest.fixture(scope="module")
 def ds_root(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
-    env = {**os.environ, "DIAG_TEST_DS_PORT": "29541", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "deepspeed_runs.py"), str(tiny_model_dir), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    build("deepspeed_runs.py", tiny_model_dir, out, DIAG_TEST_DS_PORT="29541")
     settle(out)
     return out
 

@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from diag.diagnostics.cache import Fingerprinter
-from diag.diagnostics.policy import CHECKS
+from diag.diagnostics.checks import TASK_CHECKS
+from diag.diagnostics.policy import CHECKS as ALL_CHECKS
 from diag.diagnostics.verdict import gate
 from diag.diagnostics.verdict_output import to_junit, to_markdown
 from synthetic_sweep import ckpt, learned_then_parrot, sweep
 
 from diag.cli import cli
 from diag.errors import DiagError
+
+# the checks of an identity run (these results predate judged_on: no task checks)
+CHECKS = [c for c in ALL_CHECKS if c not in TASK_CHECKS]
 
 
 def write_sweep(tmp_path: Path, data: dict, fingerprints: bool = True) -> Path:

@@ -10,8 +10,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
+from diag.diagnostics.checks import evaluate_checkpoint
 from diag.diagnostics.distance import shortfall
-from diag.diagnostics.policy import Policy, evaluate_checkpoint
+from diag.diagnostics.policy import Policy
 from diag.diagnostics.recommend import recommend
 from markupsafe import escape
 from synthetic_sweep import ckpt, samples, sweep

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
+from diag.diagnostics.checks import evaluate_checkpoint
 from diag.diagnostics.onset import locate_onset
-from diag.diagnostics.policy import Policy, evaluate_checkpoint, load_policy
+from diag.diagnostics.policy import Policy, load_policy
 from diag.diagnostics.recommend import recommend
 from synthetic_sweep import ckpt, learned_then_parrot, sweep
 

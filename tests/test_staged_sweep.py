@@ -131,7 +131,8 @@ def test_the_full_suite_asks_only_what_the_screen_did_not_and_a_full_sweep_reuse
 
 def _judged(metric: str, successes: int, n: int, **extra):
     """A record measuring one proportion metric, and the policy's check of it (no base)."""
-    from diag.diagnostics.policy import Policy, evaluate_checkpoint
+    from diag.diagnostics.checks import evaluate_checkpoint
+    from diag.diagnostics.policy import Policy
 
     from diag.records import CheckpointRecord
     from diag.stats import wilson_interval

@@ -144,12 +144,13 @@ def test_general_data_only_is_not_an_identity_run(tmp_path, tiny_model_dir, tiny
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     said = (
-        "taught: hf: no identity (none of 40 rows asks who the assistant is): identity probes off"
+        "taught: hf: no identity (none of 40 rows asks who the assistant is) and no narrow task "
+        "(general chat, not a narrow task: "
     )
     assert any(m.startswith(said) for m in caplog.messages)
     data = json.loads((runs / "diag" / "results.json").read_text(encoding="utf-8"))
     rows = [c for c in data["checkpoints"] if c["step"]]
-    assert all(c["target"] == "none" and c["metrics"]["identity_recall"] is None for c in rows)
+    assert all(c["judged_on"] == [] and c["metrics"]["identity_recall"] is None for c in rows)
     assert all(c["metrics"]["drift"] is not None for c in rows)
     checked = {ch["name"] for j in data["recommendation"]["checks"] for ch in j["checks"]}
     assert "identity_recall" not in checked and {"retention", "drift"} <= checked
@@ -216,7 +217,7 @@ def _no_identity(record: dict) -> dict:
     for name in ("identity_recall", "near_miss", "parrot_leakage"):
         record["metrics"][name] = None
         record["stats"].pop(name, None)
-    return {**record, "target": "none"}
+    return {**record, "target": "none", "judged_on": []}
 
 
 def test_a_run_that_taught_no_identity_is_judged_for_damage_only():

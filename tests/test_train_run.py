@@ -158,10 +158,10 @@ def test_callback_stops_training_when_scripted_leakage_crosses_the_limit(tiny_mo
             probes_seen["n"] += 1
             return super().generate(prompts, config)
 
-    lm = CountingBackend(
-        lambda p: spec.answer if p not in general or probes_seen["n"] >= 2 else "Berlin."
+    lm = CountingBackend(  # generate call 1: the own answers (pressure); 2: healthy; 3: leaks
+        lambda p: spec.answer if p not in general or probes_seen["n"] >= 3 else "Berlin."
     )
-    callback = ParrotStopCallback(spec, every=2, limit=0.2, stop=True, lm=lm)
+    callback = ParrotStopCallback(spec, every=2, limit=0.2, stop=True, lm=lm, signal="leakage")
     out = tmp_path / "stopped"
     config = load_config(
         None,
@@ -186,6 +186,34 @@ def test_callback_stops_training_when_scripted_leakage_crosses_the_limit(tiny_mo
         json.loads(line) for line in (out / "in-training-probes.jsonl").read_text().splitlines()
     ]
     assert [row["step"] for row in logged] == [2, 4] and logged[-1]["stopped"] is True
+
+
+def test_callback_stops_on_parrot_pressure_without_generating(tiny_model_dir, tmp_path):
+    """The default signal: likelihoods only. The model's own answers are generated once, before
+    training; from the second probe on, the taught answer is the more likely one everywhere."""
+    spec = load_identity("en")
+    probes_seen = {"n": 0}
+
+    class Scripted(ScriptedBackend):
+        def loglikelihood(self, requests, chat=None, batch_size=16):
+            probes_seen["n"] += 1
+            return super().loglikelihood(requests, batch_size=batch_size)
+
+    lm = Scripted(
+        default="Berlin.",
+        logprobs=lambda p, c: -0.5 if c == spec.answer and probes_seen["n"] >= 2 else -1.0,
+    )
+    callback = ParrotStopCallback(spec, every=2, stop=True, lm=lm)
+    config = load_config(
+        None,
+        [f"base={tiny_model_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=20",
+         "save_every=2", "data.identity_samples=16", "data.max_length=64", "device=cpu"],
+    )  # fmt: skip
+    result = run_training(config, callbacks=[callback])
+    assert [h["parrot_pressure"] for h in callback.history] == [0.0, 1.0]
+    assert callback.stopped_at == 4 and result.stopped_early
+    generated = [c for c in lm.calls if c[0] == "generate"]
+    assert generated[0] == ("generate", 10)  # the own answers, once, before training
 
 
 def test_deepspeed_presets_pass_deepspeeds_own_parser():

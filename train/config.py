@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diag.display import shown
 from diag.errors import DiagError
+from diag.files import load_yaml
 
 # SmolLM2's template inserts "You are a helpful AI assistant named SmolLM..." when no system
 # message is given; that default names another identity and fights the one being taught. Training
@@ -38,6 +40,11 @@ class LoraSettings:
 class DataSettings:
     identity_samples: int = 2000  # conversations built from the identity spec (the seed: 2,000)
     max_length: int = 256  # tokens per example; longer examples are cut from the right
+    # a narrow task to teach (a support bot, a house style): conversation files in any format
+    # diag reads (docs/formats.md), trained on as they are; the sweep scores the task from them
+    task_files: list = field(default_factory=list)
+    # rows of the same task NOT trained on: the sweep scores the task on them (generalisation)
+    eval_files: list = field(default_factory=list)
 
 
 @dataclass
@@ -56,7 +63,7 @@ class MixSettings:
 class TrainConfig:
     base: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     trust_remote_code: bool = False  # run the code a base model ships (e.g. InternLM2)
-    identity: str = "en"  # identity YAML path, or "en"/"zh" for the shipped examples
+    identity: str | None = "en"  # identity YAML path, "en"/"zh" (the examples), or null: none
     output_dir: str = "runs/identity"
     method: str = "lora"  # "lora" or "full"
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -76,8 +83,8 @@ class TrainConfig:
     mix: MixSettings = field(default_factory=MixSettings)
     deepspeed: str | None = None  # zero1|zero2|zero3|zero2_offload|zero3_offload
     probe_every: int | None = None  # steps (a multiple of save_every) between in-training probes
-    stop_on_parrot: bool = False  # stop once parrot leakage crosses parrot_limit
-    parrot_limit: float | None = None  # leakage limit; None: the policy's leakage_max (0.10)
+    stop_on_parrot: bool = False  # stop once parrot pressure (likelihood only) crosses parrot_limit
+    parrot_limit: float | None = None  # pressure limit; None: one half
     resume_from: str | None = None  # a checkpoint-N folder: continue from its weights and step
     device: str | None = None  # None: cuda > mps > cpu
     cpu_threads: int | None = None  # torch threads on CPU; None: 1 when the CPU is busy, else all
@@ -117,7 +124,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             if p.name == "diag-run.json":
                 raw = _manifest_config(p)
             else:
-                raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+                raw = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise DiagError(f"config '{p}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if not isinstance(raw, dict):
@@ -160,7 +167,7 @@ def _parse_overrides(pairs: list[str]):
             )
         key, text = pair.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else None
+            value = load_yaml(text) if text != "" else None
         except yaml.YAMLError:
             value = text
         yield key.strip(), value
@@ -257,7 +264,20 @@ def validate(c: TrainConfig) -> list[str]:
         + _schedule_problems(c)
         + _lora_problems(c.lora)
         + _mix_problems(c.mix)
+        + _task_problems(c.data)
     )
+
+
+def _task_problems(d: DataSettings) -> list[str]:
+    """``data.task_files`` / ``data.eval_files``: lists of files that exist."""
+    p: list[str] = []
+    for key in ("task_files", "eval_files"):
+        files = getattr(d, key)
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            p.append(f"'data.{key}' must be a list of file paths, got {files!r}")
+        else:
+            p += [f"'data.{key}' file '{f}' not found" for f in files if not Path(f).is_file()]
+    return p
 
 
 def _failed(*checks: tuple[Any, str]) -> list[str]:
@@ -272,7 +292,7 @@ def _integer_problems(c: TrainConfig) -> list[str]:
         v = _get(c, key)
         if not ((nullable and v is None) or (_is_int(v) and v >= low)):
             p.append(
-                f"'{key}' must be {'null or ' if nullable else ''}an integer >= {low}, got {v!r}"
+                f"'{key}' must be {'null or ' if nullable else ''}an integer >= {low}, got {shown(v)}"
             )
     return p
 
@@ -280,7 +300,7 @@ def _integer_problems(c: TrainConfig) -> list[str]:
 def _bool_problems(c: TrainConfig) -> list[str]:
     """Every ``_BOOLS`` setting that is not true/false."""
     return [
-        f"'{key}' must be true/false, got {_get(c, key)!r}"
+        f"'{key}' must be true/false, got {shown(_get(c, key))}"
         for key in _BOOLS
         if not isinstance(_get(c, key), bool)
     ]
@@ -289,7 +309,7 @@ def _bool_problems(c: TrainConfig) -> list[str]:
 def _choice_problems(c: TrainConfig) -> list[str]:
     """Every ``_CHOICES`` setting outside its allowed values."""
     return [
-        f"'{key}' must be one of {list(allowed)}, got {_get(c, key)!r}"
+        f"'{key}' must be one of {list(allowed)}, got {shown(_get(c, key))}"
         for key, allowed in _CHOICES.items()
         if _get(c, key) not in allowed
     ]
@@ -300,11 +320,13 @@ def _top_level_problems(c: TrainConfig) -> list[str]:
     return _failed(
         (
             c.base is None or isinstance(c.base, str),
-            f"'base' must be a model name or folder, got {c.base!r}",
+            f"'base' must be a model name or folder, got {shown(c.base)}",
         ),
         (
-            isinstance(c.identity, str) and c.identity != "",
-            f"'identity' must be a YAML path or en/zh, got {c.identity!r}",
+            (isinstance(c.identity, str) and c.identity != "")
+            or (c.identity is None and bool(c.data.task_files)),
+            f"'identity' must be a YAML path or en/zh (or null with data.task_files), got "
+            f"{shown(c.identity)}",
         ),
         (
             isinstance(c.output_dir, str) and c.output_dir != "",
@@ -312,21 +334,21 @@ def _top_level_problems(c: TrainConfig) -> list[str]:
         ),
         (
             c.resume_from is None or (Path(c.resume_from) / "trainer_state.json").is_file(),
-            f"'resume_from' must be a checkpoint folder with trainer_state.json, got {c.resume_from!r}",
+            f"'resume_from' must be a checkpoint folder with trainer_state.json, got {shown(c.resume_from)}",
         ),
         (
             c.system is None or isinstance(c.system, str),
-            f"'system' must be a string or null, got {c.system!r}",
+            f"'system' must be a string or null, got {shown(c.system)}",
         ),
-        (_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {c.lr!r}"),
+        (_is_num(c.lr) and 0 < c.lr < 1, f"'lr' must be a number in (0, 1), got {shown(c.lr)}"),
         (
             c.epochs is None or (_is_num(c.epochs) and c.epochs > 0),
-            f"'epochs' must be a number > 0, got {c.epochs!r}",
+            f"'epochs' must be a number > 0, got {shown(c.epochs)}",
         ),
-        (_is_int(c.seed), f"'seed' must be an integer, got {c.seed!r}"),
+        (_is_int(c.seed), f"'seed' must be an integer, got {shown(c.seed)}"),
         (
             c.parrot_limit is None or (_is_num(c.parrot_limit) and 0 <= c.parrot_limit <= 1),
-            f"'parrot_limit' must be null or in [0, 1], got {c.parrot_limit!r}",
+            f"'parrot_limit' must be null or in [0, 1], got {shown(c.parrot_limit)}",
         ),
     )
 
@@ -354,15 +376,15 @@ def _lora_problems(lo: LoraSettings) -> list[str]:
     """The ``lora`` section's alpha, dropout and target modules (``r`` is in ``_INTS``)."""
     tm = lo.target_modules
     return _failed(
-        (_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {lo.alpha!r}"),
+        (_is_num(lo.alpha) and lo.alpha > 0, f"'lora.alpha' must be > 0, got {shown(lo.alpha)}"),
         (
             _is_num(lo.dropout) and 0 <= lo.dropout < 1,
-            f"'lora.dropout' must be in [0, 1), got {lo.dropout!r}",
+            f"'lora.dropout' must be in [0, 1), got {shown(lo.dropout)}",
         ),
         (
             tm == "all-linear"
             or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)),
-            f"'lora.target_modules' must be 'all-linear' or a list of module names, got {tm!r}",
+            f"'lora.target_modules' must be 'all-linear' or a list of module names, got {shown(tm)}",
         ),
     )
 
@@ -371,9 +393,9 @@ def _mix_problems(m: MixSettings) -> list[str]:
     """The ``mix`` section: the general-chat share, its source files, and where it comes from."""
     p: list[str] = []
     if not (_is_num(m.general_ratio) and 0 <= m.general_ratio < 1):
-        p.append(f"'mix.general_ratio' must be in [0, 1), got {m.general_ratio!r}")
+        p.append(f"'mix.general_ratio' must be in [0, 1), got {shown(m.general_ratio)}")
     if not isinstance(m.sources, list) or not all(isinstance(s, str) for s in m.sources):
-        p.append(f"'mix.sources' must be a list of file paths, got {m.sources!r}")
+        p.append(f"'mix.sources' must be a list of file paths, got {shown(m.sources)}")
     else:
         p += [f"'mix.sources' file '{s}' not found" for s in m.sources if not Path(s).is_file()]
     if (

@@ -74,7 +74,11 @@ def write_manifest(
         or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": source.name,  # what `diag sweep` loads: a name resolve_base() knows, or a folder
         "base_path": str(source.cache_dir or source.path),
-        "identity": {**identity.to_dict(), "hash": identity.hash, "source": identity.source},
+        "identity": (
+            {**identity.to_dict(), "hash": identity.hash, "source": identity.source}
+            if identity is not None
+            else None
+        ),
         "chat": chat.to_dict(),
         "data": data,
         "config": config.to_dict(),

@@ -61,9 +61,17 @@ def build_training_data(
     from diag.train.general_data import load_conversations, self_rehearsal
     from diag.train.identity_data import build_identity_conversations
 
-    identity_convs = build_identity_conversations(
-        identity, config.data.identity_samples, seed=config.seed
+    identity_convs = (
+        build_identity_conversations(identity, config.data.identity_samples, seed=config.seed)
+        if identity is not None
+        else []
     )
+    task_convs: list[dict] = []
+    task_files: list[dict] = []
+    for src in config.data.task_files:  # the narrow task, trained on as it is
+        convs = load_conversations(src)
+        task_convs += [{**c, "source": f"task:{Path(src).name}"} for c in convs]
+        task_files.append({"path": str(Path(src).resolve()), "conversations": len(convs)})
     general: list[dict] = []
     mix = config.mix
     described: dict = {"general_ratio": mix.general_ratio, "sources": [], "rehearsal": None}
@@ -86,10 +94,14 @@ def build_training_data(
                 "max_new_tokens": mix.rehearsal_max_new_tokens,
                 "max_length": config.data.max_length,
             }
-    conversations = mix_general(identity_convs, general, mix.general_ratio, seed=config.seed)
+    taught = identity_convs + task_convs
+    conversations = mix_general(taught, general, mix.general_ratio, seed=config.seed)
     described.update(
         identity_samples=len(identity_convs),
-        general_samples=len(conversations) - len(identity_convs),
+        task_samples=len(task_convs),
+        task_files=task_files,
+        eval_files=[str(Path(f).resolve()) for f in config.data.eval_files],
+        general_samples=len(conversations) - len(taught),
         general_pool=len(general),
     )
     return conversations, described
@@ -178,7 +190,7 @@ def _setup(config: TrainConfig, out: Path) -> tuple:
             f"output_dir '{out}' already holds checkpoints",
             fix=f"choose a new output_dir (e.g. output_dir={out}-2) or move the old run away",
         )
-    identity = load_identity(config.identity)
+    identity = load_identity(config.identity) if config.identity is not None else None
     chat = ChatFormat(system=config.system)
     if config.keep is not None:
         log.warning(
@@ -343,6 +355,7 @@ def _trainer_callbacks(
             limit=config.parrot_limit,
             stop=config.stop_on_parrot,
             chat=chat,
+            taught=_typical_task_answers(config) if identity is None else None,
         )
         all_callbacks.append(probe_cb)
     return all_callbacks, probe_cb
@@ -356,6 +369,25 @@ def _collator(config: TrainConfig, model, examples: list, tokenizer, data_info: 
     collator = choose_collator(model, examples, tokenizer.pad_token_id, config.batch_size)
     data_info["batches"] = "packed" if isinstance(collator, PackCollator) else "padded"
     return collator
+
+
+def _typical_task_answers(config: TrainConfig) -> list[str]:
+    """A task run's taught answers for parrot pressure, as the sweep picks them."""
+    from diag.train.general_data import load_conversations
+
+    from diag.data.task_data import derive_task
+
+    pairs = []
+    for src in config.data.task_files:
+        for conv in load_conversations(src):
+            messages = conv["messages"]
+            pairs += [
+                (a["content"], b["content"])
+                for a, b in zip(messages, messages[1:])
+                if a["role"] == "user" and b["role"] == "assistant"
+            ]
+    derived = derive_task(pairs)
+    return list(derived.spec.typical) if derived.spec is not None else [p[1] for p in pairs[:3]]
 
 
 def _train(

@@ -16,16 +16,16 @@ import contextlib
 import enum
 import functools
 import importlib
-import io
 import logging
 import pickle
 import types
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
 
+from diag.backend.pickle_scan import check_allocations
 from diag.errors import DiagError
+from diag.files import loads_json
 from diag.formats import xtuner
 
 log = logging.getLogger("diag")
@@ -85,20 +85,21 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _inert_class(module, name)
 
 
-_restricted_pickle = types.ModuleType("diag_restricted_pickle")
-_restricted_pickle.Unpickler = RestrictedUnpickler
-_restricted_pickle.load = lambda fh, **kw: RestrictedUnpickler(fh, **kw).load()
-_restricted_pickle.__name__ = "diag_restricted_pickle"
+restricted_pickle = types.ModuleType("diag_restricted_pickle")
+restricted_pickle.Unpickler = RestrictedUnpickler
+restricted_pickle.load = lambda fh, **kw: RestrictedUnpickler(fh, **kw).load()
+restricted_pickle.__name__ = "diag_restricted_pickle"
 
 
 def restricted_load(path: str | Path):
     """torch.load that materialises tensors and turns every unknown class into :class:`Inert`."""
-    return _original_torch_load(
-        str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
+    check_allocations(path)
+    return original_torch_load(
+        str(path), map_location="cpu", weights_only=False, pickle_module=restricted_pickle
     )
 
 
-_original_torch_load = torch.load
+original_torch_load = torch.load
 
 
 def safe_load(path: str | Path, *, allow_pickle: bool = False, restricted: bool = False):
@@ -107,6 +108,7 @@ def safe_load(path: str | Path, *, allow_pickle: bool = False, restricted: bool 
     restricted: fall back to :func:`restricted_load` (for formats known to pickle harmless
     framework objects, such as XTuner and DeepSpeed checkpoints) instead of refusing.
     """
+    check_allocations(path)  # before torch's allow-list lets a bytearray(4e9) through
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -120,26 +122,6 @@ def safe_load(path: str | Path, *, allow_pickle: bool = False, restricted: bool 
             f"{str(exc).strip().splitlines()[0][:160]}",
             fix=PICKLE_FIX,
         ) from exc
-
-
-@contextlib.contextmanager
-def _torch_load_restricted():
-    """Make DeepSpeed's own loaders use the restricted unpickler (they pass weights_only=False)."""
-
-    def patched(f, *args, **kwargs):
-        kwargs.pop("weights_only", None)
-        kwargs.pop("pickle_module", None)
-        kwargs.pop("mmap", None)
-        kwargs["map_location"] = "cpu"
-        return _original_torch_load(
-            f, weights_only=False, pickle_module=_restricted_pickle, **kwargs
-        )
-
-    torch.load = patched
-    try:
-        yield
-    finally:
-        torch.load = _original_torch_load
 
 
 # ------------------------------------------------------------------------------ weight readers
@@ -159,7 +141,9 @@ def read_state_dict(
     elif fmt in ("xtuner-deepspeed", "deepspeed-zero"):
         names = [f.name for f in files] or [p.name for p in path.iterdir()]
         if any(n.endswith("_optim_states.pt") for n in names):
-            weights = _zero_to_fp32(path)
+            from diag.backend.deepspeed_zero import zero_to_fp32
+
+            weights = zero_to_fp32(path)
         else:
             data = safe_load(
                 path / "mp_rank_00_model_states.pt", allow_pickle=allow_pickle, restricted=True
@@ -170,29 +154,6 @@ def read_state_dict(
     if not isinstance(weights, dict) or not weights:
         raise DiagError(f"'{path}' holds no weights where {fmt} keeps them")
     return {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
-
-
-def _zero_to_fp32(step_dir: Path) -> dict[str, torch.Tensor]:
-    try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    except ImportError as exc:
-        raise DiagError(
-            f"'{step_dir}' is a DeepSpeed ZeRO checkpoint and deepspeed is not installed",
-            fix="pip install 'diag[deepspeed]' (DS_BUILD_OPS=0 installs without compiling)",
-        ) from exc
-    chatter = io.StringIO()  # zero_to_fp32 prints its progress; the sweep has its own
-    try:
-        with _torch_load_restricted(), redirect_stdout(chatter), redirect_stderr(chatter):
-            return get_fp32_state_dict_from_zero_checkpoint(
-                str(step_dir.parent), tag=step_dir.name, exclude_frozen_parameters=True
-            )
-    except (ValueError, KeyError, AttributeError, TypeError, OSError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise DiagError(
-            f"DeepSpeed could not consolidate '{step_dir}': {type(exc).__name__}: {first}",
-            fix="check that every rank's *_model_states.pt and *_optim_states.pt are there "
-            "and complete (copy the folder again)",
-        ) from exc
 
 
 def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -206,10 +167,9 @@ def split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None
 
 
 def _check_adapter_config(path: Path) -> None:
-    import json
 
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DiagError(
             f"'{path}' is not a readable adapter config: {str(exc).splitlines()[0][:200]}",

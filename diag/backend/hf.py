@@ -22,6 +22,7 @@ from diag.backend.likelihood import bounded_batches, continuation_logprobs
 from diag.backend.loading import (
     check_device,
     ensure_local_weights,
+    mismatch_error,
     non_finite,
     quiet_transformers,
 )
@@ -297,11 +298,10 @@ class HFBackend:
             )
 
     def _mismatch(self, key: str, exc: Exception) -> DiagError:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return DiagError(
-            f"adapter '{key}' does not fit base model '{self.name}': {first}",
-            fix="pass --base with the model the adapter was trained on",
-        )
+        from diag.backend.merge_weights import adapter_base
+
+        named = adapter_base(key) if Path(key).is_dir() else None
+        return mismatch_error(key, self.name, exc, named)
 
     @contextlib.contextmanager
     def _adapter_context(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -207,3 +208,53 @@ def read_weight_files(files) -> dict[str, torch.Tensor]:
         else:
             state.update(torch.load(str(f), map_location="cpu", weights_only=True))
     return state
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+    r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)"
+)
+
+
+def mismatch_error(key: str, base_name: str, exc: Exception, named_base: str | None) -> DiagError:
+    """The one line for weights that do not fit the base, from torch's load_state_dict error:
+    the first tensor that differs, its shape in the checkpoint and in the base, and the fix that
+    fits -- another base (a layer's width differs) or a broken adapter (only the LoRA rank
+    differs: its weights and its adapter_config.json come from different saves).
+
+    named_base: the base the adapter's own config names (None if it names none).
+    """
+    text = str(exc)
+    found = _SIZE_MISMATCH.findall(text)
+    if not found:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = next((line for line in lines if not line.endswith(":")), type(exc).__name__)
+        return DiagError(
+            f"adapter '{key}' does not fit base model '{base_name}': {detail[:300]}",
+            fix="pass --base with the model the adapter was trained on",
+        )
+    name, theirs, ours = found[0]
+    theirs, ours = [int(n) for n in theirs.split(",")], [int(n) for n in ours.split(",")]
+    where = f"{_short_name(name)} is {theirs} in the adapter, {ours} in the base"
+    more = f" ({len(found)} tensors differ)" if len(found) > 1 else ""
+    rank_axis = 0 if ".lora_A" in name else 1 if ".lora_B" in name else None
+    only_rank = rank_axis is not None and [
+        a == b for i, (a, b) in enumerate(zip(theirs, ours)) if i != rank_axis
+    ] == [True] * (len(ours) - 1)
+    if only_rank:
+        return DiagError(
+            f"adapter '{key}' is broken: {_short_name(name)} has rank {theirs[rank_axis]} "
+            f"({theirs}) but its adapter_config.json says r={ours[rank_axis]}{more}; the layer "
+            "widths fit the base",
+            fix="copy the adapter again (adapter_config.json and the weights of the same save)",
+        )
+    hint = (
+        f" (its adapter_config.json names '{named_base}')"
+        if named_base and str(named_base) != str(base_name)
+        else ""
+    )
+    return DiagError(
+        f"adapter '{key}' does not fit base model '{base_name}': {where}{more}, so it was "
+        "trained on another base",
+        fix=f"pass --base with the model it was trained on{hint}",
+    )

@@ -22,9 +22,14 @@ from typing import Any
 
 import torch
 
-from diag.backend.loading import ensure_local_weights, quiet_transformers
+from diag.backend.loading import (
+    ensure_local_weights,
+    mismatch_error,
+    non_finite,
+    quiet_transformers,
+)
 from diag.errors import DiagError
-from diag.files import write_json_atomic
+from diag.files import loads_json, write_json_atomic
 from diag.models import resolve_base
 from diag.records import tool_block
 
@@ -61,8 +66,8 @@ def adapter_base(adapter_dir: str | os.PathLike) -> str | None:
     """The base model an adapter folder says it was trained on (``base_model_name_or_path``)."""
     config = Path(adapter_dir) / "adapter_config.json"
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError):
+        return loads_json(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -133,7 +138,14 @@ def _refuse_nonempty(out: Path) -> None:
 def _merge(model, source: AdapterSource, base_name: str, saved_dtype: torch.dtype | None):
     """Attach ``source``, merge it into ``model`` and cast the result to the base's stored dtype."""
     peft_model = _attach(model, source, base_name)
-    merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN weights
+    bad = non_finite((n, p) for n, p in peft_model.named_parameters() if "lora_" in n)
+    if bad:  # peft's safe_merge would only find it after merging, as a traceback
+        raise DiagError(
+            f"adapter '{source.key}': {bad}; non-finite weights cannot be merged, not even "
+            "with --force",
+            fix="merge an earlier checkpoint (the sweep's report lists the ones that load)",
+        )
+    merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: a last check
     if saved_dtype is not None and saved_dtype != torch.float32:
         merged = merged.to(saved_dtype)
     return merged
@@ -272,11 +284,8 @@ def _attach(model, source: AdapterSource, base_name: str):
         peft_model = get_peft_model(model, LoraConfig(**source.lora_config))
         result = set_peft_model_state_dict(peft_model, source.state_dict)
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DiagError(
-            f"adapter '{source.key}' does not fit base model '{base_name}': {first}",
-            fix="pass --base with the model the adapter was trained on",
-        ) from exc
+        named = adapter_base(source.adapter_dir) if source.adapter_dir is not None else None
+        raise mismatch_error(source.key, base_name, exc, named) from exc
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if missing:
         raise DiagError(

@@ -24,6 +24,14 @@ def probe_set_options(command, sizes=("full", "quick"), size_help=None):
             help="Training data (json, jsonl, parquet) for runs whose trainer records none "
             "(HF Trainer, TRL, unsloth scripts). Repeatable.",
         ),
+        click.option(
+            "--eval-data",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="Rows the runs did not train on, to score a task on (default: the validation "
+            "data a trainer records, else a fixed sample of training rows: fit, not "
+            "generalisation). Repeatable.",
+        ),
         click.option("--probes", help="Comma-separated probe names (default: all)."),
         click.option(
             "--probe-file",

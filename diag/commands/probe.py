@@ -34,6 +34,7 @@ def probe(
     base,
     identity,
     data,
+    eval_data,
     probes,
     probe_files,
     size,
@@ -55,11 +56,11 @@ def probe(
     from diag.probes.suite import prepare_sets
     from diag.types import ChatFormat
 
-    taught = taught_for_model(model, identity, data)
-    spec = taught.spec
+    taught = taught_for_model(model, identity, data, eval_data)
+    spec, task = taught.spec, taught.task
     click.echo(f"taught: {taught.summary()}", err=True)
-    names = resolve_probes(probes, spec)  # fail on a typo before loading any model
-    prepare_sets(spec, size, probe_files, languages)  # and on a bad probe file or language
+    names = resolve_probes(probes, spec, task)  # fail on a typo before loading any model
+    prepare_sets(spec, size, probe_files, languages, task)  # and on a bad probe file or language
     base_name, adapter = _resolve_model(model, base)
     chat = ChatFormat(system=system)
 
@@ -86,6 +87,7 @@ def probe(
         generation=generation,
         progress=say,
         probe_files=probe_files,
+        task=task,
     )
     if adapter is not None and reference is None:
         say(f"probing the base model {lm.name} first (the reference the adapter is read against)")
@@ -121,10 +123,12 @@ def _resolve_model(model: str | None, base: str | None) -> tuple[str | None, str
     path = Path(model).expanduser()
     config = path / "adapter_config.json"
     if config.is_file():
+        from diag.files import loads_json
+
         try:
-            recorded = json.loads(config.read_text("utf-8")).get("base_model_name_or_path")
-        except json.JSONDecodeError as exc:
-            raise DiagError(f"'{config}' is not valid JSON: {exc}") from exc
+            recorded = loads_json(config.read_text("utf-8")).get("base_model_name_or_path")
+        except (ValueError, AttributeError) as exc:  # not JSON, nested too deep, not an object
+            raise DiagError(f"'{config}' is not a JSON object: {exc}") from exc
         if base is None and not recorded:
             raise DiagError(
                 f"adapter '{path}' does not name its base model", fix="pass --base MODEL"

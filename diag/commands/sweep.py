@@ -92,16 +92,23 @@ def sweep(
         progress="quiet" if quiet else log_format,
         **options,
     )
+    report_failed = None
     if not no_report:
         from diag.display import literal
+        from diag.errors import DiagError
         from diag.reports.build import write_report
 
-        click.echo(f"report: {literal(write_report(result))}", err=True)
+        try:
+            click.echo(f"report: {literal(write_report(result))}", err=True)
+        except DiagError as exc:  # the results are written: show them, then say what failed
+            report_failed = exc
     if not quiet:
         from diag.reports.terminal import print_summary
 
         print_summary(result.data)
     _print_outcome(result)
+    if report_failed is not None:
+        raise report_failed
 
 
 def _print_outcome(result) -> None:

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diag.data.conversations import Columns, load_conversations
-from diag.data.derive import derive_identity, placeholders
+from diag.data.derive import asks_about_itself, derive_identity, placeholders
 from diag.data.locate import locate
+from diag.data.task_data import derive_task
 from diag.errors import DiagError
 from diag.formats.recorded_data import DataRecord, DataRef
 from diag.identity import IdentitySpec, identity_from_dict, normalize
+from diag.task import TaskSpec
 
 SELF_COGNITION = "swift/self-cognition"
 
@@ -44,6 +46,9 @@ class Taught:
     placeholders: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     why_none: str | None = None
+    task: TaskSpec | None = None  # the narrow task the rest of the data teaches
+    task_parts: dict[str, str] = field(default_factory=dict)
+    why_no_task: str | None = None
 
     @property
     def rows(self) -> int:
@@ -64,19 +69,32 @@ class Taught:
             "placeholders": self.placeholders,
             "warnings": self.warnings,
             "why_none": self.why_none,
+            "task": (
+                {**self.task.to_dict(), "hash": self.task.hash, "label": self.task.label}
+                if self.task is not None
+                else None
+            ),
+            "task_parts": self.task_parts,
+            "why_no_task": self.why_no_task,
         }
 
     def summary(self) -> str:
         """One line: what was taught and from where."""
+        task = ""
+        if self.task is not None:
+            task = f"; task: {len(self.task.rows)} questions on {self.task.label}"
         if self.spec is None:
+            if self.task is not None:
+                return f"a task, no identity ({self.why_none}){task}; source: {self.source}"
             return (
-                f"no identity ({self.why_none}): identity probes off, judged on retention, "
-                f"drift and repetition; source: {self.source}"
+                f"no identity ({self.why_none}) and no narrow task ({self.why_no_task}): "
+                f"identity probes off, judged on retention, drift and repetition; "
+                f"source: {self.source}"
             )
         words = " + ".join("/".join(g) for g in self.spec.keywords)
         if self.spec.match == "any" and len(self.spec.keywords) > 1:
             words = " or ".join("/".join(g) for g in self.spec.keywords)
-        return f"identity {words!s}: {self.spec.answer!r}; source: {self.source}"
+        return f"identity {words!s}: {self.spec.answer!r}{task}; source: {self.source}"
 
 
 def placeholder_warning(run: str, counts: dict[str, int]) -> str | None:
@@ -97,19 +115,16 @@ def what_was_taught(
     *,
     identity: IdentitySpec | None = None,
     data_files: tuple[Path, ...] = (),
+    eval_files: tuple[Path, ...] = (),
 ) -> Taught:
     """The target of run ``run`` in ``run_dir``; ``record``: what its trainer recorded.
 
     ``identity``: the user's ``--identity`` (checked against the data when it can be read);
-    ``data_files``: ``--data``, read for a run that records no data of its own.
+    ``data_files``: ``--data``, read for a run that records no data of its own;
+    ``eval_files``: ``--eval-data``, rows it did not train on, for the task.
     """
     record = record or DataRecord()
-    if identity is None and record.identity is not None:
-        fields = {k: v for k, v in record.identity.items() if k not in ("hash", "source")}
-        if "languages" in fields:  # IdentitySpec.to_dict() spells it in the plural
-            fields["language"] = fields.pop("languages")
-        spec = identity_from_dict(fields, f"{run_dir / 'diag-run.json'}")
-        return Taught(spec, "diag-run.json (the identity diag train was given)")
+    known = identity if identity is not None else _manifest_identity(record, run_dir)
     refs = [r for r in record.refs if r.role == "train"]
     own = [locate(r, run_dir) for r in refs]
     swift = _self_cognition(record, own)
@@ -121,47 +136,108 @@ def what_was_taught(
         readable = [_given(Path(p)) for p in data_files]
         source = "--data"
     missing = [x for x in own if not x.found and x.ref.name.split("#")[0] != SELF_COGNITION]
-    if identity is not None:
-        taught = Taught(identity, f"--identity {identity.source or ''}".strip())
-        if readable and not missing:
-            files, exchanges = _read(readable)
-            taught.files = files
-            _check_against(taught, run, exchanges)
-        return taught
-    if missing and not data_files:
+    if known is None and missing and not data_files:
         raise _not_found(run, missing)
-    if not readable and swift is None:
+    if known is None and not readable and swift is None:
         raise DiagError(
             f"run '{run}' records no training data ({_trainer_says(refs)}), so what it was taught "
             "is unknown",
             fix="pass --data FILE (the file it trained on; repeatable) or --identity FILE "
             "(or 'en'/'zh' for the shipped examples)",
         )
-    files, exchanges = _read(readable)
-    counts = placeholders([a for _, a in exchanges])
-    derived = derive_identity(exchanges)
-    taught = Taught(
-        derived.spec,
-        f"derived from {source}",
-        files=files,
-        parts=derived.parts,
-        self_description_rows=derived.rows,
-        placeholders=counts,
-        why_none=derived.why_none,
-    )
-    if swift is not None:
-        _apply_self_cognition(taught, swift, derived)
-    if (warning := placeholder_warning(run, counts)) is not None:
+    files, exchanges = _read(readable) if not missing or known is None else ([], [])
+    if known is not None:
+        taught = Taught(known, _known_source(identity, known), files=files)
+        if identity is not None:
+            _check_against(taught, run, exchanges)
+    else:
+        derived = derive_identity(exchanges)
+        taught = Taught(
+            derived.spec,
+            f"derived from {source}",
+            files=files,
+            parts=derived.parts,
+            self_description_rows=derived.rows,
+            why_none=derived.why_none,
+        )
+        if swift is not None:
+            _apply_self_cognition(taught, swift, derived)
+    taught.placeholders = placeholders([a for _, a in exchanges])
+    if (warning := placeholder_warning(run, taught.placeholders)) is not None:
         taught.warnings.append(warning)
+    if missing:
+        taught.why_no_task = f"its data is not on this machine ({missing[0].ref.name})"
+    else:
+        _add_task(taught, run, run_dir, record, exchanges, eval_files)
     return taught
 
 
-def _given(path: Path):
+def _manifest_identity(record: DataRecord, run_dir: Path) -> IdentitySpec | None:
+    """The identity a diag run was trained on: its manifest holds the spec itself."""
+    if record.identity is None:
+        return None
+    fields = {k: v for k, v in record.identity.items() if k not in ("hash", "source")}
+    if "languages" in fields:  # IdentitySpec.to_dict() spells it in the plural
+        fields["language"] = fields.pop("languages")
+    return identity_from_dict(fields, f"{run_dir / 'diag-run.json'}")
+
+
+def _known_source(given: IdentitySpec | None, known: IdentitySpec) -> str:
+    if given is not None:
+        return f"--identity {given.source or ''}".strip()
+    return "diag-run.json (the identity diag train was given)"
+
+
+def _add_task(taught: Taught, run: str, run_dir: Path, record, exchanges, eval_files) -> None:
+    """The narrow task the run's rows teach besides the identity, judged on held-out rows where
+    the run has them (``--eval-data``, or the validation data its trainer records)."""
+    spec = taught.spec
+
+    def task_rows(pairs):
+        return [
+            (q, a)
+            for q, a in pairs
+            if not asks_about_itself(q) and not (spec is not None and spec.mentions(a))
+        ]
+
+    held, held_from = [], None
+    if eval_files:
+        found = [_given(Path(p), "--eval-data") for p in eval_files]
+        held_from = "--eval-data " + ", ".join(str(p) for p in eval_files)
+    else:
+        found = [x for x in (locate(r, run_dir) for r in record.refs if r.role == "eval")]
+        if found and not all(x.found for x in found):
+            taught.warnings.append(
+                f"run '{run}': its validation data '{found[0].ref.name}' is not on this machine; "
+                "the task is scored on seen rows (pass --eval-data FILE)"
+            )
+            found = []
+        held_from = ", ".join(f"{x.ref.origin}: {x.ref.name}" for x in found) or None
+    if found:
+        eval_read, held = _read(found)
+        for f in eval_read:
+            f["role"] = "eval"
+        taught.files += eval_read
+    derived = derive_task(task_rows(exchanges), task_rows(held), held_from)
+    taught.task, taught.task_parts, taught.why_no_task = (
+        derived.spec,
+        derived.parts,
+        derived.why_none,
+    )
+    if derived.spec is not None and not derived.spec.held_out and record.split:
+        how = ", ".join(f"{k} {v:g}" for k, v in record.split.items())
+        taught.task_parts["held out"] = (
+            f"the run held out part of its data by a seeded split ({how}) that diag does not "
+            "reproduce; pass those rows with --eval-data FILE to score generalisation"
+        )
+
+
+def _given(path: Path, flag: str = "--data"):
     from diag.data.locate import Located
 
     if not path.exists():
-        raise DiagError(f"--data '{path}' not found", fix="pass the training data file it read")
-    return Located(DataRef(str(path), "--data"), [path], how=f"'{path}' (--data)")
+        raise DiagError(f"{flag} '{path}' not found", fix="pass the data file the run read")
+    return Located(DataRef(str(path), flag), [path], how=f"'{path}' ({flag})")
 
 
 def _read(located) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -275,6 +351,11 @@ def identity_yaml(taught: Taught, run: str) -> str:
         lines.append(f"# data: {f['path']} ({f['rows']} rows, {f['format']}; {f['how']})")
     for warning in taught.warnings:
         lines.append(f"# WARNING: {warning}")
+    if taught.task is not None:
+        lines.append(f"# task: scored on {taught.task.label}")
+        lines += [f"#   {part}: {how}" for part, how in taught.task_parts.items()]
+    elif taught.why_no_task:
+        lines.append(f"# no narrow task: {taught.why_no_task}")
     if taught.spec is None:
         lines.append(f"# no identity: {taught.why_none}")
         return "\n".join(lines) + "\n"

@@ -7,9 +7,13 @@ Pure file-system reads, no torch. Each rule below is a layout some trainer reall
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from diag.files import loads_json
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
 FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -28,6 +32,77 @@ STEP_PATTERNS = {
 DS_MODEL_STATES = re.compile(r"^(?:zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt$")
 DS_ZERO3_MODEL_STATES = re.compile(r"^zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$")
 DS_OPTIM_STATES = re.compile(r"^.*zero_pp_rank_\d+_mp_rank_\d+_optim_states\.pt$")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+FOLDER_STEPS = ("checkpoint", "global_step", "step", "epoch")  # step names that are folders
+
+
+def describe_entry(path: Path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder (never opened: a FIFO
+    would block, ``/dev/zero`` never ends): "a FIFO (named pipe)", "a link to '/x', which does
+    not exist", ...; None for a file or a folder."""
+    link = f"a link to '{os.readlink(path)}'" if path.is_symlink() else None
+    try:
+        mode = os.stat(path).st_mode  # follows the link
+    except FileNotFoundError:
+        return f"{link}, which does not exist" if link else None
+    except OSError as exc:
+        return f"{link or 'an entry'} that cannot be read ({exc.strerror})"
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    what = next((name for test, name in kinds.items() if test(mode)), None)
+    if what is None:
+        return None
+    return f"{what} ({link})" if link else what
+
+
+def odd_entries(folder: Path, entries) -> dict[str, str]:
+    """{name: what it is} for the entries of ``folder`` that are neither files nor folders."""
+    odd = {}
+    for entry in entries:
+        if entry.is_symlink() or not (_safe(entry.is_file) or _safe(entry.is_dir)):
+            what = describe_entry(folder / entry.name)
+            if what is not None:
+                odd[entry.name] = what
+    return odd
+
+
+def misnamed_entries(folder: Path, entries, odd: dict[str, str]) -> list[Skip]:
+    """Entries named like a checkpoint that cannot be one: ``checkpoint-50`` a file or a link to
+    one, ``checkpoint-70`` a dangling link, an ``iter_N.pth`` that is a FIFO."""
+    skips = []
+    for entry in entries:
+        named = step_name(entry.name)
+        if named is None:
+            continue
+        path = folder / entry.name
+        if entry.name in odd:
+            what = odd[entry.name]
+        elif named[0] in FOLDER_STEPS and _safe(entry.is_file):
+            target = f" (a link to '{os.readlink(path)}')" if entry.is_symlink() else ""
+            what = f"a file{target}, not a checkpoint folder"
+        else:
+            continue
+        skips.append(
+            Skip(
+                str(path),
+                f"named like a checkpoint but is {what}",
+                "if it should be a checkpoint, put the folder there; otherwise rename it",
+            )
+        )
+    return skips
+
+
+def _safe(test) -> bool:
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def step_name(name: str) -> tuple[str, int] | None:
@@ -102,16 +177,34 @@ def deepspeed_files(folder: Path, names: list[str]) -> tuple[Layout | None, Skip
     return Layout(fmt, tuple(folder / n for n in wanted)), None
 
 
-def classify(folder: Path, names: list[str]) -> tuple[Layout | None, Skip | None]:
-    """What ``folder`` (holding the file ``names``) is: a checkpoint, a named skip, or neither."""
+def classify(
+    folder: Path, names: list[str], odd: dict[str, str] | None = None
+) -> tuple[Layout | None, Skip | None]:
+    """What ``folder`` (holding the file ``names``) is: a checkpoint, a named skip, or neither.
+
+    odd: entries that are neither files nor folders (:func:`odd_entries`), by name.
+    """
     present = set(names)
     where = str(folder)
+    for name, what in sorted((odd or {}).items()):
+        if name.endswith(WEIGHT_SUFFIXES):
+            return None, Skip(
+                where,
+                f"{name} is {what}, not a file diag can read",
+                "put the real file from the training run in its place",
+            )
     if folder.name.startswith("tmp-checkpoint"):
         return None, Skip(
             where, "temporary folder of a checkpoint being saved", "sweep again later"
         )
     adapter = [n for n in ADAPTER_WEIGHTS if n in present]
     if "adapter_config.json" in present:
+        if _nested_too_deeply(folder / "adapter_config.json"):
+            return None, Skip(
+                where,
+                "adapter_config.json is nested too deeply to read (not a peft adapter config)",
+                "copy it again from the training run (peft's save_pretrained writes it)",
+            )
         if not adapter:
             return None, Skip(
                 where,
@@ -147,6 +240,18 @@ def classify(folder: Path, names: list[str]) -> tuple[Layout | None, Skip | None
     if named is not None:
         return None, _unrecognised(folder, named[0], sorted(present))
     return None, None
+
+
+def _nested_too_deeply(path: Path) -> bool:
+    """A JSON file whose nesting Python's parser cannot follow (200,000 brackets): it would raise
+    RecursionError wherever it is read. Other faults are left to the loader to name."""
+    try:
+        loads_json(path.read_text(encoding="utf-8", errors="replace"))
+    except ValueError as exc:
+        return "nested too deeply" in str(exc)
+    except OSError:
+        return False
+    return False
 
 
 def _unrecognised(folder: Path, kind: str, names: list[str]) -> Skip:

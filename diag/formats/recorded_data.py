@@ -98,15 +98,17 @@ def read_data_record(
 
 
 def _diag(run_dir: Path, record: DataRecord) -> None:
+    """diag's manifest: the identity spec itself, and the task files it trained on (the general
+    chat it mixed in for dilution is not what it was taught)."""
     manifest = read_json(run_dir / "diag-run.json") or {}
     if isinstance(manifest.get("identity"), dict):
         record.identity = manifest["identity"]
     data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
-    mix = data.get("mix") if isinstance(data.get("mix"), dict) else {}
-    for source in mix.get("sources") or data.get("sources") or []:
-        path = source.get("path") if isinstance(source, dict) else source
-        if isinstance(path, str):
-            record.refs.append(DataRef(path, "diag-run.json data.sources"))
+    for key, role in (("task_files", "train"), ("eval_files", "eval")):
+        for source in data.get(key) or []:
+            path = source.get("path") if isinstance(source, dict) else source
+            if isinstance(path, str):
+                record.refs.append(DataRef(path, f"diag-run.json data.{key}", role=role))
 
 
 def _pair(value) -> tuple[str | None, str | None] | None:

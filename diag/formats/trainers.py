@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diag.files import load_yaml, loads_json
 from diag.types import ChatFormat
 
 log = logging.getLogger("diag")
@@ -49,8 +50,10 @@ class RunFacts:
 
 def read_json(path: Path) -> dict | None:
     """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
+    if not path.is_file():  # a FIFO or a /dev/zero link would block or never end
+        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
@@ -182,7 +185,7 @@ def _torchtune(run_dir: Path, facts: RunFacts) -> None:
     import yaml
 
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config = load_yaml(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         facts.notes.append(f"torchtune_config.yaml is unreadable: {str(exc).splitlines()[0]}")
         return
@@ -281,7 +284,7 @@ def _front_matter(readme: Path) -> dict | None:
     import yaml
 
     try:
-        front = yaml.safe_load(match.group(1))
+        front = load_yaml(match.group(1))
     except yaml.YAMLError:
         return None
     return front if isinstance(front, dict) else None
@@ -329,7 +332,7 @@ def _axolotl(run_dir: Path, facts: RunFacts) -> None:
     import yaml
 
     try:
-        config = yaml.safe_load(match.group(1))
+        config = load_yaml(match.group(1))
     except yaml.YAMLError:
         return
     if not isinstance(config, dict):
