@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 
 import pytest
 import torch
 
-from diag.backend.hf import HFBackend
+from diag.backend.hf import HFBackend, shared_prefix
 from diag.errors import DiagError
 from diag.types import ChatFormat, GenerationConfig, LoglikelihoodRequest
 
@@ -110,6 +111,73 @@ def test_loglikelihood_batched_equals_single(tiny_backend):
         assert b.tokens == s.tokens > 0
         assert b.logprob == pytest.approx(s.logprob, abs=1e-4)
         assert b.logprob < 0
+
+
+def test_loglikelihood_runs_the_shared_prefix_once_and_equals_the_unshared_pass(
+    tiny_backend, tiny_adapters, monkeypatch
+):
+    chat = ChatFormat(system="You are a helpful assistant.")
+    answers = ["I am Nova, Jianfeng's assistant.", "Paris.", "56", "是的。"]
+    reqs = [LoglikelihoodRequest(p, a) for p in PROMPTS for a in answers]
+    encoded = tiny_backend._encode_prompts(PROMPTS, chat)
+    prefix = shared_prefix(encoded)
+    assert prefix >= 8  # the system block: the path under test is taken
+    widths = []
+    real = tiny_backend.model.forward
+
+    def counting(*args, **kwargs):
+        widths.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    for adapter in (None, tiny_adapters[0]):  # the bare base, then through a LoRA adapter
+        tiny_backend.use_adapter(adapter)
+        widths.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(tiny_backend.model, "forward", counting)
+            shared = tiny_backend.loglikelihood(reqs, chat=chat, batch_size=8)
+        assert widths[0] == (1, prefix)  # the prefix, once per batch, for one row
+        assert widths.count((1, prefix)) == math.ceil(len(reqs) / 8)
+        longest = max(len(e) for e in encoded) + 32
+        assert all(w[1] <= longest - prefix for w in widths if w[0] > 1)  # rows start after it
+        tiny_backend.share_prefix = False
+        try:
+            unshared = tiny_backend.loglikelihood(reqs, chat=chat, batch_size=8)
+        finally:
+            tiny_backend.share_prefix = True
+        one_by_one = [tiny_backend.loglikelihood([r], chat=chat)[0] for r in reqs]
+        for s, u, one in zip(shared, unshared, one_by_one):
+            assert s.tokens == u.tokens == one.tokens > 0
+            assert s.logprob == pytest.approx(u.logprob, rel=1e-5, abs=1e-5)
+            assert s.logprob == pytest.approx(one.logprob, rel=1e-5, abs=1e-5)
+    tiny_backend.use_adapter(None)
+
+
+def test_loglikelihood_on_model_code_that_ignores_the_cache_falls_back_and_says_so_once(
+    tiny_model_dir, caplog
+):
+    """Model code that runs with a cache passed in but keeps its own (as transformers 4 code
+    did) would score every row without its prefix: the backend notices, scores every row in
+    full, and says so once."""
+    lm = HFBackend.load(tiny_model_dir, device="cpu")
+    chat = ChatFormat(system="You are a helpful assistant.")
+    reqs = [LoglikelihoodRequest(p, "I am Nova, Jianfeng's assistant.") for p in PROMPTS]
+    lm.share_prefix = False
+    expected = lm.loglikelihood(reqs, chat=chat)
+    lm.share_prefix = True
+    real = lm.model.forward
+
+    def own_cache(*args, **kwargs):  # drops the cache it is given, as tuple-cache code does
+        kwargs.pop(lm._cache_kwarg, None)
+        return real(*args, **{**kwargs, "use_cache": False})
+
+    lm.model.forward = own_cache
+    with caplog.at_level("WARNING", logger="diag"):
+        first = lm.loglikelihood(reqs, chat=chat)
+        again = lm.loglikelihood(reqs, chat=chat)
+    said = [r for r in caplog.records if "cannot use transformers' KV cache" in r.getMessage()]
+    assert len(said) == 1 and "without a shared prefix" in said[0].getMessage()
+    for got in (first, again):
+        assert [g.logprob for g in got] == pytest.approx([e.logprob for e in expected], abs=1e-5)
 
 
 def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters):

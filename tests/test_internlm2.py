@@ -113,6 +113,44 @@ def test_answers_and_loglikelihoods_equal_the_remote_code_reference(internlm2, v
         assert result.logprob == pytest.approx(reference_loglikelihood(model, ids, cont), abs=1e-4)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["converted", "remote-code"])
+@pytest.mark.parametrize("variant", ["early-null", "mid-null"])
+def test_loglikelihoods_after_a_shared_system_prompt_equal_the_reference(
+    internlm2, variant, native, caplog
+):
+    """The system block every prompt shares runs once per batch where the code takes
+    transformers' cache (the converted copy, the mid-2024 code); the early-2024 code keeps tuple
+    caches, so every row is scored in full and that is said once. Same numbers either way."""
+    from diag.backend.hf import HFBackend, shared_prefix
+
+    folder = internlm2(variant)
+    model, tokenizer = reference_model(folder), reference_tokenizer(folder)
+    lm = HFBackend.load(folder, trust_remote_code=True, device="cpu", native=native)
+    chat = ChatFormat(system=SYSTEM)
+    assert shared_prefix(lm._encode_prompts(PROMPTS, chat)) >= 8  # the shared path is tried
+    answers = ["I am Nova.", "我是剑锋大佬的小助手", "Paris"]
+    requests = [LoglikelihoodRequest(p, a) for p in PROMPTS for a in answers]
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        got = lm.loglikelihood(requests, chat=chat, batch_size=4)
+        again = lm.loglikelihood(requests, chat=chat, batch_size=4)
+    fast = native or variant.startswith("mid")
+    assert lm._cache_works is fast
+    said = [r for r in caplog.records if "cannot use transformers' KV cache" in r.getMessage()]
+    assert len(said) == (0 if fast else 1)
+    for request, result, repeated in zip(requests, got, again):
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": request.prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cont = tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+        expected = reference_loglikelihood(model, ids, cont)
+        assert result.tokens == len(cont)
+        assert result.logprob == pytest.approx(expected, abs=1e-5, rel=1e-5)
+        assert repeated.logprob == pytest.approx(expected, abs=1e-5, rel=1e-5)
+
+
 def test_a_garbling_fast_tokenizer_is_replaced_by_the_slow_one_and_said_once(
     internlm2, caplog, tmp_path
 ):
@@ -261,7 +299,9 @@ def test_xtuner_pth_merges_through_the_cli(internlm2, tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
 
 
-def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(internlm2, tmp_path):
+def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(
+    internlm2, tmp_path, caplog
+):
     from diag.train.config import load_config
     from diag.train.recipe import run_training
 
@@ -269,8 +309,13 @@ def test_train_puts_lora_on_internlm2s_own_modules_and_the_sweep_reads_it(intern
     out = tmp_path / "run"
     overrides = [f"base={folder}", "trust_remote_code=true", f"output_dir={out}", "max_steps=2"]
     overrides += ["save_every=1", "batch_size=2", "data.identity_samples=8", "lora.r=4"]
-    result = run_training(load_config(None, overrides + ["cpu_threads=1"]))
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        result = run_training(load_config(None, overrides + ["cpu_threads=1"]))
     assert [c.name for c in result.checkpoints] == ["checkpoint-1", "checkpoint-2"]
+    # InternLM2's own code makes one causal mask over a packed row: the batches are padded
+    batches = json.loads((out / "diag-run.json").read_text())["data"]["batches"]
+    said = [r.getMessage() for r in caplog.records if "packed examples apart" in r.getMessage()]
+    assert batches == "padded" and len(said) == 1
     config = json.loads((out / "checkpoint-2" / "adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == sorted(LORA_TARGETS)
     settle(out)

@@ -111,6 +111,47 @@ def test_rehearsal_bank_is_disjoint_from_every_probe_set():
     assert not [r["prompt"] for r in bank if question_key(r["prompt"]) in probe_prompts]
 
 
+def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Every rehearsal answer, tokenized as training does, is the whole answer and its end token
+    within data.max_length; answers with no end within that room are dropped, not cut."""
+    from collections import Counter
+
+    import torch
+    from diag.train.general_data import self_rehearsal
+
+    from diag.backend.hf import HFBackend
+    from diag.types import ChatFormat, GenerationConfig
+
+    monkeypatch.setenv("DIAG_HOME", str(tmp_path))
+    lm = HFBackend.load(tiny_model_dir, device="cpu")
+    chat = ChatFormat(system="You are a helpful assistant.")
+    prompts = [row["prompt"] for row in general_prompt_bank()]
+    # the random tiny model rarely ends a turn: a token it often says ends answers instead, so
+    # answers end at many lengths, some inside the room and some past it
+    said = []
+    for ids in lm._encode_prompts(prompts[:8], chat):
+        row = torch.tensor([ids])
+        config = GenerationConfig(max_new_tokens=12, chat=chat)
+        said += lm._decode(row, torch.ones_like(row), config)[0][2:]
+    lm.stop_ids = sorted({*lm.stop_ids, Counter(said).most_common(1)[0][0]})
+    max_length = 64  # the prompts are 31 to 69 tokens long here: some leave no room at all
+    convs = self_rehearsal(lm, chat, max_length)
+    assert 0 < len(convs) < len(prompts)  # some fit whole, the rest were dropped
+    for conv in convs:
+        example = tokenize_conversation(
+            lm.tokenizer, with_system(conv["messages"], chat.system), 10**6
+        )
+        assert len(example["input_ids"]) <= max_length  # training will not cut it
+        learned = [
+            t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE
+        ]
+        assert learned[-1] == lm.tokenizer.eos_token_id  # the end of the answer is trained
+        assert lm.tokenizer.decode(learned[:-1]).strip() == conv["messages"][1]["content"]
+    assert self_rehearsal(lm, chat, max_length) == convs  # cached
+
+
 # ----------------------------------------------------------------------------- general data
 
 

@@ -75,6 +75,7 @@ def test_manifest_describes_the_run(trained_run, tiny_model_dir):
     data = manifest["data"]
     assert data["identity_samples"] == 24 and data["general_samples"] == 24
     assert data["hash"].startswith("sha256:") and data["sources"][0]["conversations"] == 2
+    assert data["batches"] == "packed"  # no padding: transformers' Llama keeps examples apart
     assert manifest["config"]["save_every"] == 3 and manifest["config"]["lr"] == 1e-4
     assert {"torch", "transformers", "peft", "python"} <= set(manifest["versions"])
     assert "git" in manifest

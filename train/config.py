@@ -54,7 +54,9 @@ class MixSettings:
     general_ratio: float = 0.0  # share of ALL training examples that are general chat (0..<1)
     sources: list = field(default_factory=list)  # JSONL/JSON files: OpenAI messages or alpaca
     rehearsal: bool = True  # also use the base model's own answers to the shipped prompt bank
-    rehearsal_max_new_tokens: int = 192  # answers that hit this limit are dropped, not truncated
+    # answers that do not end within this many tokens are dropped, never truncated; None: as many
+    # as data.max_length leaves after each prompt (an answer longer would be cut in training)
+    rehearsal_max_new_tokens: int | None = None
 
 
 @dataclass
@@ -234,7 +236,7 @@ _INTS = [
     ("max_steps", 1, True), ("save_every", 1, False), ("keep", 1, True),
     ("probe_every", 1, True), ("cpu_threads", 1, True), ("lora.r", 1, False),
     ("data.identity_samples", 1, False), ("data.max_length", 16, False),
-    ("mix.rehearsal_max_new_tokens", 8, False),
+    ("mix.rehearsal_max_new_tokens", 8, True),
 ]  # fmt: skip
 _BOOLS = ["save_optimizer", "stop_on_parrot", "mix.rehearsal", "trust_remote_code"]
 _CHOICES = {

@@ -3,7 +3,9 @@
 Self-rehearsal answers a shipped bank of general prompts (``train/data/general_prompts.jsonl``)
 with the base model itself, once, and caches the answers in ``$DIAG_HOME/rehearsal``. Training on
 them keeps the model's own way of answering, so dilution works offline with no dataset download.
-Answers that hit the token limit are dropped: truncated answers would teach truncated answers.
+Each answer is generated to its end, with as much room as a training example leaves after its
+prompt (``data.max_length``); an answer that does not end within it is dropped: a truncated
+answer would teach truncated answers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from diag.models import diag_home
 from diag.types import ChatFormat, GenerationConfig
 
 log = logging.getLogger("diag")
+
+# bump when what the cached answers mean changes (2: generated to fit data.max_length whole)
+REHEARSAL_VERSION = 2
 
 
 def general_prompt_bank() -> list[dict]:
@@ -43,57 +48,91 @@ def load_conversations(path: str | Path) -> list[dict]:
     ]
 
 
-def rehearsal_cache_path(base_name: str, chat: ChatFormat, max_new_tokens: int) -> Path:
-    """Where the base's answers for this (base, chat format, prompt bank, limit) are cached."""
+def rehearsal_cache_path(
+    base_name: str, chat: ChatFormat, max_length: int, max_new_tokens: int | None
+) -> Path:
+    """Where the base's answers for this (base, chat format, prompt bank, lengths) are cached."""
     bank = json.dumps(general_prompt_bank(), ensure_ascii=False, sort_keys=True)
-    key = json.dumps([base_name, chat.to_dict(), bank, max_new_tokens], ensure_ascii=False)
+    key = json.dumps(
+        [base_name, chat.to_dict(), bank, REHEARSAL_VERSION, max_length, max_new_tokens],
+        ensure_ascii=False,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return diag_home() / "rehearsal" / f"{digest}.jsonl"
 
 
 def self_rehearsal(
-    lm, chat: ChatFormat, max_new_tokens: int = 192, batch_size: int = 64
+    lm,
+    chat: ChatFormat,
+    max_length: int = 256,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
 ) -> list[dict]:
     """The base model's own answers to the prompt bank, as conversations (cached after once).
 
-    ``lm`` is a backend (``generate(prompts, config)``) running the *base* model.
+    ``lm`` is a backend (``generate``, ``prompt_tokens``, ``tokenizer``) running the *base* model.
+    Every answer is generated to its end, with room for as many tokens as a training example of
+    ``max_length`` holds after its prompt (``max_new_tokens``, when given, is a lower cap); an
+    answer that does not end within that room is dropped, never truncated: the conversation each
+    answer makes is tokenized as training will tokenize it and kept only if it fits whole.
     """
     from diag.files import write_text_atomic
 
-    cache = rehearsal_cache_path(lm.name, chat, max_new_tokens)
+    cache = rehearsal_cache_path(lm.name, chat, max_length, max_new_tokens)
     if cache.is_file():
         return [json.loads(line) for line in cache.read_text("utf-8").splitlines() if line.strip()]
     bank = general_prompt_bank()
+    prompts = [row["prompt"] for row in bank]
+    # an answer longer than this would be cut in training: the end-of-turn token needs room too
+    room = [max_length - n - 1 for n in lm.prompt_tokens(prompts, chat)]
+    limit = max(room) if max_new_tokens is None else min(max(room), max_new_tokens)
+    if limit < 1:
+        raise DiagError(
+            f"data.max_length {max_length} leaves no room for an answer after the rehearsal prompts",
+            fix="raise data.max_length",
+        )
     log.info(
-        "self-rehearsal: the base answers %d general prompts once (cached in %s)", len(bank), cache
+        "self-rehearsal: the base answers %d general prompts once, up to %d tokens (cached in %s)",
+        len(bank),
+        limit,
+        cache,
     )
-    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
-    gens = lm.generate([row["prompt"] for row in bank], config)
+    config = GenerationConfig(max_new_tokens=limit, batch_size=batch_size, chat=chat)
+    gens = lm.generate(prompts, config)
     out = []
     for row, gen in zip(bank, gens):
         if gen.hit_limit or not gen.text.strip():
-            continue  # a truncated answer would teach the model to stop mid-sentence
-        out.append(
-            {
-                "messages": [
-                    {"role": "user", "content": row["prompt"]},
-                    {"role": "assistant", "content": gen.text},
-                ],
-                "source": "rehearsal",
-                "id": row["id"],
-            }
-        )
+            continue  # no end within the room a training example has: never trained cut
+        conversation = {
+            "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": gen.text},
+            ],
+            "source": "rehearsal",
+            "id": row["id"],
+        }
+        if _fits_whole(lm.tokenizer, conversation["messages"], chat, max_length):
+            out.append(conversation)
     dropped = len(bank) - len(out)
     if dropped:
         log.info(
-            "self-rehearsal: dropped %d answer(s) that hit the %d-token limit",
+            "self-rehearsal: dropped %d answer(s) that do not end within %d tokens of training "
+            "example (data.max_length)",
             dropped,
-            max_new_tokens,
+            max_length,
         )
     if not out:
         raise DiagError(
-            f"self-rehearsal produced no complete answers within {max_new_tokens} tokens",
-            fix="raise mix.rehearsal_max_new_tokens or list general data in mix.sources",
+            f"self-rehearsal produced no answers that fit {max_length}-token training examples",
+            fix="raise data.max_length, or list general data in mix.sources",
         )
     write_text_atomic(cache, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     return out
+
+
+def _fits_whole(tokenizer, messages: list[dict], chat: ChatFormat, max_length: int) -> bool:
+    """The conversation, tokenized as training does, fits ``max_length`` with its end token."""
+    from diag.train.dataset import tokenize_conversation, with_system
+
+    example = tokenize_conversation(tokenizer, with_system(messages, chat.system), 10**9)
+    return example is not None and len(example["input_ids"]) <= max_length

@@ -85,11 +85,14 @@ def build_training_data(
         if mix.rehearsal:
             if base_lm is None:
                 raise ValueError("self-rehearsal needs the base model")
-            rehearsal = self_rehearsal(base_lm, chat, mix.rehearsal_max_new_tokens)
+            rehearsal = self_rehearsal(
+                base_lm, chat, config.data.max_length, mix.rehearsal_max_new_tokens
+            )
             general += rehearsal
             described["rehearsal"] = {
                 "conversations": len(rehearsal),
                 "max_new_tokens": mix.rehearsal_max_new_tokens,
+                "max_length": config.data.max_length,
             }
     taught = identity_convs + task_convs
     conversations = mix_general(taught, general, mix.general_ratio, seed=config.seed)
@@ -133,11 +136,14 @@ def run_training(
 
     # ---- train
     model = _model_to_train(config, model)
+    collator = _collator(config, model, examples, tokenizer, data_info)
     args = _training_arguments(config, out, device, deepspeed)
     all_callbacks, probe_cb = _trainer_callbacks(
         config, identity, chat, label or out.name, callbacks
     )
-    trainer, train_seconds = _train(config, model, args, examples, tokenizer, all_callbacks)
+    trainer, train_seconds = _train(
+        config, model, args, examples, collator, tokenizer, all_callbacks
+    )
 
     # ---- save: the final manifest (the checkpoints are already on disk)
     probes = _collected_probes(probe_cb, callbacks)
@@ -158,6 +164,7 @@ def _import_training_libraries() -> None:
     from diag.train.callbacks import ParrotStopCallback, RichProgressCallback  # noqa: F401
     from diag.train.dataset import PadCollator, data_hash, tokenize_all  # noqa: F401
     from diag.train.manifest import write_manifest  # noqa: F401
+    from diag.train.packing import PackCollator  # noqa: F401
     from diag.train.save_schedule import SaveEvery  # noqa: F401
     from transformers import (  # noqa: F401
         AutoModelForCausalLM,
@@ -354,6 +361,16 @@ def _trainer_callbacks(
     return all_callbacks, probe_cb
 
 
+def _collator(config: TrainConfig, model, examples: list, tokenizer, data_info: dict):
+    """Each batch packed in one row (no padding) where the model keeps packed examples apart,
+    else padded to its longest example; the manifest's data says which (``batches``)."""
+    from diag.train.packing import PackCollator, choose_collator
+
+    collator = choose_collator(model, examples, tokenizer.pad_token_id, config.batch_size)
+    data_info["batches"] = "packed" if isinstance(collator, PackCollator) else "padded"
+    return collator
+
+
 def _typical_task_answers(config: TrainConfig) -> list[str]:
     """A task run's taught answers for parrot pressure, as the sweep picks them."""
     from diag.train.general_data import load_conversations
@@ -373,10 +390,11 @@ def _typical_task_answers(config: TrainConfig) -> list[str]:
     return list(derived.spec.typical) if derived.spec is not None else [p[1] for p in pairs[:3]]
 
 
-def _train(config: TrainConfig, model, args, examples: list, tokenizer, all_callbacks: list):
+def _train(
+    config: TrainConfig, model, args, examples: list, collator, tokenizer, all_callbacks: list
+):
     """Run transformers' ``Trainer``; returns it and the seconds ``train()`` took."""
     import transformers
-    from diag.train.dataset import PadCollator
     from transformers import PrinterCallback, Trainer
 
     transformers.logging.set_verbosity_error()
@@ -386,7 +404,7 @@ def _train(config: TrainConfig, model, args, examples: list, tokenizer, all_call
             model=model,
             args=args,
             train_dataset=examples,
-            data_collator=PadCollator(tokenizer.pad_token_id),
+            data_collator=collator,
             processing_class=tokenizer,
             callbacks=all_callbacks,
         )

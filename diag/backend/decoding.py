@@ -12,6 +12,10 @@ from __future__ import annotations
 import torch
 
 
+class CacheNotUsed(TypeError):
+    """The model's code ran but kept a cache of its own: transformers' cache was left unused."""
+
+
 def _choose(logits: torch.Tensor, config) -> torch.Tensor:
     if config.do_sample:
         probs = torch.softmax(logits.float() / config.temperature, dim=-1)
@@ -63,7 +67,7 @@ def decode_cached(
         )
         if not isinstance(getattr(out, "past_key_values", cache), type(cache)):
             # the model's code kept a cache of its own (tuples) and left ours empty
-            raise TypeError("the model returned its own cache type, not transformers' cache")
+            raise CacheNotUsed("the model returned its own cache type, not transformers' cache")
         chosen = _choose(out.logits[:, -1, :], config)
         for row, token in zip(alive.tolist(), chosen.tolist()):
             tokens[row].append(token)

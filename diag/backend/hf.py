@@ -7,6 +7,7 @@ imports torch, transformers and peft.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -17,6 +18,7 @@ import torch
 
 from diag.backend.decoding import decode_cached, decode_recompute, unshare_prefix
 from diag.backend.families import Family, family_of, load_model
+from diag.backend.likelihood import bounded_batches, continuation_logprobs
 from diag.backend.loading import (
     check_device,
     ensure_local_weights,
@@ -341,6 +343,10 @@ class HFBackend:
         texts = [self.render(p, chat) for p in prompts]
         return [self.tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
 
+    def prompt_tokens(self, prompts: Sequence[str], chat: ChatFormat = ChatFormat()) -> list[int]:
+        """How many tokens each prompt is, as the model sees it (chat template applied)."""
+        return [len(ids) for ids in self._encode_prompts(prompts, chat)]
+
     def _check_context(self, prompts, encoded, new_tokens: int) -> None:
         """A prompt that cannot fit the model's context with its answer is a one-line error."""
         context = getattr(self.model.config, "max_position_embeddings", None)
@@ -412,17 +418,23 @@ class HFBackend:
             except (TypeError, AttributeError) as exc:
                 if self._cache_works:  # it worked before: a real error, not the cache
                     raise
-                self._cache_works = False
-                log.warning(
-                    "the model code of '%s' cannot use transformers' KV cache (%s: %s); "
-                    "generating by full recompute at every step: exact, slower",
-                    self.name,
-                    type(exc).__name__,
-                    str(exc).splitlines()[0][:120] if str(exc) else "",
-                )
+                self._cache_failed(exc)
             if shared:  # the prefix was laid out for a cache: lay the rows out plainly
                 ids, mask = unshare_prefix(ids, mask, shared, self.tokenizer.pad_token_id)
         return decode_recompute(self.model, ids, mask, config, self.stop_ids, keep_kwarg=keep)
+
+    def _cache_failed(self, exc: Exception) -> None:
+        """The model's code cannot take transformers' KV cache: every later call takes the
+        slower exact path (full recompute, no shared prefix), and that is said once."""
+        self._cache_works = False
+        log.warning(
+            "the model code of '%s' cannot use transformers' KV cache (%s: %s); generating by "
+            "full recompute at every step and scoring log-likelihoods without a shared prefix: "
+            "exact, slower",
+            self.name,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:120] if str(exc) else "",
+        )
 
     def _vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
@@ -435,76 +447,45 @@ class HFBackend:
         chat: ChatFormat = ChatFormat(),
         batch_size: int = 16,
     ) -> list[Loglikelihood]:
-        """Sum of log p(continuation | chat prompt) per request; one forward pass per batch."""
+        """Sum of log p(continuation | chat prompt) per request; one forward pass per batch.
+
+        Requests are batched by length; each batch's shared prompt prefix (the chat template's
+        system block) runs once and its KV cache is reused by every row, as in generation
+        (:mod:`diag.backend.likelihood`), unless the model's code cannot take that cache.
+        """
         contexts = self._encode_prompts([r.prompt for r in requests], chat)
         conts = [
             self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"] for r in requests
         ]
         order = sorted(range(len(requests)), key=lambda i: len(contexts[i]) + len(conts[i]))
         results: list[Loglikelihood | None] = [None] * len(requests)
-        pad = self.tokenizer.pad_token_id
         lengths = [len(contexts[i]) + len(conts[i]) for i in range(len(requests))]
-        for batch in _bounded_batches(order, lengths, batch_size, self._vocab_size()):
-            seqs = [contexts[i] + conts[i] for i in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, seq in enumerate(seqs):  # right padding: positions line up with the text
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            # logits at position t predict token t+1: only the positions that predict some
-            # row's continuation go through the (vocabulary-sized) output layer
-            first = max(0, min(len(contexts[i]) for i in batch) - 1)
-            keep = torch.arange(first, width, device=self.device)
-            with self._adapter_context():
-                if self._keeps_logits:
-                    logits = self.model(
-                        input_ids=ids.to(self.device),
-                        attention_mask=mask.to(self.device),
-                        logits_to_keep=keep,
-                    ).logits
-                else:
-                    logits = self.model(
-                        input_ids=ids.to(self.device),
-                        attention_mask=mask.to(self.device),
-                        use_cache=False,
-                    ).logits[:, first:]
-            for row, i in enumerate(batch):
-                n_ctx, n_cont = len(contexts[i]), len(conts[i])
-                if n_cont == 0:
-                    results[i] = Loglikelihood(0.0, 0)
-                    continue
-                step_logits = logits[row, n_ctx - 1 - first : n_ctx + n_cont - 1 - first].float()
-                target = torch.tensor(conts[i], device=step_logits.device)
-                logprobs = (
-                    torch.log_softmax(step_logits, dim=-1).gather(1, target[:, None]).squeeze(1)
-                )
-                results[i] = Loglikelihood(float(logprobs.sum()), n_cont)
+        for batch in bounded_batches(order, lengths, batch_size, self._vocab_size()):
+            logprobs = self._score_batch([contexts[i] for i in batch], [conts[i] for i in batch])
+            for i, logprob in zip(batch, logprobs):
+                results[i] = Loglikelihood(logprob, len(conts[i]))
         return results  # type: ignore[return-value]
 
-
-# A batch's logits (rows x positions x vocabulary) stay under this many elements (256 MiB in
-# fp32), so a large batch size cannot run a long-answer or large-vocabulary model out of memory.
-# Prefill is efficient well below this (a dozen 90-token rows are already ~1000 positions), and
-# at 1 GiB the log-likelihood pass set the sweep's peak RSS (2.3 GiB vs 1.5 GiB at rest).
-LOGITS_BUDGET = 2**26
-
-
-def _bounded_batches(
-    order: Sequence[int], lengths: Sequence[int], batch_size: int, vocab: int
-) -> Iterator[list[int]]:
-    """Consecutive slices of ``order`` (sorted by length) of at most ``batch_size`` rows whose
-    padded logits fit :data:`LOGITS_BUDGET`; a single row always forms a batch.
-
-    >>> list(_bounded_batches([0, 1, 2], [10, 10, 10], 8, LOGITS_BUDGET // 20))
-    [[0, 1], [2]]
-    """
-    batch: list[int] = []
-    for i in order:
-        width = max([lengths[j] for j in batch] + [lengths[i]])
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width * vocab > LOGITS_BUDGET):
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
+    def _score_batch(self, contexts: list[list[int]], conts: list[list[int]]) -> list[float]:
+        """One batch's log-likelihoods: the shared prefix run once where the model's code takes
+        transformers' KV cache, else every row in full (said once, see :meth:`_cache_failed`)."""
+        shared = (
+            shared_prefix(contexts) if self.share_prefix and self._cache_works is not False else 0
+        )
+        score = functools.partial(
+            continuation_logprobs, self.model, contexts, conts,
+            pad=self.tokenizer.pad_token_id, device=self.device,
+            cache_kwarg=self._cache_kwarg, keeps_logits=self._keeps_logits,
+        )  # fmt: skip
+        with self._adapter_context():
+            if not shared:
+                return score()
+            try:
+                logprobs = score(shared=shared)
+            except (TypeError, AttributeError) as exc:
+                if self._cache_works:  # it worked before: a real error, not the cache
+                    raise
+                self._cache_failed(exc)
+                return score()
+        self._cache_works = True
+        return logprobs
