@@ -280,3 +280,16 @@ def test_resume_from_a_checkpoint_trains_just_the_window(trained_run, tmp_path):
 
     bad = CliRunner().invoke(cli, ["train", str(out), f"resume_from={tmp_path}", "--check"])
     assert bad.exit_code != 0 and "'resume_from' must be a checkpoint folder" in bad.output
+
+
+def test_cli_says_which_signal_stopped_training(monkeypatch, tmp_path):
+    import diag.train.recipe as recipe
+
+    def stopped(config):
+        row = {"step": 4, "signal": "pressure", "parrot_pressure": 0.6, "stopped": True}
+        return recipe.TrainResult(tmp_path, [tmp_path / "checkpoint-4"], 4, 8.0, True, [row])
+
+    monkeypatch.setattr(recipe, "run_training", stopped)
+    res = CliRunner().invoke(cli, ["train", "max_steps=10", f"output_dir={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("stopped early on parrot pressure: 4 steps in 8 s")

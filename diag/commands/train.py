@@ -35,7 +35,11 @@ def train(config_path: str | None, overrides: tuple[str, ...], check: bool) -> N
     from diag.train.recipe import run_training
 
     result = run_training(config)
-    how = "stopped early on parrot leakage" if result.stopped_early else "finished"
+    how = "finished"
+    if result.stopped_early:
+        last = result.in_training_probes[-1] if result.in_training_probes else {}
+        watched = {"pressure": "parrot pressure", "leakage": "parrot leakage"}
+        how = f"stopped early on {watched.get(last.get('signal'), 'the in-training probe')}"
     click.echo(
         f"{how}: {result.steps} steps in {result.seconds:.0f} s ({result.seconds_per_step:.2f} s/step), "
         f"{len(result.checkpoints)} checkpoints in {result.output_dir}"
