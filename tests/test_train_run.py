@@ -270,6 +270,9 @@ def test_resume_from_a_checkpoint_trains_just_the_window(trained_run, tmp_path):
     manifest = json.loads((window / "diag-run.json").read_text())
     assert manifest["config"]["resume_from"] == str(out / "checkpoint-3")
     assert manifest["config"]["mix"]["general_ratio"] == 0.5  # the run's own settings
+    # it trained 2 steps, not 5: the speed it reports is per step it ran
+    assert manifest["timing"]["steps"] == 2 and manifest["timing"]["resumed_from_step"] == 3
+    assert "finished: 2 steps (steps 3-5) in " in result.output
 
     from safetensors.torch import load_file
 

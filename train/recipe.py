@@ -36,10 +36,16 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     in_training_probes: list[dict] = field(default_factory=list)
+    first_step: int = 0  # the step a resumed run started from (``resume_from``); 0 otherwise
+
+    @property
+    def trained_steps(self) -> int:
+        """Steps this run trained (``steps`` is where it ended, counted from the start)."""
+        return self.steps - self.first_step
 
     @property
     def seconds_per_step(self) -> float:
-        return self.seconds / self.steps if self.steps else 0.0
+        return self.seconds / self.trained_steps if self.trained_steps else 0.0
 
 
 def existing_checkpoints(folder: Path) -> list[Path]:
@@ -424,6 +430,15 @@ def _collected_probes(probe_cb, callbacks: list | None) -> list[dict]:
     return probes
 
 
+def _resumed_step(config: TrainConfig) -> int:
+    """The global step of the checkpoint a resumed run started from (0 for a fresh run)."""
+    resume = config.resume_from
+    if not resume:
+        return 0
+    state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step") or 0)
+
+
 def _finish_run(
     out: Path,
     trainer,
@@ -437,7 +452,10 @@ def _finish_run(
 
     stopped = any(p.get("stopped") for p in probes)
     steps = trainer.state.global_step
-    result = TrainResult(out, existing_checkpoints(out), steps, train_seconds, stopped, probes)
+    first = _resumed_step(manifest_args["config"])
+    result = TrainResult(
+        out, existing_checkpoints(out), steps, train_seconds, stopped, probes, first
+    )
     write_manifest(
         out,
         status="stopped_on_parrot" if stopped else "complete",
@@ -445,7 +463,8 @@ def _finish_run(
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),
             "seconds_per_step": round(result.seconds_per_step, 3),
-            "steps": steps,
+            "steps": result.trained_steps,
+            **({"resumed_from_step": first} if first else {}),
         },
         checkpoints=[p.name for p in result.checkpoints],
         in_training_probes=probes,

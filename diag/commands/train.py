@@ -40,8 +40,10 @@ def train(config_path: str | None, overrides: tuple[str, ...], check: bool) -> N
         last = result.in_training_probes[-1] if result.in_training_probes else {}
         watched = {"pressure": "parrot pressure", "leakage": "parrot leakage"}
         how = f"stopped early on {watched.get(last.get('signal'), 'the in-training probe')}"
+    resumed = f" (steps {result.first_step}-{result.steps})" if result.first_step else ""
     click.echo(
-        f"{how}: {result.steps} steps in {result.seconds:.0f} s ({result.seconds_per_step:.2f} s/step), "
+        f"{how}: {result.trained_steps} steps{resumed} in {result.seconds:.0f} s "
+        f"({result.seconds_per_step:.2f} s/step), "
         f"{len(result.checkpoints)} checkpoints in {result.output_dir}"
     )
     click.echo(f"next: diag sweep {result.output_dir}")
