@@ -235,14 +235,18 @@ class BaseRunner:
             self.state.add_error(record, message, error_type=type(exc).__name__)
             self.bar.done(label, False, error=True)
             return None
-        key = self._key(record.fingerprint, chat, stage)
-        reference = self.references[(stage.name, chat, target)]
         spec, task = self.targets[target]
-        entry = self.cache.get("checkpoint", key)
+        stages = self.stages_for(target)
+        entry = None
+        if stage is stages[0] and len(stages) > 1:  # a screen: the full suite may be cached
+            widest = stages[-1]
+            key, entry = self._cached(record.fingerprint, chat, target, widest, exhaustive)
+            if entry is not None:  # an earlier sweep measured it fully: its numbers, not less
+                stage, label = widest, label + f" ({widest.name} suite)"
+        if entry is None:
+            key, entry = self._cached(record.fingerprint, chat, target, stage, exhaustive)
+        reference = self.references[(stage.name, chat, target)]
         stopping = None if exhaustive else self._stopping(stage, target)
-        if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
-            key = self._key(record.fingerprint, chat, stage, sequential=stopping.hash)
-            entry = self.cache.get("checkpoint", key)
         if entry is not None:
             from diag.probes.suite import rescore
 
@@ -264,6 +268,17 @@ class BaseRunner:
             task=task,
         )
         return job, record, key, stage
+
+    def _cached(self, fingerprint: str, chat: ChatFormat, target: str, stage: Stage, exhaustive):
+        """(key, cache entry or None) of ``stage`` for these weights: the exhaustive entry, else
+        one that stopped early under the stage's stopping rule (unless ``exhaustive``)."""
+        key = self._key(fingerprint, chat, stage)
+        entry = self.cache.get("checkpoint", key)
+        stopping = None if exhaustive else self._stopping(stage, target)
+        if entry is None and stopping is not None:  # no exhaustive entry: one that stopped early?
+            key = self._key(fingerprint, chat, stage, sequential=stopping.hash)
+            entry = self.cache.get("checkpoint", key)
+        return key, entry
 
     def _stop_rule(self, stage: Stage, chat: ChatFormat, target: str, stopping):
         if stopping is None:

@@ -169,3 +169,23 @@ def test_settled_means_the_prompts_not_asked_cannot_overturn_the_check():
     assert not check.passed and settled(check, record, policy)
     check, record = _judged("parrot_leakage", 5, 64)  # 7.8 % [3.4 %, 17 %] straddles 10 %
     assert check.passed and not settled(check, record, policy)
+
+
+def test_a_staged_sweep_reads_full_suites_already_cached_instead_of_screening(
+    tiny_model_dir, tmp_path
+):
+    """Re-sweeping with the default --size staged where a --size full sweep (or an earlier staged
+    one) measured checkpoints fully: their full numbers are read from the cache, nothing is
+    probed again and no checkpoint falls back to its screen."""
+    root = tmp_path / "runs"
+    for name in ("learned-then-parrot", "diluted"):
+        write_run(root, name, RUNS[name])
+    out = tmp_path / "results"
+    full = _sweep(root, tiny_model_dir, out, "full")
+
+    def no_model(name):
+        raise AssertionError("everything was cached: no model should load")
+
+    staged = _sweep(root, tiny_model_dir, out, "staged", model=no_model)
+    assert {c["stage"] for c in staged.data["checkpoints"]} == {"full"}
+    assert _decision(staged.data) == _decision(full.data)
