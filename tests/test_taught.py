@@ -238,3 +238,32 @@ def test_a_run_that_taught_no_identity_is_judged_for_damage_only():
     assert rec["step"] is None
     assert "taught no identity, so it is judged for damage only" in rec["verdict"]
     assert "nothing was learned" not in " ".join(rec["next_steps"])
+
+
+def test_torchtune_dataset_val_is_the_runs_held_out_data(tmp_path):
+    """torchtune's recipes build ``dataset_val`` like ``dataset`` when ``run_val_every_n_steps``
+    is set (recipes/lora_finetune_single_device.py, ``_setup_data``): its files are eval rows; a
+    ``split`` slice of the training source is named, not reproduced."""
+    from diag.formats.recorded_data import read_data_record
+
+    runs = lay_out("torchtune", tmp_path)
+    config_path = runs / "torchtune_config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["run_val_every_n_steps"] = 10
+    config["dataset_val"] = dict(config["dataset"], data_files="/tmp/tt-src/held-out.jsonl")
+    config_path.write_text(yaml.safe_dump(config))
+    record = read_data_record(runs, "torchtune")
+    assert [(r.name, r.role) for r in record.refs] == [
+        ("/tmp/tt-src/identity.jsonl", "train"),
+        ("/tmp/tt-src/held-out.jsonl", "eval"),
+    ]
+    assert record.refs[1].origin == "torchtune_config.yaml dataset_val.data_files"
+
+    config["dataset_val"] = {
+        "_component_": "torchtune.datasets.alpaca_dataset",
+        "split": "train[95%:]",
+    }
+    config_path.write_text(yaml.safe_dump(config))
+    record = read_data_record(runs, "torchtune")
+    assert [r.role for r in record.refs] == ["train"]
+    assert record.split == {"dataset_val.split": "train[95%:]"}

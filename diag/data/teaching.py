@@ -225,7 +225,9 @@ def _add_task(taught: Taught, run: str, run_dir: Path, record, exchanges, eval_f
         derived.why_none,
     )
     if derived.spec is not None and not derived.spec.held_out and record.split:
-        how = ", ".join(f"{k} {v:g}" for k, v in record.split.items())
+        how = ", ".join(
+            f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.split.items()
+        )
         taught.task_parts["held out"] = (
             f"the run held out part of its data by a seeded split ({how}) that diag does not "
             "reproduce; pass those rows with --eval-data FILE to score generalisation"

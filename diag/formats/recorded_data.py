@@ -197,23 +197,34 @@ def _torchtune(run_dir: Path, record: DataRecord) -> None:
         config = yaml.safe_load((run_dir / "torchtune_config.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return
-    datasets = config.get("dataset") if isinstance(config, dict) else None
-    for entry in datasets if isinstance(datasets, list) else [datasets]:
-        if not isinstance(entry, dict):
-            continue
-        files = entry.get("data_files")
-        names = files if isinstance(files, list) else [files or entry.get("source")]
-        fmt = TORCHTUNE_STYLES.get(str(entry.get("conversation_style")))
-        column = entry.get("conversation_column")
-        columns = {"columns": {"messages": column}} if isinstance(column, str) else None
-        if fmt == "messages" and column not in (None, "messages"):
-            fmt = None  # an OpenAI list under another column: detected from the rows
-        for name in names:
-            if isinstance(name, str) and name not in ("json", "parquet", "csv", "text"):
-                where = "torchtune_config.yaml dataset." + ("data_files" if files else "source")
-                record.refs.append(DataRef(name, where, fmt, columns))
-        if isinstance(entry.get("new_system_prompt"), str):
-            record.system = entry["new_system_prompt"]
+    if not isinstance(config, dict):
+        return
+    # dataset_val: the validation set torchtune's recipes build like `dataset` when
+    # run_val_every_n_steps is set (recipes/lora_finetune_single_device.py, _setup_data)
+    for key, role in (("dataset", "train"), ("dataset_val", "eval")):
+        datasets = config.get(key)
+        for entry in datasets if isinstance(datasets, list) else [datasets]:
+            if isinstance(entry, dict):
+                _torchtune_entry(entry, key, role, record)
+
+
+def _torchtune_entry(entry: dict, key: str, role: str, record: DataRecord) -> None:
+    files = entry.get("data_files")
+    names = files if isinstance(files, list) else [files or entry.get("source")]
+    fmt = TORCHTUNE_STYLES.get(str(entry.get("conversation_style")))
+    column = entry.get("conversation_column")
+    columns = {"columns": {"messages": column}} if isinstance(column, str) else None
+    if fmt == "messages" and column not in (None, "messages"):
+        fmt = None  # an OpenAI list under another column: detected from the rows
+    if role == "eval" and not files and entry.get("split"):
+        record.split[f"{key}.split"] = entry["split"]  # a slice of the source: not reproduced
+        return
+    for name in names:
+        if isinstance(name, str) and name not in ("json", "parquet", "csv", "text"):
+            where = f"torchtune_config.yaml {key}." + ("data_files" if files else "source")
+            record.refs.append(DataRef(name, where, fmt, columns, role=role))
+    if role == "train" and isinstance(entry.get("new_system_prompt"), str):
+        record.system = entry["new_system_prompt"]
 
 
 _LF_CARD = re.compile(r"fine-tuned version of .*? on the (.+?) datasets?\.", re.S)
