@@ -117,36 +117,39 @@ class Profiler:
         from diag.backend.hf import HFBackend
 
         counts = self.counts
-        generate, loglikelihood = HFBackend.generate, HFBackend.loglikelihood
         clock = self.clock
         profiler = self
 
-        def counted_generate(backend, prompts, *args, **kwargs):
-            profiler._hook_model(backend)
-            clock.enter("generate")
-            try:
-                out = generate(backend, prompts, *args, **kwargs)
-            finally:
-                clock.leave()
+        def timed(part: str, original, count):
+            """``original`` timed as ``part`` (the model's own passes split out by the hooks),
+            then ``count(asked, answers)`` adds to the counts."""
+
+            def call(backend, asked, *args, **kwargs):
+                profiler._hook_model(backend)
+                clock.enter(part)
+                try:
+                    out = original(backend, asked, *args, **kwargs)
+                finally:
+                    clock.leave()
+                count(asked, out)
+                return out
+
+            return call
+
+        def count_generated(prompts, out) -> None:
             counts["generate_calls"] += 1
             counts["generated"] += len(prompts)
             counts["new_tokens"] += sum(g.new_tokens for g in out)
             counts["hit_limit"] += sum(bool(g.hit_limit) for g in out)
             counts["chinese_prompts"] += sum(bool(CJK.search(p)) for p in prompts)
-            return out
 
-        def counted_loglikelihood(backend, requests, *args, **kwargs):
-            profiler._hook_model(backend)
-            clock.enter("loglikelihood")
-            try:
-                out = loglikelihood(backend, requests, *args, **kwargs)
-            finally:
-                clock.leave()
+        def count_scored(requests, out) -> None:
             counts["ll_calls"] += 1
             counts["ll_requests"] += len(requests)
             counts["ll_tokens"] += sum(r.tokens for r in out)
-            return out
 
+        counted_generate = timed("generate", HFBackend.generate, count_generated)
+        counted_loglikelihood = timed("loglikelihood", HFBackend.loglikelihood, count_scored)
         for attr, fn in (("generate", counted_generate), ("loglikelihood", counted_loglikelihood)):
             self._patches.append((HFBackend, attr, getattr(HFBackend, attr)))
             setattr(HFBackend, attr, fn)
