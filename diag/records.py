@@ -174,7 +174,8 @@ class CheckpointRecord(Record):
     stopped: dict[str, dict[str, Any]] | None = record_field(
         None,
         "probe sets whose prompts stopped early because every blocking check reading them was "
-        "settled: {set: {asked, of, settled: [checks]}}",
+        "settled, or (asked 0, a staged sweep's screen) never asked because the checkpoint had "
+        "learned nothing yet: {set: {asked, of, settled: [checks]}}",
         "none",
     )
     cached: bool | None = record_field(None, "read from cache/ rather than probed now", "none")

@@ -19,7 +19,11 @@ TASK_CHECKS = ("task_facts", "regurgitation")
 
 def applies(name: str, record: CheckpointRecord) -> bool:
     """Whether check ``name`` judges ``record`` (results written before ``judged_on``: the
-    identity checks, as then)."""
+    identity checks, as then). A check that reads only sets the record never asked (a staged
+    sweep's screen stops after the identity prompts when nothing is learned yet) has no
+    evidence either way and is not judged."""
+    if _unasked(name, record):
+        return False
     taught = record.judged_on
     if taught is None:
         return name not in TASK_CHECKS
@@ -28,6 +32,17 @@ def applies(name: str, record: CheckpointRecord) -> bool:
     if name in TASK_CHECKS:
         return "task" in taught
     return True
+
+
+def _unasked(name: str, record: CheckpointRecord) -> bool:
+    """Every set check ``name`` reads was stopped before any of its prompts was asked."""
+    never = {s for s, info in (record.stopped or {}).items() if info.get("asked") == 0}
+    if not never:
+        return False
+    from diag.probes.registry import reads
+
+    sets = reads(name)
+    return bool(sets) and set(sets) <= never
 
 
 def evaluate_checkpoint(

@@ -142,9 +142,8 @@ class BaseRunner:
 
     def _stopping(self, stage: Stage, target: str):
         """The policy that stops asking a set once its checks are settled: a staged sweep's
-        full suite only (the exhaustive sweep and the screen ask everything)."""
-        last = self.stages_for(target)[-1]
-        return self.policy if self.staged(target) and stage is last else None
+        stages only (the exhaustive sweep and a quick one ask everything)."""
+        return self.policy if self.staged(target) else None
 
     def probe_base(self, chat: ChatFormat, target: str, rows: list[str]) -> None:
         from diag.probes.suite import rescore, subset_records
@@ -283,10 +282,16 @@ class BaseRunner:
     def _stop_rule(self, stage: Stage, chat: ChatFormat, target: str, stopping):
         if stopping is None:
             return None
-        from diag.diagnostics.staging import stop_rule
+        from diag.diagnostics.staging import ScreenStop, stop_rule
 
-        sizes = {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
-        return stop_rule(self.state.base_record(self.name, chat, target), stopping, sizes)
+        def sizes(stage: Stage) -> dict[str, int]:
+            return {name: len(probe_set.items) for name, probe_set in stage.sets.items()}
+
+        base = self.state.base_record(self.name, chat, target)
+        widest = self.stages_for(target)[-1]
+        if stage is not widest:  # the screen: a checkpoint that learned nothing yet stops early
+            return ScreenStop(base, stopping, sizes(stage), sizes(widest), self.judged_on[target])
+        return stop_rule(base, stopping, sizes(stage), self.judged_on[target])
 
     def _finish(self, task: ProbeTask, record, key: str, stage: Stage, outcome: Outcome) -> None:
         ckpt = task.ckpt

@@ -39,8 +39,9 @@ from diag.diagnostics.judged import Judged
 from diag.diagnostics.nearest import contenders, miss_order
 from diag.diagnostics.policy import Policy
 from diag.diagnostics.recommend import judge_sweep
+from diag.probes.registry import reads
 
-from diag.metrics import METRICS, with_symptom
+from diag.metrics import taught, with_symptom
 from diag.records import Check, CheckpointRecord, SweepRecord, find_base
 from diag.stats import wilson_interval
 
@@ -69,6 +70,7 @@ def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
         if pick is None:
             continue
         chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
+        chosen |= _unlearned_after_learning(records, checks)
         again: set[tuple] = set()
         if pick.step is None:
             judged_run = [
@@ -93,6 +95,20 @@ def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
         edges = (pick.onset.healthy_until, pick.onset.collapsing_from)
         out.update(key(r) for r in records if r.step in edges)
     return out
+
+
+def _unlearned_after_learning(records: list[CheckpointRecord], checks: dict) -> set[tuple]:
+    """Screens that stopped on "learned nothing yet" (:class:`ScreenStop`) after a checkpoint of
+    the run that had learned: a run that unlearns what it was taught is collapsing or broken, and
+    the screen did not ask what would say which; the full suite does."""
+    learned = [r.step for r in records if Judged(r, None, checks.get(key(r), []), False).learned]
+    if not learned:
+        return set()
+    return {
+        key(r)
+        for r in records
+        if r.step > learned[0] and any(i.get("asked") == 0 for i in (r.stopped or {}).values())
+    }
 
 
 def _nothing_eligible(judged: list[Judged], pick, policy: Policy) -> set[tuple]:
@@ -239,29 +255,25 @@ def _identity_settled(record: CheckpointRecord, limit: float, full_n: int) -> bo
     return worst >= limit or best < limit
 
 
-def reads(check: str) -> tuple[str, ...]:
-    """The probe sets whose answers a policy check reads."""
-    from diag.probes.registry import PROBES
-
-    if check not in METRICS:
-        return ()
-    # drift reads no answers of its own: the base's answers to the general prompts
-    return PROBES[METRICS[check].probe].sets or ("general",)
-
-
-def stop_rule(base: CheckpointRecord | None, policy: Policy, sizes: dict[str, int]):
+def stop_rule(
+    base: CheckpointRecord | None,
+    policy: Policy,
+    sizes: dict[str, int],
+    judged_on: list[str] | None = None,
+):
     """Sequential stopping for the full suite: ``enough(run so far)`` -> {set: checks}.
 
     Only a checkpoint that already fails a blocking check on settled evidence stops early (it
     cannot be eligible; a checkpoint that may still ship is asked every prompt, so its intervals
     are the full suite's). Then a probe set needs no more prompts once every blocking check that
     reads it is settled, pass or fail: its verdict stands however the rest would answer.
-    ``sizes``: how many prompts each probe set has in full.
+    ``sizes``: how many prompts each probe set has in full; ``judged_on``: what the run taught
+    (the record's, see :func:`diag.diagnostics.checks.applies`).
     """
     from diag.diagnostics.collected import fill_record
 
     def enough(run) -> dict[str, list[str]]:
-        record = fill_record(CheckpointRecord(), run.summary)
+        record = fill_record(CheckpointRecord(judged_on=judged_on), run.summary)
         blocking = [c for c in evaluate_checkpoint(record, base, policy) if c.blocking]
         # a metric over a set's answers rests on all of them when the set is asked in full
         full = {c.name: sizes.get("general", 0) for c in blocking if reads(c.name) == ("general",)}
@@ -275,3 +287,38 @@ def stop_rule(base: CheckpointRecord | None, policy: Policy, sizes: dict[str, in
         return done
 
     return enough
+
+
+class ScreenStop:
+    """Sequential stopping for the screen: ``enough(run so far)`` -> {set: checks}.
+
+    The sets that say whether the run has learned anything yet (identity; a task's questions) are
+    asked first, alone (``first``). A checkpoint that has learned nothing yet is asked nothing
+    else: its taught checks all fail on settled evidence (the full suite's remaining prompts
+    could not make them pass) and none of its taught metrics is significantly above the base's
+    (it is no nearest-miss contender either). Its other sets are recorded as stopped after 0
+    prompts and their checks are not judged (:func:`diag.diagnostics.checks.applies`). Anything
+    else gets the whole screen. ``screen``/``full``: prompts per set in the screen / full suite.
+    """
+
+    def __init__(self, base, policy: Policy, screen: dict, full: dict, judged_on: list | None):
+        self.base, self.policy, self.screen, self.full = base, policy, screen, full
+        self.judged_on = judged_on
+        self.first = tuple(s for s in screen if any(s in reads(m) for m in taught()))
+
+    def __call__(self, run) -> dict[str, list[str]]:
+        from diag.diagnostics.collected import fill_record
+        from diag.diagnostics.distance import progress
+
+        record = fill_record(CheckpointRecord(judged_on=self.judged_on), run.summary)
+        mine = [
+            c
+            for c in evaluate_checkpoint(record, self.base, self.policy)
+            if c.name in taught() and c.blocking
+        ]
+        full = {c.name: self.full.get(reads(c.name)[0], 0) for c in mine if reads(c.name)}
+        if not mine or any(c.passed or not settled(c, record, self.policy, full) for c in mine):
+            return {}
+        if progress(record, self.base) > 0:
+            return {}  # learned part of it: a contender, screened in full
+        return {s: [c.name for c in mine] for s in self.screen if s not in self.first}

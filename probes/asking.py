@@ -38,13 +38,18 @@ class SequentialAsking:
     task: TaskSpec | None = None
 
     def run(self, meta: dict, order: list[str], enough, chunk: int) -> ProbeRun:
+        """Ask ``order``'s sets ``chunk`` prompts at a time; after each round ``enough(run so
+        far)`` names the sets that need no more. ``enough.first`` (optional): sets asked alone in
+        the first round, so that ``enough`` can stop the others before any of theirs is asked."""
         queue = {s: self._ask_order(s) for s in order}
         asked: dict[str, list] = {s: [] for s in order}
         generations: list[dict] = []
         stopped: dict[str, dict] = {}
         run = None
+        first = [s for s in getattr(enough, "first", ()) if queue.get(s)]
         while any(queue.values()):
-            now = {s: q[:chunk] for s, q in queue.items() if q}
+            now = {s: q[:chunk] for s, q in queue.items() if q and (not first or s in first)}
+            first = []
             for s, items in now.items():
                 queue[s], asked[s] = queue[s][chunk:], asked[s] + items
             part = {s: replace(self.sets[s], items=tuple(now[s])) for s in now}
@@ -217,6 +222,8 @@ def drift_texts(records, sets, reference) -> list[dict]:
     second generation.
     """
     general_ids = {i.id for i in sets["general"].items}
+    if not general_ids:
+        return []  # no general prompt asked (yet): nothing to compare
     if reference is not None:
         chosen = [d for d in reference.drift if d["id"] in general_ids] or reference.drift
         return [drift_item(d, d["answer"], d.get("cut", False)) for d in chosen]

@@ -176,3 +176,11 @@ def _resolve(names: str | Sequence[str] | None) -> list[str]:
         raise DiagError("no probes selected", fix=f"choose from: {', '.join(PROBES)}")
     wanted = {get_probe(n).name for n in names}
     return [n for n in PROBES if n in wanted]
+
+
+def reads(check: str) -> tuple[str, ...]:
+    """The probe sets whose answers a policy check (a metric's name) reads."""
+    if check not in METRICS:
+        return ()
+    # drift reads no answers of its own: the base's answers to the general prompts
+    return PROBES[METRICS[check].probe].sets or ("general",)

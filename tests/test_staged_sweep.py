@@ -189,3 +189,46 @@ def test_a_staged_sweep_reads_full_suites_already_cached_instead_of_screening(
     staged = _sweep(root, tiny_model_dir, out, "staged", model=no_model)
     assert {c["stage"] for c in staged.data["checkpoints"]} == {"full"}
     assert _decision(staged.data) == _decision(full.data)
+
+
+
+def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_dir, tmp_path):
+    """The screen asks the identity prompts first; a checkpoint that has learned nothing yet (every
+    identity prompt missed, no more than the base) is asked none of its near-miss and general
+    prompts, and is judged on identity alone. A checkpoint that learned, then unlearned, is
+    measured in full: what it lost decides the onset."""
+    from rich.console import Console
+    from simulated_runs import Behaviour
+
+    from diag.reports.terminal import checkpoint_table
+
+    root = tmp_path / "runs"
+    early = {10 * i: Behaviour(drift=0.01 * i) for i in range(1, 4)}  # nothing learned yet
+    learned = {10 * i: Behaviour(recall=1.0, drift=0.05 * i) for i in range(4, 7)}
+    lost = {70: Behaviour(forget=0.9, drift=2.5), 80: Behaviour(forget=0.9, drift=3.0)}
+    write_run(root, "slow", {**early, **learned})
+    write_run(root, "unlearns", {**early, **learned, **lost})
+    staged = _sweep(root, tiny_model_dir, tmp_path / "staged", "staged").data
+    full = _sweep(root, tiny_model_dir, tmp_path / "full", "full").data
+    assert _decision(staged) == _decision(full)
+    assert staged["recommendation"]["runs"]["unlearns"]["onset"]["collapsing_from"] == 70
+
+    records = {(c["run"], c["step"]): c for c in staged["checkpoints"] if c["step"]}
+    for run in ("slow", "unlearns"):
+        for step in (10, 20):
+            record = records[(run, step)]
+            assert record["stage"] == "screen"
+            assert record["prompts"] == {"identity": 16}  # nothing else asked
+            assert {s: i["asked"] for s, i in record["stopped"].items()} == {
+                "near_miss": 0,
+                "general": 0,
+            }
+            assert record["metrics"]["parrot_leakage"] is None
+    # the lost ones are measured in full, whatever their screen said
+    assert records[("unlearns", 70)]["stage"] == records[("unlearns", 80)]["stage"] == "full"
+    # judged on what it was asked: no check fails for want of prompts it was never asked
+    console = Console(record=True, width=300)
+    console.print(checkpoint_table(staged))
+    rows = [line for line in console.export_text().splitlines() if "│ slow" in line]
+    assert "fails identity_recall (screen only)" in rows[0]
+    assert "near_miss" not in rows[0] and "retention" not in rows[0]
