@@ -191,16 +191,14 @@ def test_a_staged_sweep_reads_full_suites_already_cached_instead_of_screening(
     assert _decision(staged.data) == _decision(full.data)
 
 
-
 def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_dir, tmp_path):
     """The screen asks the identity prompts first; a checkpoint that has learned nothing yet (every
     identity prompt missed, no more than the base) is asked none of its near-miss and general
     prompts, and is judged on identity alone. A checkpoint that learned, then unlearned, is
     measured in full: what it lost decides the onset."""
+    from diag.reports.terminal import checkpoint_table
     from rich.console import Console
     from simulated_runs import Behaviour
-
-    from diag.reports.terminal import checkpoint_table
 
     root = tmp_path / "runs"
     early = {10 * i: Behaviour(drift=0.01 * i) for i in range(1, 4)}  # nothing learned yet
