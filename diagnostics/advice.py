@@ -155,6 +155,9 @@ def _save_often(name: str, run: RunRecord, start: int, end: int) -> str:
     """Save about SAVES_IN_WINDOW times between ``start`` and ``end``: how, and the command."""
     every = max(1, (end - start) // SAVES_IN_WINDOW)
     saved_every = (run.training or {}).get("save_every")
+    steps = [x for x in (run.training or {}).get("save_steps") or () if start <= x <= end]
+    if len(steps) > 1:  # saved at listed steps: their spacing in the window
+        saved_every = min(b - a for a, b in zip(steps, steps[1:]))
     if saved_every and every >= saved_every:
         every = max(1, saved_every // 2)
     often = "every step" if every == 1 else f"every {every} steps"
@@ -198,6 +201,8 @@ def _retrain(name: str, run: RunRecord, start: int, end: int, every: int) -> str
         if start:
             args.append(f"resume_from={folder / f'checkpoint-{start}'}")
         args += [f"save_every={every}", f"max_steps={end}", f"output_dir={out}"]
+        if (run.training or {}).get("save_steps"):
+            args.append("save_steps=null")  # the run's listed saves, replaced by save_every
         return " ".join(shlex.quote(a) for a in args)
     trainer = run.trainer or "your trainer"
     resume = f"resume from checkpoint-{start} and " if start else ""

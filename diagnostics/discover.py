@@ -96,7 +96,7 @@ class RunInfo(RunFacts):
         if not isinstance(config, dict):
             return None
         mix = config.get("mix") if isinstance(config.get("mix"), dict) else {}
-        keys = ("save_every", "max_steps", "lr", "method")
+        keys = ("save_every", "save_steps", "max_steps", "lr", "method")
         return {**{k: config.get(k) for k in keys}, "general_ratio": mix.get("general_ratio")}
 
     def to_dict(self) -> dict:

@@ -48,6 +48,18 @@ def test_window_between_learning_and_collapse_with_the_command_that_retrains_it(
     assert lines[lines.index("next steps:") + 2] == f"  - {save}"
 
 
+def test_a_run_saved_at_listed_steps_retrains_its_window_with_save_every_only():
+    late = [r for r in learned_then_parrot() if r["step"] != 300]
+    late[1] = ckpt(200, identity=(30, 30), near_miss=0.1, lost=70, gained=1, drift=0.2)
+    results = _diag_runs(sweep(*late), {"run-a": 0.0})
+    results["runs"]["run-a"]["training"]["save_steps"] = [100, 200, 400]
+    save = recommend(results)["next_steps"][1]
+    command = shlex.split(save.split(": ", 1)[1])
+    # the listed saves would override save_every in the re-trained window: cleared
+    assert command[-2:] == ["output_dir=runs/run-a-100-200", "save_steps=null"]
+    assert "save_every=10" in command
+
+
 def test_a_diluted_run_that_worked_is_the_evidence_for_diluting():
     parrots = [r for r in learned_then_parrot() if r["step"] != 300]
     parrots[1] = ckpt(200, identity=(30, 30), drift=0.6)  # learned, already drifting

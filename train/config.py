@@ -76,6 +76,9 @@ class TrainConfig:
     epochs: float | None = None
     seed: int = 0
     save_every: int = 5  # steps between checkpoints: save often (the seed's remedy 1)
+    # checkpoint at exactly these steps (and the last) instead of every save_every: sparse where
+    # nothing happens yet, dense where learning and the parrot onset are expected
+    save_steps: list[int] | None = None
     keep: int | None = None  # None keeps every checkpoint; a limit may delete the best one
     save_optimizer: bool = False  # True also saves optimizer state (resumable, ~2x disk)
     system: str | None = DEFAULT_SYSTEM  # training system prompt; null = the template's default
@@ -367,6 +370,21 @@ def _schedule_problems(c: TrainConfig) -> list[str]:
         p.append(
             f"'probe_every' ({c.probe_every}) must be a multiple of 'save_every' ({c.save_every}): probes run at save time"
         )
+    if c.save_steps is not None:
+        steps = c.save_steps
+        if not (
+            isinstance(steps, list)
+            and steps
+            and all(_is_int(x) and x >= 1 for x in steps)
+            and steps == sorted(set(steps))
+        ):
+            p.append(
+                f"'save_steps' must be null or a rising list of steps >= 1, got {shown(steps)}"
+            )
+        elif _is_int(c.max_steps) and steps[-1] > c.max_steps:
+            p.append(f"'save_steps' goes to step {steps[-1]}, past max_steps ({c.max_steps})")
+        if c.probe_every is not None:
+            p.append("'probe_every' probes at save time every few saves: use it with 'save_every'")
     if c.stop_on_parrot is True and c.probe_every is None:
         p.append("'stop_on_parrot' needs 'probe_every' (how often to check)")
     return p

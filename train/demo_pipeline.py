@@ -89,6 +89,9 @@ def run_demo(
     configs = {}
     for name, ratio in RUNS.items():
         extra = [f"output_dir={out / 'runs' / name}"]
+        keys = {o.split("=", 1)[0].strip() for o in overrides or ()}
+        if "save_every" in keys and "save_steps" not in keys:
+            extra.append("save_steps=null")  # the demo's listed saves give way to save_every
         if ratio is not None:
             extra.append(f"mix.general_ratio={ratio}")
         configs[name] = load_config(demo_config_path(), [*(overrides or []), *extra])
@@ -98,7 +101,7 @@ def run_demo(
         )
     for name, config in configs.items():
         click_echo(
-            f"[{name}] training {config.max_steps} steps, checkpoint every {config.save_every}, general_ratio {config.mix.general_ratio}"
+            f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
         )
         timing[name] = _train_or_reuse(config, name)
 
@@ -160,3 +163,10 @@ def curve_table(results: dict) -> list[dict]:
 
 def dump_curves(results: dict) -> str:
     return "\n".join(json.dumps(r) for r in curve_table(results))
+
+
+def saves(config) -> str:
+    """'checkpoint every 5' or 'checkpoints at steps 10, 20, 30, 35'."""
+    if config.save_steps:
+        return "checkpoints at steps " + ", ".join(map(str, config.save_steps))
+    return f"checkpoint every {config.save_every}"

@@ -325,7 +325,8 @@ def _training_arguments(config: TrainConfig, out: Path, device: str, deepspeed: 
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps,
-        save_strategy="steps",
+        # the schedule is SaveEvery's (below); Trainer's own would add saves every save_every
+        save_strategy="no" if config.save_steps else "steps",
         save_steps=config.save_every,
         save_total_limit=config.keep,
         save_only_model=not config.save_optimizer,
@@ -353,7 +354,11 @@ def _trainer_callbacks(
     from diag.train.save_schedule import SaveEvery
 
     probe_cb = None
-    all_callbacks = [RichProgressCallback(label), SaveEvery(config.save_every), *(callbacks or [])]
+    all_callbacks = [
+        RichProgressCallback(label),
+        SaveEvery(config.save_every, config.save_steps),
+        *(callbacks or []),
+    ]
     if config.probe_every:
         probe_cb = ParrotStopCallback(
             identity,

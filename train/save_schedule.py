@@ -1,4 +1,5 @@
-"""The recipe's checkpoint schedule: every ``save_every`` steps and at the final step.
+"""The recipe's checkpoint schedule: every ``save_every`` steps (or at ``save_steps``) and at the
+final step.
 
 A module of its own because it subclasses transformers' ``TrainerCallback``, and
 :mod:`diag.train.recipe` must import transformers only inside functions (``diag --help`` never
@@ -11,12 +12,15 @@ from transformers import TrainerCallback
 
 
 class SaveEvery(TrainerCallback):
-    """Checkpoint every ``every`` steps and at the final step. Trainer alone would not: a
-    resumed run keeps the interval stored in the checkpoint's trainer_state.json."""
+    """Checkpoint every ``every`` steps (or at exactly ``steps``) and at the final step. Trainer
+    alone would not: a resumed run keeps the interval stored in the checkpoint's
+    trainer_state.json."""
 
-    def __init__(self, every: int):
-        self.every = every
+    def __init__(self, every: int, steps: list[int] | None = None):
+        self.every, self.steps = every, set(steps) if steps else None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+        step = state.global_step
+        due = step in self.steps if self.steps is not None else step % self.every == 0
+        if due or step >= state.max_steps:
             control.should_save = True
