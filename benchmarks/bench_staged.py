@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/bench_staged.py RUNS_DIR --work DIR [--sizes quick,staged,full]
     .venv/bin/python benchmarks/bench_staged.py --tiny 50 --work DIR     # 50 tiny-model adapters
+    .venv/bin/python benchmarks/bench_staged.py --simulated 200 --work DIR
+
+``--simulated N``: one run of N checkpoints that learns the identity by a quarter of the way and
+parrots from three fifths on, with per-checkpoint noise, on the tiny model's layout; a scripted
+model answers as each checkpoint would (tests/simulated_runs.py), so what is measured is what
+the sweep asks (prompts, full suites), not the model's speed.
 
 Each size sweeps RUNS_DIR from scratch into DIR/<size> (its own cache, so nothing is reused
 between sizes), in this one process, with the real model. Prompts are counted at the backend:
@@ -43,11 +49,11 @@ def decision(data: dict) -> dict:
 class Counter:
     """Counts what the backend is asked, by patching HFBackend for the length of a sweep."""
 
-    def __init__(self):
+    def __init__(self, cls=None):
         from diag.backend.hf import HFBackend
 
-        self.cls, self.generated, self.scored = HFBackend, 0, 0
-        self.originals = (HFBackend.generate, HFBackend.loglikelihood)
+        self.cls, self.generated, self.scored = cls or HFBackend, 0, 0
+        self.originals = (self.cls.generate, self.cls.loglikelihood)
 
     def __enter__(self):
         generate, loglikelihood = self.originals
@@ -73,7 +79,7 @@ def run_size(runs: Path, out: Path, size: str, args) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     wall, cpu = time.perf_counter(), cpu_seconds()
-    with Counter() as counted:
+    with Counter(args.model_class) as counted:
         result = sweep(
             runs,
             base=args.base,
@@ -83,6 +89,7 @@ def run_size(runs: Path, out: Path, size: str, args) -> dict:
             languages=args.languages,
             progress="plain" if args.verbose else "quiet",
             settle_seconds=0,
+            load_model=args.load_model,
         )
     records = [c for c in result.data["checkpoints"] if c["step"]]
     return {
@@ -112,6 +119,21 @@ def tiny_runs(work: Path, count: int) -> tuple[Path, Path]:
     return runs, base
 
 
+def simulated_runs(args) -> Path:
+    """One simulated run of ``args.simulated`` checkpoints on the tiny model's layout."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from simulated_runs import SimulatedModel, learned_then_parrot, write_run
+    from tiny import build_tiny_model
+
+    n = args.simulated
+    args.base = str(build_tiny_model(args.work / "tiny-model"))
+    runs = args.work / "simulated-runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    write_run(runs, "long", learned_then_parrot(n, learn_by=n // 4, parrot_from=3 * n // 5, noise=7))
+    args.load_model, args.model_class = SimulatedModel, SimulatedModel
+    return runs
+
+
 def sweep_parser(doc: str) -> argparse.ArgumentParser:
     """The arguments every sweep benchmark takes: RUNS_DIR or --tiny N, --work, the identity."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -121,6 +143,7 @@ def sweep_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--languages")
     parser.add_argument("--base")
     parser.add_argument("--tiny", type=int, help="sweep this many tiny-model adapters instead")
+    parser.add_argument("--simulated", type=int, help="sweep a simulated run of this many")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -128,6 +151,9 @@ def sweep_parser(doc: str) -> argparse.ArgumentParser:
 def runs_to_sweep(parser: argparse.ArgumentParser, args) -> Path:
     """RUNS_DIR, or the --tiny runs built under --work (then ``args.base`` is their model)."""
     args.work.mkdir(parents=True, exist_ok=True)
+    args.load_model, args.model_class = None, None
+    if args.simulated:
+        return simulated_runs(args)
     if args.tiny:
         runs, base = tiny_runs(args.work, args.tiny)
         args.base = str(base)
