@@ -129,7 +129,9 @@ def simulated_runs(args) -> Path:
     args.base = str(build_tiny_model(args.work / "tiny-model"))
     runs = args.work / "simulated-runs"
     shutil.rmtree(runs, ignore_errors=True)
-    write_run(runs, "long", learned_then_parrot(n, learn_by=n // 4, parrot_from=3 * n // 5, noise=7))
+    write_run(
+        runs, "long", learned_then_parrot(n, learn_by=n // 4, parrot_from=3 * n // 5, noise=7)
+    )
     args.load_model, args.model_class = SimulatedModel, SimulatedModel
     return runs
 
