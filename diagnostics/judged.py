@@ -115,5 +115,6 @@ def diagnosis(checks: list[Check]) -> str:
 def label(j: Judged) -> str:
     """'step 400: identity 100% [89%–100%], ... — parrot (fails near_miss, ...)'."""
     failed = [c.name for c in j.failed()]
-    text = f"step {j.step}: {describe(j.record)}"
+    screen = " (screen only)" if j.record.screened_only else ""
+    text = f"step {j.step}{screen}: {describe(j.record)}"
     return f"{text} — {diagnosis(j.checks)} (fails {', '.join(failed)})" if failed else text

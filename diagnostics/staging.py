@@ -7,7 +7,8 @@ The rule, applied per run to the current mix of screened and fully measured chec
 repeated (the sweep measures what it names, judges again, asks again) until it names nothing new:
 
 1. **Decisive**: the run's pick (or its nearest miss when nothing is eligible), the checkpoints
-   just before and after it, and the two checkpoints either side of the onset.
+   just before and after it (not one whose screen shows for certain it has not learned the
+   identity), and the two checkpoints either side of the onset.
 2. **Not told apart from the pick**: a screened checkpoint whose screen verdict the full suite
    could overturn in a way that changes the decision:
    - before the pick, one that is eligible on the screen, or whose every failed blocking check is
@@ -69,32 +70,58 @@ def to_promote(sweep: SweepRecord, policy: Policy) -> list[CheckpointRecord]:
         pick = judged.runs.get(run)
         if pick is None:
             continue
-        chosen = _decisive(records, pick) | _undecided(records, pick, checks, policy)
+        base = find_base(sweep.checkpoints, run)
+        chosen = _decisive(records, pick, checks, policy, base)
+        chosen |= _undecided(records, pick, checks, policy)
         chosen |= _unlearned_after_learning(records, checks)
         again: set[tuple] = set()
         if pick.step is None:
-            judged_run = [
-                Judged(r, find_base(sweep.checkpoints, run), checks.get(key(r), []), False)
-                for r in records
-            ]
+            judged_run = [Judged(r, base, checks.get(key(r), []), False) for r in records]
             chosen |= _nothing_eligible(judged_run, pick, policy)
             again = _stopped_contenders(judged_run, policy)
         wanted += [r for r in records if (key(r) in chosen and r.screened_only) or key(r) in again]
     return wanted
 
 
-def _decisive(records: list[CheckpointRecord], pick) -> set[tuple]:
-    """The pick (or nearest miss), its two neighbours and the checkpoints either side of the onset."""
+def _decisive(records: list, pick, checks: dict, policy: Policy, base=None) -> set[tuple]:
+    """The pick (or nearest miss), its two neighbours and the checkpoints either side of the onset.
+
+    A neighbour of the pick whose screen already fails identity recall for certain (however the
+    full suite's other identity prompts were answered) cannot be eligible and is not measured: its
+    screen says all the pick's reasons need ("earlier, step 30 (screen only): ... not yet
+    learned"). Every other neighbour is, as a margin where the screen's intervals could mislead.
+    ``base``: the run's base record (probed with the full suite: how many identity prompts it has).
+    """
     steps = [r.step for r in records]
     anchor = pick.step if pick.step is not None else getattr(pick.nearest_miss, "step", None)
     out: set[tuple] = set()
     if anchor in steps:
         i = steps.index(anchor)
-        out.update(key(r) for r in records[max(0, i - 1) : i + 2])
+        measured = [r for r in [base, *records] if r is not None and not r.screened_only]
+        full_n = full_counts(measured).get("identity_recall", 0)
+        for r in records[max(0, i - 1) : i + 2]:
+            skip = (
+                r.step != anchor
+                and pick.step is not None
+                and _surely_unlearned(r, checks, policy, full_n)
+            )
+            if not skip:
+                out.add(key(r))
     if pick.onset is not None:
         edges = (pick.onset.healthy_until, pick.onset.collapsing_from)
         out.update(key(r) for r in records if r.step in edges)
     return out
+
+
+def _surely_unlearned(record: CheckpointRecord, checks: dict, policy: Policy, full_n: int) -> bool:
+    """A screened checkpoint whose identity recall fails however the full suite's other identity
+    prompts were answered (exact, not an interval: see :func:`recall_range`)."""
+    failed = any(c.name == "identity_recall" and not c.passed for c in checks.get(key(record), []))
+    return (
+        record.screened_only
+        and failed
+        and _identity_settled(record, policy.identity_min_low, full_n)
+    )
 
 
 def _unlearned_after_learning(records: list[CheckpointRecord], checks: dict) -> set[tuple]:

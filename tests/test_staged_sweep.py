@@ -222,6 +222,11 @@ def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_di
                 "general": 0,
             }
             assert record["metrics"]["parrot_leakage"] is None
+    # the pick's neighbour before it learned nothing for certain: its screen is all its reason
+    # needs, and the reason says so
+    assert records[("slow", 40)]["stage"] == "full" and records[("slow", 30)]["stage"] == "screen"
+    reasons = staged["recommendation"]["runs"]["slow"]["reasons"]
+    assert any(r.startswith("earlier, step 30 (screen only): identity 0%") for r in reasons)
     # the lost ones are measured in full, whatever their screen said
     assert records[("unlearns", 70)]["stage"] == records[("unlearns", 80)]["stage"] == "full"
     # judged on what it was asked: no check fails for want of prompts it was never asked
