@@ -39,6 +39,17 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("diag").joinpath("examples", "demo.yaml")))
 
 
+def demo_config(overrides=(), extra=()):
+    """The demo's config with the user's ``overrides`` (then ``extra``) applied. An explicit
+    ``save_every`` replaces the demo's listed ``save_steps``; every error is raised at once."""
+    from diag.train.config import load_config
+
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if "save_every" in keys and "save_steps" not in keys:
+        extra = ["save_steps=null", *extra]
+    return load_config(demo_config_path(), [*overrides, *extra])
+
+
 def _train_or_reuse(config, name: str) -> dict:
     """Train one run unless a finished one is already there; returns its timing."""
     from diag.train.manifest import read_manifest
@@ -81,7 +92,6 @@ def run_demo(
 
     overrides: ``key=value`` pairs applied to both runs (``diag/examples/demo.yaml``).
     """
-    from diag.train.config import load_config
 
     out = Path(out)
     started = time.perf_counter()
@@ -89,12 +99,9 @@ def run_demo(
     configs = {}
     for name, ratio in RUNS.items():
         extra = [f"output_dir={out / 'runs' / name}"]
-        keys = {o.split("=", 1)[0].strip() for o in overrides or ()}
-        if "save_every" in keys and "save_steps" not in keys:
-            extra.append("save_steps=null")  # the demo's listed saves give way to save_every
         if ratio is not None:
             extra.append(f"mix.general_ratio={ratio}")
-        configs[name] = load_config(demo_config_path(), [*(overrides or []), *extra])
+        configs[name] = demo_config(overrides or [], extra)
     if configs["diluted"].mix.general_ratio <= 0:
         raise DiagError(
             "the demo's diluted run needs mix.general_ratio > 0", fix="e.g. mix.general_ratio=0.5"

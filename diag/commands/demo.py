@@ -32,10 +32,9 @@ def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
     apply to both runs, e.g. `diag demo max_steps=80 save_every=10`. Re-running reuses finished
     runs and cached sweep results.
     """
-    from diag.train.config import load_config
-    from diag.train.demo_pipeline import demo_config_path, run_demo
+    from diag.train.demo_pipeline import demo_config, run_demo
 
-    load_config(demo_config_path(), list(overrides))  # all config errors before anything loads
+    demo_config(list(overrides))  # all config errors before anything loads
     result = run_demo(out, list(overrides), size=size)
     from diag.records import SweepRecord
     from diag.reports.terminal import print_summary
