@@ -204,15 +204,22 @@ def _check_rows(records, judged: dict, check_names: list[str], recommended) -> l
                 "recommended": recommended == (str(r.run), r.step),
                 "screened": r.screened_only,
                 "prompts": sum((r.prompts or {}).values()),
-                "stopped": [
-                    f"{name}: stopped after {info.get('asked')} of {info.get('of')} prompts, "
-                    f"{', '.join(info.get('settled') or [])} settled"
-                    for name, info in (r.stopped or {}).items()
-                ],
+                "stopped": [_stopped(name, info) for name, info in (r.stopped or {}).items()],
                 "cells": [by_name.get(n) for n in check_names],
             }
         )
     return rows
+
+
+def _stopped(name: str, info: dict) -> str:
+    """'general: stopped after 64 of 116 prompts, parrot_leakage settled'; a set the screen never
+    asked: 'general: not asked (nothing learned yet: identity_recall fails for certain)'."""
+    settled = ", ".join(info.get("settled") or [])
+    if info.get("asked") == 0:
+        return f"{name}: not asked (nothing learned yet: {settled} fails for certain)"
+    return (
+        f"{name}: stopped after {info.get('asked')} of {info.get('of')} prompts, {settled} settled"
+    )
 
 
 def _stages(records: list[CheckpointRecord]) -> dict | None:

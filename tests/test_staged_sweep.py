@@ -206,7 +206,8 @@ def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_di
     lost = {70: Behaviour(forget=0.9, drift=2.5), 80: Behaviour(forget=0.9, drift=3.0)}
     write_run(root, "slow", {**early, **learned})
     write_run(root, "unlearns", {**early, **learned, **lost})
-    staged = _sweep(root, tiny_model_dir, tmp_path / "staged", "staged").data
+    result = _sweep(root, tiny_model_dir, tmp_path / "staged", "staged")
+    staged = result.data
     full = _sweep(root, tiny_model_dir, tmp_path / "full", "full").data
     assert _decision(staged) == _decision(full)
     assert staged["recommendation"]["runs"]["unlearns"]["onset"]["collapsing_from"] == 70
@@ -235,3 +236,8 @@ def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_di
     rows = [line for line in console.export_text().splitlines() if "│ slow" in line]
     assert "fails identity_recall (screen only)" in rows[0]
     assert "near_miss" not in rows[0] and "retention" not in rows[0]
+    from diag.reports.build import write_report
+
+    html = write_report(result).read_text(encoding="utf-8")
+    said = "general: not asked (nothing learned yet: identity_recall fails for certain)"
+    assert html.count(said) >= 4
