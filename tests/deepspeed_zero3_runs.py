@@ -73,6 +73,10 @@ def _train(rank: int, ranks: int, model_dir: str, out: str, kind: str, port: int
         live[step] = _live_weights(engine, kind)  # collective: every rank gathers
     if rank == 0:
         torch.save(live, run_dir / "live.pt")
+    # every rank leaves together and stops gloo's threads before the interpreter exits: a rank
+    # left to exit with them running can abort ("terminate called without an active exception")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _live_weights(engine, kind: str) -> dict:
