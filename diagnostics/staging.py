@@ -297,11 +297,9 @@ def stop_rule(
     ``sizes``: how many prompts each probe set has in full; ``judged_on``: what the run taught
     (the record's, see :func:`diag.diagnostics.checks.applies`).
     """
-    from diag.diagnostics.collected import fill_record
 
     def enough(run) -> dict[str, list[str]]:
-        record = fill_record(CheckpointRecord(judged_on=judged_on), run.summary)
-        blocking = [c for c in evaluate_checkpoint(record, base, policy) if c.blocking]
+        record, blocking = _judge_so_far(run, base, policy, judged_on)
         # a metric over a set's answers rests on all of them when the set is asked in full
         full = {c.name: sizes.get("general", 0) for c in blocking if reads(c.name) == ("general",)}
         if not any(not c.passed and settled(c, record, policy, full) for c in blocking):
@@ -314,6 +312,14 @@ def stop_rule(
         return done
 
     return enough
+
+
+def _judge_so_far(run, base, policy: Policy, judged_on) -> tuple[CheckpointRecord, list[Check]]:
+    """A checkpoint's record from the answers asked so far, and its blocking checks."""
+    from diag.diagnostics.collected import fill_record
+
+    record = fill_record(CheckpointRecord(judged_on=judged_on), run.summary)
+    return record, [c for c in evaluate_checkpoint(record, base, policy) if c.blocking]
 
 
 class ScreenStop:
@@ -334,15 +340,10 @@ class ScreenStop:
         self.first = tuple(s for s in screen if any(s in reads(m) for m in taught()))
 
     def __call__(self, run) -> dict[str, list[str]]:
-        from diag.diagnostics.collected import fill_record
         from diag.diagnostics.distance import progress
 
-        record = fill_record(CheckpointRecord(judged_on=self.judged_on), run.summary)
-        mine = [
-            c
-            for c in evaluate_checkpoint(record, self.base, self.policy)
-            if c.name in taught() and c.blocking
-        ]
+        record, blocking = _judge_so_far(run, self.base, self.policy, self.judged_on)
+        mine = [c for c in blocking if c.name in taught()]
         full = {c.name: self.full.get(reads(c.name)[0], 0) for c in mine if reads(c.name)}
         if not mine or any(c.passed or not settled(c, record, self.policy, full) for c in mine):
             return {}

@@ -92,7 +92,6 @@ def run_demo(
 
     overrides: ``key=value`` pairs applied to both runs (``diag/examples/demo.yaml``).
     """
-
     out = Path(out)
     started = time.perf_counter()
     timing: dict = {}
