@@ -23,6 +23,17 @@ def _choose(logits: torch.Tensor, config) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
+def _last_only(keep_kwarg: dict, inputs: torch.Tensor) -> dict:
+    """``logits_to_keep`` for a pass over ``inputs``: the last position, as an index tensor when
+    there are several. ``logits_to_keep=1`` slices the hidden states (a view strided across rows),
+    and the output layer then runs as a batched product over one copy of its weight per row: on a
+    CPU that took 0.36 s (fp32) to 3 s (bf16) per 64-row prefill, against ~0.03 s for the product
+    over the gathered rows an index gives."""
+    if not keep_kwarg or inputs.shape[1] == 1:
+        return keep_kwarg
+    return {"logits_to_keep": torch.tensor([inputs.shape[1] - 1], device=inputs.device)}
+
+
 def decode_cached(
     model, ids, mask, config, stop_ids, *, shared: int = 0, cache_kwarg: str, keep_kwarg: dict
 ):
@@ -62,7 +73,7 @@ def decode_cached(
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            **keep_kwarg,
+            **_last_only(keep_kwarg, inputs),
             **{cache_kwarg: cache},
         )
         if not isinstance(getattr(out, "past_key_values", cache), type(cache)):
@@ -97,7 +108,7 @@ def decode_recompute(model, ids, mask, config, stop_ids, *, keep_kwarg: dict):
             attention_mask=mask,
             position_ids=positions,
             use_cache=False,
-            **keep_kwarg,
+            **_last_only(keep_kwarg, ids),
         ).logits[:, -1, :]
         chosen = _choose(logits, config)
         for row, token in zip(alive.tolist(), chosen.tolist()):
