@@ -150,6 +150,9 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
         assert learned[-1] == lm.tokenizer.eos_token_id  # the end of the answer is trained
         assert lm.tokenizer.decode(learned[:-1]).strip() == conv["messages"][1]["content"]
     assert self_rehearsal(lm, chat, max_length) == convs  # cached
+    # by default the bank is asked in one batch; in batches of 5 the same answers are kept
+    monkeypatch.setenv("DIAG_HOME", str(tmp_path / "batches"))
+    assert self_rehearsal(lm, chat, max_length, batch_size=5) == convs
 
 
 # ----------------------------------------------------------------------------- general data

@@ -436,6 +436,18 @@ class HFBackend:
             str(exc).splitlines()[0][:120] if str(exc) else "",
         )
 
+    def batch_that_fits(self, max_new_tokens: int, most: int) -> int:
+        """Up to ``most`` answers of up to ``max_new_tokens`` at once, as far as their KV cache fits
+        this device's memory beside the loaded weights."""
+        from diag.backend.loading import fitting_batch_size
+
+        config = self.model.config.to_dict()
+        config = config.get("text_config") or config
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        dtype_bytes = next(self.model.parameters()).element_size()
+        fits = fitting_batch_size(self.device, weights, config, max_new_tokens, None, dtype_bytes)
+        return max(1, min(fits, most))
+
     def _vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 

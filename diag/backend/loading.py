@@ -143,20 +143,41 @@ def auto_batch_size(device: str, base, max_new_tokens: int, memory: int | None =
     >>> auto_batch_size("cpu", None, 48)
     64
     """
-    from diag.backend.sizing import CPU_BATCH, fit_batch_size, model_footprint
+    from diag.backend.sizing import CPU_BATCH, model_footprint
     from diag.models import resolve_base
 
     if device.partition(":")[0] != "cuda":
         return CPU_BATCH
-    if memory is None:
-        index = device.partition(":")[2]
-        memory = torch.cuda.get_device_properties(int(index or 0)).total_memory
     source = resolve_base(base)
     folder = source.cache_dir if source.gguf_file and source.cache_dir else source.path
     weights, config = model_footprint(folder)
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     dtype_bytes = 2 if bf16 else 4  # HFBackend.load: bf16 where the device has it, else fp32
-    return fit_batch_size(memory, weights * dtype_bytes // 2, config, max_new_tokens, dtype_bytes)
+    return fitting_batch_size(
+        device, weights * dtype_bytes // 2, config, max_new_tokens, memory, dtype_bytes
+    )
+
+
+def fitting_batch_size(
+    device: str,
+    weight_bytes: int,
+    config: dict,
+    max_new_tokens: int,
+    memory: int | None = None,
+    dtype_bytes: int = 2,
+) -> int:
+    """How many answers of up to ``max_new_tokens`` have a KV cache that fits the memory of
+    ``device`` beside ``weight_bytes`` of weights: a CUDA device's own memory, else the machine's
+    RAM (:func:`diag.backend.sizing.fit_batch_size`)."""
+    from diag.backend.sizing import fit_batch_size
+
+    if memory is None:
+        if device.partition(":")[0] == "cuda":
+            index = device.partition(":")[2]
+            memory = torch.cuda.get_device_properties(int(index or 0)).total_memory
+        else:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return fit_batch_size(memory, weight_bytes, config, max_new_tokens, dtype_bytes)
 
 
 def non_finite(named_tensors) -> str | None:
