@@ -207,6 +207,28 @@ def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters):
     assert len(swapping._adapter_names) == 1  # old adapters are deleted: memory stays flat
 
 
+def test_a_small_adapter_on_bf16_weights_keeps_its_effect(tiny_model_dir, tmp_path):
+    """On bf16 weights (diag's default on a GPU) a LoRA adapter is not folded into them: its small
+    product would be rounded away. Here it moves a log-likelihood by +0.053 in fp32; folded into
+    bf16 weights that became -0.009, beside them it stays within a third of +0.053."""
+    from safetensors.torch import load_file, save_file
+    from tiny import build_lora_adapter
+
+    adapter = build_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    weights = adapter / "adapter_model.safetensors"
+    small = {k: v * 1e-4 if "lora_B" in k else v for k, v in load_file(weights).items()}
+    save_file(small, weights)
+    request = [LoglikelihoodRequest("Who are you?", "I am a small model that says hello.")]
+    shift = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        lm = HFBackend.load(tiny_model_dir, device="cpu", dtype=dtype)
+        before = lm.loglikelihood(request)[0].logprob
+        lm.use_adapter(adapter)
+        shift[dtype] = lm.loglikelihood(request)[0].logprob - before
+    assert shift[torch.float32] > 0.02
+    assert abs(shift[torch.bfloat16] - shift[torch.float32]) < shift[torch.float32] / 3
+
+
 def test_adapter_shape_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
     from tiny import build_lora_adapter, build_tiny_model
 
