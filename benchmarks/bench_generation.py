@@ -6,6 +6,9 @@ For the base model and each LoRA CHECKPOINT (default: none, the base only), in o
 - ``padded``: every prompt left-padded and run whole (diag before the shared-prefix change);
 - ``shared_prefix``: the chat template's system block run once per batch, its KV cache copied
   to every row (what diag does now); the answers must be identical to ``padded``;
+- ``last_by_slice``: ``shared_prefix`` with the prompt pass keeping its last position's logits by
+  ``logits_to_keep=1`` (a strided slice: the output layer then ran as a batched product over one
+  copy of its weight per row; diag before issue 28's third part); the answers must be identical;
 - with ``--naive``: what a one-process-per-checkpoint loop pays (a fresh Python process that
   loads the base, applies the adapter and generates), as lm-evaluation-harness runs do.
 Prints one JSON line per model and a summary with the ratios. Wall and CPU seconds are both
@@ -15,6 +18,7 @@ given: on shared cores compare CPU seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -43,6 +47,20 @@ def timed(lm, prompts, config) -> tuple[list, float, float]:
     wall, cpu = time.perf_counter(), cpu_seconds()
     gens = lm.generate(prompts, config)
     return gens, time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+@contextlib.contextmanager
+def last_by_slice():
+    """The prompt pass keeps ``logits_to_keep=1`` as given (a slice), as before issue 28's third
+    part."""
+    from diag.backend import decoding
+
+    index = decoding._last_only
+    decoding._last_only = lambda keep_kwarg, inputs: keep_kwarg
+    try:
+        yield
+    finally:
+        decoding._last_only = index
 
 
 def naive_run(adapter: str | None) -> float:
@@ -82,11 +100,16 @@ def main() -> None:
         padded, padded_wall, padded_cpu = timed(lm, prompts, config)
         lm.share_prefix = True
         shared, shared_wall, shared_cpu = timed(lm, prompts, config)
+        with last_by_slice():
+            sliced, sliced_wall, sliced_cpu = timed(lm, prompts, config)
         row = {
             "model": adapter or "base",
             "padded": {"wall_s": round(padded_wall, 2), "cpu_s": round(padded_cpu, 2)},
             "shared_prefix": {"wall_s": round(shared_wall, 2), "cpu_s": round(shared_cpu, 2)},
-            "identical_answers": sum(a.text == b.text for a, b in zip(padded, shared)),
+            "last_by_slice": {"wall_s": round(sliced_wall, 2), "cpu_s": round(sliced_cpu, 2)},
+            "identical_answers": sum(
+                a.text == b.text == c.text for a, b, c in zip(padded, shared, sliced)
+            ),
             "of": len(prompts),
         }
         if args.naive:
@@ -99,6 +122,7 @@ def main() -> None:
         "per_checkpoint_wall_s": {"padded": round(mean("padded", "wall_s"), 2),
                                   "shared_prefix": round(mean("shared_prefix", "wall_s"), 2)},
         "shared_prefix_speedup_cpu": round(mean("padded", "cpu_s") / mean("shared_prefix", "cpu_s"), 2),
+        "last_by_index_speedup_cpu": round(mean("last_by_slice", "cpu_s") / mean("shared_prefix", "cpu_s"), 2),
         "all_answers_identical": all(r["identical_answers"] == r["of"] for r in rows),
     }  # fmt: skip
     if args.naive:

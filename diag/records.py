@@ -430,6 +430,12 @@ class SweepSettings(Record):
     reference_version: int = record_field(0, "version of the base reference's format")
     identity: str = record_field("", "hash of the identity spec")
     probe_files: list[str] = record_field(doc="user probe files", factory=list)
+    dtype: str | None = record_field(
+        None,
+        'the dtype models ran in, where not float32 ("bfloat16" on a GPU that computes it; LoRA '
+        "adapters then stay beside the weights, unfolded)",
+        "none",
+    )
     screen: dict[str, Any] | None = record_field(
         None,
         "a staged sweep's screen: its languages and the hash of each of its probe sets",

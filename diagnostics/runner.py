@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from diag.diagnostics.cache import Fingerprinter, cache_key
 from diag.diagnostics.discover import Checkpoint
@@ -111,7 +112,10 @@ class BaseRunner:
 
     def _key(self, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
         """The cache key; ``sequential``: the policy that stopped a run early, when one did."""
-        tokenizer = {"tokenizer": self.tokenizer} if self.tokenizer is not None else {}
+        return self._key_with(self.tokenizer, fingerprint, chat, stage, **more)
+
+    def _key_with(self, tokenizer, fingerprint: str, chat: ChatFormat, stage: Stage, **more) -> str:
+        tokenizer = {"tokenizer": tokenizer} if tokenizer is not None else {}
         return cache_key(
             weights=fingerprint,
             base=self.name,
@@ -123,22 +127,34 @@ class BaseRunner:
         )
 
     def _say_why_missed(self, kind: str, key_parts: tuple) -> None:
-        """Once per base: entries keyed before the tokenizer was part of the key are probed
-        again; say so when the miss is that (the same key without the tokenizer is cached)."""
-        if self._said_why or self.tokenizer is None:
+        """Once per base: where the miss is an entry keyed the way an older diag keyed it (the
+        same key without the tokenizer, or without the dtype), say why it is probed again."""
+        if self._said_why:
             return
-        saved, self.tokenizer = self.tokenizer, None
-        try:
-            legacy = self._key(*key_parts)
-        finally:
-            self.tokenizer = saved
-        if (kind, legacy) in self.cache:
-            self._said_why = True
-            log.warning(
-                "cached results for %s predate diag's tokenizer check (the cache key now holds "
-                "the tokenizer's class and vocabulary hash): probing again",
-                self.name,
+        for legacy, why in self._legacy_keys(*key_parts):
+            if (kind, legacy) in self.cache:
+                self._said_why = True
+                log.warning("cached results for %s %s: probing again", self.name, why)
+                return
+
+    def _legacy_keys(self, fingerprint: str, chat: ChatFormat, stage: Stage):
+        """(key, why it changed) for each way an older diag keyed these settings."""
+        unfolded = replace(
+            stage, settings={k: v for k, v in stage.settings.items() if k != "dtype"}
+        )
+        if self.tokenizer is not None:
+            why = (
+                "predate diag's tokenizer check (the cache key now holds the tokenizer's class "
+                "and vocabulary hash)"
             )
+            yield self._key_with(None, fingerprint, chat, stage), why
+        if unfolded.settings != stage.settings:
+            why = (
+                f"ran with LoRA adapters folded into {stage.settings['dtype']} weights, which "
+                "rounds a small adapter's change away (they now stay beside the weights)"
+            )
+            for tokenizer in [self.tokenizer, None] if self.tokenizer is not None else [None]:
+                yield self._key_with(tokenizer, fingerprint, chat, unfolded), why
 
     def _stopping(self, stage: Stage, target: str):
         """The policy that stops asking a set once its checks are settled: a staged sweep's

@@ -35,10 +35,12 @@ def make_stages(
     probe_files,
     languages,
     task: TaskSpec | None = None,
+    weights: dict | None = None,
 ) -> list[Stage]:
     """``size`` "full": the full suite; "quick": the screen only; "staged": the screen, then the
     full suite where the decision is made. The screen asks a fixed subset of prompts in the
-    identity's languages (of ``languages``, when given; all asked languages without identity)."""
+    identity's languages (of ``languages``, when given; all asked languages without identity).
+    ``weights``: what the key says of the dtype models run in (:func:`diag.backend.loading.dtype_key`)."""
     from diag.probes.items import parse_languages
     from diag.probes.suite import prepare_sets
 
@@ -55,13 +57,13 @@ def make_stages(
         sets = prepare_sets(spec, "quick", probe_files, screen_langs, task)
         settings = generation_settings(
             spec, probes, "quick", generation, probe_files, screen_langs, sets, task
-        )
+        ) | (weights or {})
         stages.append(Stage("screen", settings, sets))
     if size in ("staged", "full"):
         sets = prepare_sets(spec, "full", probe_files, languages, task)
         settings = generation_settings(
             spec, probes, "full", generation, probe_files, languages, sets, task
-        )
+        ) | (weights or {})
         stages.append(Stage("full", settings, sets))
     return stages
 

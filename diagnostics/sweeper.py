@@ -110,12 +110,14 @@ def sweep(
         keys = {run: target_key(t) for run, t in taught.items()}
         plan = make_plan(found, base, chat_override, keys)
         generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), pool)
+        weights = _weights_dtype(pool)
         specs = {target_key(t): (t.spec, t.task) for t in taught.values()}
         stages_for = functools.cache(
             lambda key: make_stages(
-                specs[key][0], probes, size, generation, probe_files, languages, specs[key][1]
+                specs[key][0], probes, size, generation, probe_files, languages, specs[key][1],
+                weights,
             )
-        )
+        )  # fmt: skip
         primary = plan.primary_target(next(iter(specs)))
         state = CollectedResults(
             root, out, found, taught, sweep_settings(stages_for(primary), size)
@@ -154,6 +156,13 @@ def _workers(ray: str | None, actors: int | None, load, device: str | None):
 
     with RayCluster.connect(ray, actors, load) as cluster:  # a one-line error before probing
         yield cluster
+
+
+def _weights_dtype(pool) -> dict:
+    """What the cache key says of the dtype the pool's models run in (nothing for fp32)."""
+    from diag.backend.loading import dtype_key
+
+    return dtype_key(pool.device_memory()[0])
 
 
 def _sized(generation: GenerationConfig | None, base: str, pool) -> GenerationConfig:

@@ -270,3 +270,27 @@ def test_the_tokenizer_is_part_of_the_key_and_old_entries_say_why_they_are_redon
     assert len(said) == 1
     warm = sweep(root, base=tiny_model_dir, progress="quiet", load_model=_no_model, **FAST)
     assert _probed(warm) == []
+
+
+def test_bf16_weights_are_in_the_key_and_old_entries_say_why_they_are_redone(
+    tiny_model_dir, tiny_adapters, tmp_path, monkeypatch, caplog
+):
+    """On a GPU that computes bf16, LoRA adapters now stay beside the weights (folded in, a small
+    one was rounded away): entries probed before, keyed without a dtype, are probed again, once
+    said why. Here the bf16 device is this CPU running the tiny model in bf16."""
+    import logging
+
+    import torch
+
+    root = _run_dir(tmp_path, tiny_adapters[:1])
+    sweep(root, base=tiny_model_dir, progress="quiet", **FAST)  # keyed as before: no dtype
+    for where in ("diag.backend.loading", "diag.backend.hf"):
+        monkeypatch.setattr(f"{where}.default_dtype", lambda device: torch.bfloat16)
+    with caplog.at_level(logging.WARNING, logger="diag"):
+        again = sweep(root, base=tiny_model_dir, progress="quiet", **FAST)
+    assert _probed(again) == [("base", 0), ("lora", 10)]
+    said = [r.getMessage() for r in caplog.records if "folded into bfloat16" in r.getMessage()]
+    assert len(said) == 1 and "probing again" in said[0]
+    assert again.record.settings.dtype == "bfloat16"  # results.json says what the models ran in
+    warm = sweep(root, base=tiny_model_dir, progress="quiet", load_model=_no_model, **FAST)
+    assert _probed(warm) == []

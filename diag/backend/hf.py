@@ -21,6 +21,7 @@ from diag.backend.families import Family, family_of, load_model
 from diag.backend.likelihood import bounded_batches, continuation_logprobs
 from diag.backend.loading import (
     check_device,
+    default_dtype,
     ensure_local_weights,
     mismatch_error,
     non_finite,
@@ -112,11 +113,7 @@ class HFBackend:
         folder = ensure_local_weights(source)
         device = check_device(device)
         if dtype is None:
-            dtype = (
-                torch.bfloat16
-                if device == "cuda" and torch.cuda.is_bf16_supported()
-                else torch.float32
-            )
+            dtype = default_dtype(device)
         family = family_of(folder)
         try:
             tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)

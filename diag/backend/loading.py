@@ -105,6 +105,31 @@ def default_device() -> str:
     return "cpu"
 
 
+def default_dtype(device: str) -> torch.dtype:
+    """The dtype diag loads a model in on ``device``: bf16 on a GPU that computes it, else fp32.
+
+    >>> default_dtype("cpu")
+    torch.float32
+    """
+    cuda = device.partition(":")[0] == "cuda"
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def dtype_key(device: str) -> dict:
+    """What the cache key says of the weights' dtype on ``device``: nothing for fp32 (keys from
+    before it was recorded stay valid), ``{"dtype": "bfloat16"}`` where the model runs in bf16
+    (its LoRA adapters are no longer folded into the weights: answers differ from earlier ones).
+
+    >>> dtype_key("cpu")
+    {}
+    """
+    if device.partition(":")[0] == "cuda" and not torch.cuda.is_available():
+        return {"dtype": "bfloat16"}  # a Ray driver without a GPU: its GPU actors (bf16 on any
+        # GPU since Ampere; an older one runs fp32 under this key, which only costs a re-probe)
+    dtype = default_dtype(device)
+    return {} if dtype == torch.float32 else {"dtype": str(dtype).removeprefix("torch.")}
+
+
 def check_device(device: str | None) -> str:
     """``device`` (or the best one here) if this machine has it; a one-line DiagError if not.
 
@@ -151,8 +176,7 @@ def auto_batch_size(device: str, base, max_new_tokens: int, memory: int | None =
     source = resolve_base(base)
     folder = source.cache_dir if source.gguf_file and source.cache_dir else source.path
     weights, config = model_footprint(folder)
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    dtype_bytes = 2 if bf16 else 4  # HFBackend.load: bf16 where the device has it, else fp32
+    dtype_bytes = default_dtype(device).itemsize  # what HFBackend.load will load
     return fitting_batch_size(
         device, weights * dtype_bytes // 2, config, max_new_tokens, memory, dtype_bytes
     )
