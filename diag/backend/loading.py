@@ -200,8 +200,16 @@ def fitting_batch_size(
             index = device.partition(":")[2]
             memory = torch.cuda.get_device_properties(int(index or 0)).total_memory
         else:
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            memory = _physical_memory()
     return fit_batch_size(memory, weight_bytes, config, max_new_tokens, dtype_bytes)
+
+
+def _physical_memory() -> int:
+    """This machine's RAM in bytes (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return 8 * 2**30
 
 
 def non_finite(named_tensors) -> str | None:
