@@ -9,6 +9,7 @@ For the base model and each LoRA CHECKPOINT (default: none, the base only), in o
 - ``last_by_slice``: ``shared_prefix`` with the prompt pass keeping its last position's logits by
   ``logits_to_keep=1`` (a strided slice: the output layer then ran as a batched product over one
   copy of its weight per row; diag before issue 28's third part); the answers must be identical;
+  ``prompt_pass_median_s`` times that pass alone both ways (median of 5, alternating);
 - with ``--naive``: what a one-process-per-checkpoint loop pays (a fresh Python process that
   loads the base, applies the adapter and generates), as lm-evaluation-harness runs do.
 Prints one JSON line per model and a summary with the ratios. Wall and CPU seconds are both
@@ -63,6 +64,20 @@ def last_by_slice():
         decoding._last_only = index
 
 
+def prompt_pass_seconds(lm, prompts, config, repeats: int = 5) -> dict:
+    """Median wall seconds of the prompt pass alone (one new token), by index (as now) and by
+    slice (before), the two alternating."""
+    import statistics
+
+    one = replace(config, max_new_tokens=1)
+    seconds: dict[str, list[float]] = {"by_index": [], "by_slice": []}
+    for _ in range(repeats):
+        for arm, times in seconds.items():
+            with last_by_slice() if arm == "by_slice" else contextlib.nullcontext():
+                times.append(timed(lm, prompts, one)[1])
+    return {arm: round(statistics.median(times), 3) for arm, times in seconds.items()}
+
+
 def naive_run(adapter: str | None) -> float:
     """Wall seconds of one fresh process: import, load the base, apply the adapter, generate."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -102,11 +117,13 @@ def main() -> None:
         shared, shared_wall, shared_cpu = timed(lm, prompts, config)
         with last_by_slice():
             sliced, sliced_wall, sliced_cpu = timed(lm, prompts, config)
+        prompt_pass = prompt_pass_seconds(lm, prompts, config)
         row = {
             "model": adapter or "base",
             "padded": {"wall_s": round(padded_wall, 2), "cpu_s": round(padded_cpu, 2)},
             "shared_prefix": {"wall_s": round(shared_wall, 2), "cpu_s": round(shared_cpu, 2)},
             "last_by_slice": {"wall_s": round(sliced_wall, 2), "cpu_s": round(sliced_cpu, 2)},
+            "prompt_pass_median_s": prompt_pass,
             "identical_answers": sum(
                 a.text == b.text == c.text for a, b, c in zip(padded, shared, sliced)
             ),
