@@ -180,15 +180,22 @@ def test_loglikelihood_on_model_code_that_ignores_the_cache_falls_back_and_says_
         assert [g.logprob for g in got] == pytest.approx([e.logprob for e in expected], abs=1e-5)
 
 
-def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters):
+def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters, tmp_path):
+    """Swapping adapters gives what a fresh load of each gives: between adapters with the same
+    LoRA settings (copied into the loaded one's modules) and with other settings (rank 8)."""
+    from tiny import build_lora_adapter
+
     config = GenerationConfig(max_new_tokens=10)
     a, b = tiny_adapters
+    wider = build_lora_adapter(tiny_model_dir, tmp_path / "rank-8", seed=7, r=8)
     swapping = HFBackend.load(tiny_model_dir, device="cpu")
     base0 = swapping.generate(PROMPTS, config)
     swapping.use_adapter(a)
     out_a1 = swapping.generate(PROMPTS, config)
     swapping.use_adapter(b)
     out_b = swapping.generate(PROMPTS, config)
+    swapping.use_adapter(wider)
+    out_wider = swapping.generate(PROMPTS, config)
     swapping.use_adapter(a)
     out_a2 = swapping.generate(PROMPTS, config)
     swapping.use_adapter(None)
@@ -202,6 +209,7 @@ def test_adapter_swap_equals_fresh_loads(tiny_model_dir, tiny_adapters):
     tokens = lambda gens: [g.text for g in gens]  # noqa: E731
     assert tokens(out_a1) == tokens(out_a2) == tokens(fresh(a))
     assert tokens(out_b) == tokens(fresh(b))
+    assert tokens(out_wider) == tokens(fresh(wider)) != tokens(out_a1)
     assert tokens(base0) == tokens(base1) == tokens(fresh(None))
     assert tokens(out_a1) != tokens(base0)  # the adapter really changes the answers
     assert len(swapping._adapter_names) == 1  # old adapters are deleted: memory stays flat

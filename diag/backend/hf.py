@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,22 @@ def shared_prefix(seqs: list[list[int]]) -> int:
     while n < limit and all(s[n] == seqs[0][n] for s in seqs):
         n += 1
     return n if n >= MIN_SHARED_PREFIX else 0
+
+
+# adapter_config.json fields that do not change how the adapter's weights are applied
+_NOT_LORA_SETTINGS = ("base_model_name_or_path", "revision", "inference_mode")
+
+
+def _lora_settings(adapter_dir: Path) -> dict | None:
+    """An adapter's LoRA settings (its adapter_config.json less where it came from); None where
+    it cannot be read."""
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in config.items() if k not in _NOT_LORA_SETTINGS}
 
 
 class HFBackend:
@@ -167,6 +184,8 @@ class HFBackend:
             self.use_adapter_weights(key, lora_config, state)
             return
         self._unmerge()
+        if self._reload_in_place(key):
+            return
         name = self._next_name()
         loaded = False
         try:
@@ -186,6 +205,35 @@ class HFBackend:
                 self._discard(name)  # a half-loaded adapter never lingers beside the next one
         self._check_finite(key, name)
         self._activate(key, name)
+
+    def _reload_in_place(self, key: str) -> bool:
+        """Copy the adapter in ``key`` into the loaded adapter's own LoRA modules, when both have
+        the same LoRA settings (a run's checkpoints do): peft would otherwise build every module
+        anew, 0.4 s of a 0.7 s swap on SmolLM2. False (nothing changed, or the loaded adapter
+        dropped) where it cannot: the caller loads it the usual way."""
+        if self._peft is None or len(self._adapter_names) != 1:
+            return False
+        loaded_key, name = next(iter(self._adapter_names.items()))
+        settings = _lora_settings(Path(key))
+        if settings is None or settings != _lora_settings(Path(loaded_key)):
+            return False
+        from peft.utils.save_and_load import load_peft_weights, set_peft_model_state_dict
+
+        self._active = None
+        del self._adapter_names[loaded_key]  # from here on its weights are being replaced
+        try:
+            state = load_peft_weights(key, device=self.device)
+            result = set_peft_model_state_dict(self._peft, state, adapter_name=name)
+        except (RuntimeError, ValueError, KeyError, OSError):
+            self._discard(name)
+            return False
+        missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+        if missing or result.unexpected_keys:
+            self._discard(name)
+            return False
+        self._check_finite(key, name)
+        self._activate(key, name)
+        return True
 
     def _discard(self, name: str) -> None:
         if self._peft is not None and name in getattr(self._peft, "peft_config", {}):
@@ -285,8 +333,9 @@ class HFBackend:
 
     def _unmerge(self) -> None:
         if self._merged:
-            self._peft.unmerge_adapter()  # peft's own bookkeeping: the layers are unmerged
-            self._restore_pristine()  # and the base weights exactly as loaded
+            self._restore_pristine()  # the base weights exactly as loaded
+            for _, module in self._tuner_layers():
+                module.merged_adapters = []  # peft's own bookkeeping: nothing is merged
             self._merged = False
 
     def _check_finite(self, key: str, name: str) -> None:
