@@ -237,7 +237,9 @@ def test_a_small_adapter_on_bf16_weights_keeps_its_effect(tiny_model_dir, tmp_pa
     assert abs(shift[torch.bfloat16] - shift[torch.float32]) < shift[torch.float32] / 3
 
 
-def test_adapter_shape_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
+def test_adapter_shape_mismatch_is_a_clear_error(tiny_model_dir, tiny_adapters, tmp_path):
+    """Also after an adapter with the same LoRA settings was loaded (its modules are reused for
+    the next one): the error is the same, and the next adapter answers as a fresh load does."""
     from tiny import build_lora_adapter, build_tiny_model
 
     other = build_tiny_model(tmp_path / "wider", seed=1, hidden_size=48)
@@ -245,6 +247,18 @@ def test_adapter_shape_mismatch_is_a_clear_error(tiny_model_dir, tmp_path):
     lm = HFBackend.load(tiny_model_dir, device="cpu")
     with pytest.raises(DiagError, match="does not fit base model"):
         lm.use_adapter(adapter)
+    a, b = tiny_adapters
+    lm.use_adapter(a)
+    with pytest.raises(DiagError, match="does not fit base model"):
+        lm.use_adapter(adapter)
+    lm.use_adapter(b)
+    fresh = HFBackend.load(tiny_model_dir, device="cpu")
+    fresh.use_adapter(b)
+    config = GenerationConfig(max_new_tokens=10)
+    assert [g.text for g in lm.generate(PROMPTS, config)] == [
+        g.text for g in fresh.generate(PROMPTS, config)
+    ]
+    assert len(lm._adapter_names) == 1
 
 
 def test_hub_id_without_network_says_how_to_fix():

@@ -221,15 +221,18 @@ class HFBackend:
 
         self._active = None
         del self._adapter_names[loaded_key]  # from here on its weights are being replaced
+        fits = False
         try:
             state = load_peft_weights(key, device=self.device)
             result = set_peft_model_state_dict(self._peft, state, adapter_name=name)
+            missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+            fits = not missing and not result.unexpected_keys
         except (RuntimeError, ValueError, KeyError, OSError):
-            self._discard(name)
-            return False
-        missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
-        if missing or result.unexpected_keys:
-            self._discard(name)
+            pass  # loaded the usual way, which says what is wrong with it
+        finally:
+            if not fits:
+                self._discard(name)  # half-replaced weights never linger
+        if not fits:
             return False
         self._check_finite(key, name)
         self._activate(key, name)
