@@ -109,8 +109,10 @@ def sweep(
         remove_stale_temp_files(out)
         keys = {run: target_key(t) for run, t in taught.items()}
         plan = make_plan(found, base, chat_override, keys)
-        generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), pool)
-        weights = _weights_dtype(pool)
+        # the device decides the batch size (--batch-size auto) and the dtype the key names
+        device, memory = pool.device_memory()
+        generation = _sized(generation, next(iter(plan.by_base()), DEFAULT_BASE), device, memory)
+        weights = _weights_dtype(device)
         specs = {target_key(t): (t.spec, t.task) for t in taught.values()}
         stages_for = functools.cache(
             lambda key: make_stages(
@@ -158,14 +160,16 @@ def _workers(ray: str | None, actors: int | None, load, device: str | None):
         yield cluster
 
 
-def _weights_dtype(pool) -> dict:
-    """What the cache key says of the dtype the pool's models run in (nothing for fp32)."""
+def _weights_dtype(device: str) -> dict:
+    """What the cache key says of the dtype models run in on ``device`` (nothing for fp32)."""
     from diag.backend.loading import dtype_key
 
-    return dtype_key(pool.device_memory()[0])
+    return dtype_key(device)
 
 
-def _sized(generation: GenerationConfig | None, base: str, pool) -> GenerationConfig:
+def _sized(
+    generation: GenerationConfig | None, base: str, device: str, memory: int | None
+) -> GenerationConfig:
     """``generation`` with ``--batch-size auto`` (None) sized to the device and the first base."""
     from diag.probes.suite import DEFAULT_GENERATION
 
@@ -174,7 +178,6 @@ def _sized(generation: GenerationConfig | None, base: str, pool) -> GenerationCo
     generation = generation or replace(DEFAULT_GENERATION, batch_size=None)
     if generation.batch_size is not None:
         return generation
-    device, memory = pool.device_memory()
     size = auto_batch_size(device, base, generation.max_new_tokens, memory)
     return replace(generation, batch_size=size)
 
