@@ -296,8 +296,8 @@ class HFBackend:
             # weights, 12 of 18 with it beside them. It stays beside them, in its own precision.
             return
         # Folded into the weights, a LoRA adapter costs nothing per token (unmerged it adds about
-        # a quarter to every forward pass on a CPU). Unmerging subtracts the product again, which
-        # is not exact, so the layers it touched get their saved base weights back afterwards.
+        # a quarter to every forward pass on a CPU). Subtracting the product again would not be
+        # exact, so unmerging puts the touched layers' saved base weights back (_unmerge).
         try:
             self._save_pristine()
             self._peft.merge_adapter([name])
