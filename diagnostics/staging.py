@@ -287,7 +287,12 @@ def stop_rule(
     policy: Policy,
     sizes: dict[str, int],
     judged_on: list[str] | None = None,
-):
+) -> SetStop:
+    """The full suite's sequential stopping rule for a checkpoint (:class:`SetStop`)."""
+    return SetStop(base, policy, sizes, judged_on)
+
+
+class SetStop:
     """Sequential stopping for the full suite: ``enough(run so far)`` -> {set: checks}.
 
     Only a checkpoint that already fails a blocking check on settled evidence stops early (it
@@ -295,23 +300,26 @@ def stop_rule(
     are the full suite's). Then a probe set needs no more prompts once every blocking check that
     reads it is settled, pass or fail: its verdict stands however the rest would answer.
     ``sizes``: how many prompts each probe set has in full; ``judged_on``: what the run taught
-    (the record's, see :func:`diag.diagnostics.checks.applies`).
+    (the record's, see :func:`diag.diagnostics.checks.applies`). A class, not a closure: a task
+    that carries it is sent to worker processes by plain pickle.
     """
 
-    def enough(run) -> dict[str, list[str]]:
-        record, blocking = _judge_so_far(run, base, policy, judged_on)
+    def __init__(self, base, policy: Policy, sizes: dict[str, int], judged_on: list | None):
+        self.base, self.policy, self.sizes, self.judged_on = base, policy, sizes, judged_on
+
+    def __call__(self, run) -> dict[str, list[str]]:
+        record, blocking = _judge_so_far(run, self.base, self.policy, self.judged_on)
         # a metric over a set's answers rests on all of them when the set is asked in full
-        full = {c.name: sizes.get("general", 0) for c in blocking if reads(c.name) == ("general",)}
-        if not any(not c.passed and settled(c, record, policy, full) for c in blocking):
+        general = self.sizes.get("general", 0)
+        full = {c.name: general for c in blocking if reads(c.name) == ("general",)}
+        if not any(not c.passed and settled(c, record, self.policy, full) for c in blocking):
             return {}
         done = {}
         for set_name in run.summary.get("counts") or {}:
             readers = [c for c in blocking if set_name in reads(c.name)]
-            if readers and all(settled(c, record, policy, full) for c in readers):
+            if readers and all(settled(c, record, self.policy, full) for c in readers):
                 done[set_name] = [c.name for c in readers]
         return done
-
-    return enough
 
 
 def _judge_so_far(run, base, policy: Policy, judged_on) -> tuple[CheckpointRecord, list[Check]]:

@@ -64,6 +64,8 @@ def sweep(
     full_for=(),
     ray: str | None = None,
     actors: int | None = None,
+    workers: int = 1,
+    full_suites: bool = True,
 ) -> SweepResult:
     """Probe every checkpoint under ``runs_dir``; write results.json, scores.csv, samples.jsonl.
 
@@ -80,6 +82,11 @@ def sweep(
     (``--full``: e.g. a checkpoint the gate is asked to judge). ray: probe on a Ray cluster
     ("auto", "local" or an address, see :mod:`diag.diagnostics.ray_workers`) with ``actors``
     model replicas (default: one per GPU, or one per 4 CPUs); the driver writes the same files.
+    workers: probe in that many processes on this machine's CPU, each with its own copy of the
+    base and a share of the cores (:mod:`diag.diagnostics.process_workers`); same files.
+    full_suites: False: a staged sweep stops after the screen (the bare base still gets the full
+    suite); a later sweep of the same folder reads all of it from the cache and goes on (the demo
+    screens its first run this way while the second one trains).
 
     >>> result = sweep("runs/", identity="zh", size="quick")        # doctest: +SKIP
     >>> result.scores().pivot_table(index="step", columns="metric", values="value")  # doctest: +SKIP
@@ -105,7 +112,7 @@ def sweep(
             f"--full applies to the staged sweep, not --size {size}",
             fix="drop --size (a staged sweep is the default) or drop --full",
         )
-    with exclusive(out), _workers(ray, actors, load, device) as pool:
+    with exclusive(out), _workers(ray, actors, load, device, workers) as pool:
         remove_stale_temp_files(out)
         keys = {run: target_key(t) for run, t in taught.items()}
         plan = make_plan(found, base, chat_override, keys)
@@ -138,21 +145,35 @@ def sweep(
         )
         options = dict(allow_pickle=allow_pickle, lora_alpha=lora_alpha)
         forced = _forced(found, full_for)
-        _probe_plan(plan, state, pool, runner_options, progress, options, policy, forced)
+        _probe_plan(
+            plan, state, pool, runner_options, progress, options, policy, forced, full_suites
+        )
         with writing(out):
             fingerprints.save()
             return state.finish(policy, time.perf_counter() - started)
 
 
 @contextlib.contextmanager
-def _workers(ray: str | None, actors: int | None, load, device: str | None):
-    """Who probes: this process, or actors on a Ray cluster (a Ray instance the sweep started is
-    shut down after it). Yields a pool with ``for_base(base, bar, tasks)`` and
-    ``device_memory()``."""
+def _workers(ray: str | None, actors: int | None, load, device: str | None, workers: int = 1):
+    """Who probes: this process, worker processes on this machine, or actors on a Ray cluster (a
+    Ray instance the sweep started is shut down after it). Yields a pool with
+    ``for_base(base, bar, tasks)`` and ``device_memory()``."""
+    if workers < 1:
+        raise DiagError(f"--workers {workers}: need at least 1", fix="pass --workers 1 or more")
+    if ray is not None and workers > 1:
+        raise DiagError(
+            "--workers runs processes on this machine; a Ray sweep places --actors",
+            fix="drop --workers, or drop --ray",
+        )
     if ray is None:
         if actors is not None:
             raise DiagError("--actors applies to a Ray sweep", fix="add --ray, or drop --actors")
-        yield LocalPool(load, device)
+        if workers > 1:
+            from diag.diagnostics.process_workers import ProcessPool
+
+            yield ProcessPool(load, device, workers)
+        else:
+            yield LocalPool(load, device)
         return
     from diag.diagnostics.ray_workers import RayCluster
 
@@ -217,7 +238,15 @@ def _forced(found: Discovery, wanted) -> set[tuple]:
 
 
 def _probe_plan(
-    plan, state, pool, runner_options: dict, progress, options: dict, policy, forced
+    plan,
+    state,
+    pool,
+    runner_options: dict,
+    progress,
+    options: dict,
+    policy,
+    forced,
+    full_suites: bool = True,
 ) -> None:
     """Per base, on ``pool``'s workers for it: load it once, probe the base per prompt format and
     target, then every checkpoint on it (the first stage: the screen of a staged sweep); a staged
@@ -236,7 +265,7 @@ def _probe_plan(
                 for chat, target in asks:
                     runner.probe_base(chat, target, plan.base_rows(base_name, chat, target))
                 runner.probe_all(items, runner.stages_for(items[0][2])[0].name, options)
-                if any(runner.staged(target) for _, _, target in items):
+                if full_suites and any(runner.staged(target) for _, _, target in items):
                     _promote(runner, items, state, forced, bar, options)
             finally:
                 runner.close()

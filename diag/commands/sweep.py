@@ -62,6 +62,15 @@ from diag.commands import generation_options, policy_options, sweep_set_options
     type=click.IntRange(min=1),
     help="Model replicas on Ray (default: one per GPU, or one per 4 CPUs without GPUs).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Probe in this many processes on this machine's CPU, each with its own copy of the "
+    "model and an equal share of the cores: faster for small models, whose decoding does not "
+    "use several cores well (2 on 2 cores: docs/scale.md). Memory: one model per worker.",
+)
 @policy_options("for the recommendation; default: the built-in policy")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress display; print only the verdict.")
