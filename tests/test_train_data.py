@@ -119,7 +119,9 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
     from collections import Counter
 
     import torch
+    from diag.train.demo_pipeline import demo_config
     from diag.train.general_data import self_rehearsal
+    from diag.train.recipe import rehearsal_cached
 
     from diag.backend.hf import HFBackend
     from diag.types import ChatFormat, GenerationConfig
@@ -150,6 +152,10 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
         assert learned[-1] == lm.tokenizer.eos_token_id  # the end of the answer is trained
         assert lm.tokenizer.decode(learned[:-1]).strip() == conv["messages"][1]["content"]
     assert self_rehearsal(lm, chat, max_length) == convs  # cached
+    # the demo's side process asks whether this entry exists by the run's config, not its model
+    config = demo_config([f"base={tiny_model_dir}", f"data.max_length={max_length}"])
+    assert config.system == chat.system and rehearsal_cached(config)
+    assert not rehearsal_cached(demo_config([f"base={tiny_model_dir}", "data.max_length=65"]))
     # by default the bank is asked in one batch; in batches of 5 the same answers are kept
     monkeypatch.setenv("DIAG_HOME", str(tmp_path / "batches"))
     assert self_rehearsal(lm, chat, max_length, batch_size=5) == convs
@@ -269,3 +275,27 @@ def test_cpu_busy_check_sees_other_processes_but_not_this_one():
         spinner.wait()
     assert busy is not None
     assert busy >= quiet + 0.6  # one spinning core shows up as about one core
+
+
+def test_self_rehearsal_that_fails_beside_the_training_costs_one_line(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    """The demo asks for the rehearsal in a second process while its first run trains. Where that
+    fails (here: the random tiny model ends no answer, so none fits), the block still runs, the
+    error is one line in the side log and one warning, and the demo does the work in order."""
+    from diag.train.beside import Beside
+    from diag.train.demo_pipeline import demo_config
+    from diag.train.recipe import rehearsal_cached, warm_rehearsal
+
+    monkeypatch.setenv("DIAG_HOME", str(tmp_path / "home"))
+    caplog.set_level("INFO", logger="diag")
+    config = demo_config([f"base={tiny_model_dir}", "data.max_length=64", "device=cpu"])
+    log_path = tmp_path / "logs" / "rehearsal.log"
+    ran = []
+    with Beside("self-rehearsal", (1, 1), log_path, warm_rehearsal, config):
+        ran.append("the training")
+    assert ran == ["the training"]
+    side = log_path.read_text()
+    assert "self-rehearsal produced no answers" in side and "Traceback" not in side
+    assert "self-rehearsal beside the training stopped (exit code 2" in caplog.text
+    assert not rehearsal_cached(config)

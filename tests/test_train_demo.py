@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from diag.train.beside import lanes
 
 from diag.cli import cli
 
@@ -30,6 +31,13 @@ def test_demo_trains_both_runs_sweeps_and_resumes(tiny_model_dir, general_file, 
     probed = {(c["run"], c["step"]) for c in results["checkpoints"] if c["step"]}
     assert probed == {(r, s) for r in ("undiluted", "diluted") for s in (2, 4)}
     assert all(c["status"] == "ok" for c in results["checkpoints"])
+    if lanes() is not None:  # 2 cores or more: the base and the undiluted run were screened
+        # beside the diluted run's training, and the sweep read them from the cache
+        side = (out / "logs" / "screen-undiluted.log").read_text()
+        assert "undiluted step 2" in side and "undiluted step 4" in side
+        rows = {(c["run"], c["step"]): c for c in results["checkpoints"]}
+        assert rows[("base", 0)]["cached"]
+        assert not rows[("diluted", 2)]["cached"] and not rows[("diluted", 4)]["cached"]
     assert "recommended:" in res.output and "parrot onset" in res.output
     assert "next: diag gate" in res.output
     timing = json.loads((out / "demo-timing.json").read_text())

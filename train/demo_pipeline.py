@@ -50,6 +50,68 @@ def demo_config(overrides=(), extra=()):
     return load_config(demo_config_path(), [*overrides, *extra])
 
 
+def _finished(config) -> bool:
+    """A finished run of exactly this config is in its output folder (the demo reuses it)."""
+    from diag.train.manifest import read_manifest
+
+    manifest = read_manifest(Path(config.output_dir))
+    return bool(
+        manifest
+        and manifest.get("status") == "complete"
+        and manifest.get("config") == config.to_dict()
+    )
+
+
+def _beside(name: str, configs: dict, split, out: Path, identity, size: str):
+    """What a second process does while run ``name`` trains (nothing where ``split`` is None):
+    the base's self-rehearsal answers the diluted run needs, while the undiluted run trains; the
+    bare base's probes and the undiluted run's screen, while the diluted run trains. Each is
+    cached where the next step looks for it, so the demo's results are what it computes in order.
+    """
+    import contextlib
+
+    from diag.train.beside import Beside
+    from diag.train.recipe import rehearsal_cached, warm_rehearsal
+
+    if split is None or _finished(configs[name]):
+        return contextlib.nullcontext()
+    logs = out / "logs"
+    diluted = configs["diluted"]
+    if name == "undiluted" and diluted.mix.rehearsal and not _finished(diluted):
+        if rehearsal_cached(diluted):
+            return contextlib.nullcontext()
+        return Beside("self-rehearsal", split, logs / "rehearsal.log", warm_rehearsal, diluted)
+    if name == "diluted":
+        return Beside(
+            "the screen of the undiluted run",
+            split,
+            logs / "screen-undiluted.log",
+            screen_first_run,
+            out / "runs" / "undiluted",
+            out / "results",
+            identity,
+            size,
+        )
+    return contextlib.nullcontext()
+
+
+def screen_first_run(runs: Path, results: Path, identity, size: str) -> None:
+    """Probe the bare base and screen one finished run into the demo's results cache (the final
+    sweep of both runs reads them back instead of probing them again)."""
+    from diag.diagnostics.sweeper import sweep
+
+    sweep(
+        runs,
+        identity=identity,
+        out=results,
+        size=size,
+        languages=identity.languages,
+        progress="plain",
+        settle_seconds=0.0,
+        full_suites=False,
+    )
+
+
 def _train_or_reuse(config, name: str) -> dict:
     """Train one run unless a finished one is already there; returns its timing."""
     from diag.train.manifest import read_manifest
@@ -57,11 +119,7 @@ def _train_or_reuse(config, name: str) -> dict:
 
     out = Path(config.output_dir)
     manifest = read_manifest(out)
-    if (
-        manifest
-        and manifest.get("status") == "complete"
-        and manifest.get("config") == config.to_dict()
-    ):
+    if _finished(config):
         log.info("%s: reusing the finished run in %s", name, out)
         return {**manifest.get("timing", {}), "reused": True}
     if out.exists():
@@ -105,18 +163,22 @@ def run_demo(
         raise DiagError(
             "the demo's diluted run needs mix.general_ratio > 0", fix="e.g. mix.general_ratio=0.5"
         )
-    for name, config in configs.items():
-        click_echo(
-            f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
-        )
-        timing[name] = _train_or_reuse(config, name)
-
-    from diag.diagnostics.sweeper import sweep
-    from diag.reports.build import write_report
+    from diag.train.beside import lanes
 
     from diag.identity import load_identity
 
     identity = load_identity(configs["undiluted"].identity)
+    split = lanes()  # on a multi-core CPU, a second process works beside the training
+    for name, config in configs.items():
+        click_echo(
+            f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
+        )
+        with _beside(name, configs, split, out, identity, size):
+            timing[name] = _train_or_reuse(config, name)
+
+    from diag.diagnostics.sweeper import sweep
+    from diag.reports.build import write_report
+
     languages = "/".join(identity.languages)
     click_echo(f"[sweep] probing every checkpoint of both runs ({size} set, {languages} prompts)")
     sweep_started = time.perf_counter()
@@ -128,6 +190,7 @@ def run_demo(
         languages=identity.languages,
         progress=progress,
         settle_seconds=0.0,
+        workers=2 if split else 1,
     )
     write_report(result)
     timing["sweep_seconds"] = round(time.perf_counter() - sweep_started, 1)

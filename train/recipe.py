@@ -156,6 +156,34 @@ def run_training(
     return _finish_run(out, trainer, train_seconds, started, probes, manifest_args)
 
 
+def rehearsal_cached(config: TrainConfig) -> bool:
+    """Whether the base's self-rehearsal answers for ``config`` are already cached."""
+    from diag.train.general_data import rehearsal_cache_path
+
+    from diag.models import resolve_base
+
+    name = resolve_base(config.base).name
+    chat = ChatFormat(system=config.system)
+    mix = config.mix
+    return rehearsal_cache_path(
+        name, chat, config.data.max_length, mix.rehearsal_max_new_tokens
+    ).is_file()
+
+
+def warm_rehearsal(config: TrainConfig) -> None:
+    """Generate and cache the base's self-rehearsal answers for ``config`` now, exactly as training
+    would (the same model load and chat format, so the same cache entry): the demo runs this in a
+    second process while its first run trains, and the second run then reads the cache."""
+    from diag.train.general_data import self_rehearsal
+
+    from diag.backend.hf import HFBackend
+
+    source, device, tokenizer, model = _load_base_model(config)
+    lm = HFBackend(model, tokenizer, source.name, device)
+    chat = ChatFormat(system=config.system)
+    self_rehearsal(lm, chat, config.data.max_length, config.mix.rehearsal_max_new_tokens)
+
+
 def _import_training_libraries() -> None:
     """Import torch, transformers and the training modules, in this order, before the run starts.
 
