@@ -158,16 +158,16 @@ class ProcessWorkers:
 
     def _hold(self, queue, running: dict, started: dict, took: list) -> float:
         """Seconds to keep the last task back (0: start it now). When one task is left and the
-        one other task running is about to end (by how long finished ones took), the last task
-        started after it on all the cores ends sooner than started now beside it on a share:
-        a demo full suite took 53 s on 1 of 2 cores and ~40 s on both. Never longer than that
-        estimate: a task that runs over it no longer holds the last one back."""
+        one other task running is in the last quarter of what finished tasks took, the last task
+        started after it on all the cores ends sooner than started now beside it on a share (a
+        demo full suite took 53 s on 1 of 2 cores, ~40 s on both). Held at most until the
+        running task is a quarter over that time: one that runs long holds nothing back."""
         if len(queue) != 1 or len(running) != 1 or not took or self.threads < 2:
             return 0.0
         typical = statistics.median(took)
         [conn] = running
-        left = typical - (time.perf_counter() - started[conn])
-        return left if 0 < left < typical / 4 else 0.0
+        ran = time.perf_counter() - started[conn]
+        return typical * 1.25 - ran if typical * 0.75 <= ran < typical * 1.25 else 0.0
 
     def _loaded(self, conn) -> None:
         del self.loading[conn]

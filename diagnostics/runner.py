@@ -205,11 +205,35 @@ class BaseRunner:
             self.state.add(record, run, cached=cached, cache_key=key, stage=widest.name)
         self.bar.done(label, cached, seconds=seconds)
 
-    def probe_all(self, items, stage_name: str, options: dict, exhaustive: bool = False) -> None:
+    def probe_all(
+        self, items, stage_name: str, options: dict, exhaustive: bool = False, early=None
+    ) -> None:
         """Probe ``items`` ((checkpoint, chat, target) triples) with the stage named
         ``stage_name``: cache hits at once, the rest through the workers; the partial results
         are written after each checkpoint. ``exhaustive``: ask every prompt, even where the
-        stage would stop early."""
+        stage would stop early. ``early(runs still probed)``: once the cache hits are in, more
+        items to measure with the full suite in the same batch (a staged sweep's promotions for
+        the runs already screened in full), started first, as the longest tasks."""
+        jobs, copies = self._jobs(items, stage_name, options, exhaustive)
+        if early is not None:
+            waiting = {str(job[0].ckpt.run) for job in jobs.values()}
+            first, more = self._jobs(early(waiting), "full", options, False)
+            jobs, copies = {**first, **jobs}, more + copies
+            if first:
+                self.bar.add(len(first), f"full suite for {len(first)} checkpoint(s) of runs "
+                             "already screened, beside the other screens")  # fmt: skip
+        if len(jobs) < len(items):  # cache hits (or unreadable weights) to keep at once
+            save_partial(self.state, self.fp)
+        for task, outcome in self.workers.run(list(jobs)):
+            self._finish(*jobs[task], outcome)
+            save_partial(self.state, self.fp)
+        if copies:  # cache hits now, or probed themselves where their original failed
+            self.probe_all(copies, stage_name, options, exhaustive)
+
+    def _jobs(self, items, stage_name: str, options: dict, exhaustive: bool):
+        """``items`` as probe jobs (task -> (task, record, key, stage)); cache hits are added at
+        once, and a checkpoint with the same weights as one already among the jobs is left for
+        later (``copies``), to be read from the cache."""
         jobs: dict[ProbeTask, tuple] = {}
         keys: set[str] = set()
         copies = []  # the same weights as a checkpoint already being probed: read from the cache
@@ -221,13 +245,7 @@ class BaseRunner:
             elif job is not None:
                 jobs[job[0]] = job
                 keys.add(job[2])
-        if len(jobs) < len(items):  # cache hits (or unreadable weights) to keep at once
-            save_partial(self.state, self.fp)
-        for task, outcome in self.workers.run(list(jobs)):
-            self._finish(*jobs[task], outcome)
-            save_partial(self.state, self.fp)
-        if copies:  # cache hits now, or probed themselves where their original failed
-            self.probe_all(copies, stage_name, options, exhaustive)
+        return jobs, copies
 
     def _prepare(
         self, ckpt: Checkpoint, chat: ChatFormat, target: str, stage: Stage, options, exhaustive

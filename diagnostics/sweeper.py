@@ -264,11 +264,32 @@ def _probe_plan(
             try:
                 for chat, target in asks:
                     runner.probe_base(chat, target, plan.base_rows(base_name, chat, target))
-                runner.probe_all(items, runner.stages_for(items[0][2])[0].name, options)
-                if full_suites and any(runner.staged(target) for _, _, target in items):
+                staged = full_suites and any(runner.staged(target) for _, _, target in items)
+                early = functools.partial(_screened, runner, items, state) if staged else None
+                runner.probe_all(
+                    items, runner.stages_for(items[0][2])[0].name, options, early=early
+                )
+                if staged:
                     _promote(runner, items, state, forced, bar, options)
             finally:
                 runner.close()
+
+
+def _screened(runner, items, state, waiting: set[str]) -> list:
+    """What the first round of promotion will measure in the runs that are screened already (every
+    checkpoint in the cache: ``waiting`` names the runs still to screen), so their full suites
+    run beside the other runs' screens. A run's promotions rest on its own checkpoints and the
+    base alone (:func:`diag.diagnostics.staging.to_promote`), so they are the same as after all
+    screens; :func:`_promote` then judges everything again."""
+    from diag.diagnostics.staging import key, to_promote
+
+    by_key = {(str(c.run), c.step, str(c.path)): (c, chat, t) for c, chat, t in items}
+    named = to_promote(state.record(False), runner.policy)
+    return [
+        by_key[key(r)]
+        for r in named
+        if r.screened_only and str(r.run) not in waiting and key(r) in by_key
+    ]
 
 
 def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> None:

@@ -4,6 +4,9 @@ grading, policy and onset; only the model is scripted (tests/simulated_runs.py).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from diag.diagnostics.sweeper import sweep
 from simulated_runs import RUNS, SimulatedModel, learned_then_parrot, random_run, write_run
@@ -20,6 +23,10 @@ def _sweep(root, base, out, size, model=None):
         progress="quiet",
         load_model=lambda name: model(name),
     )
+
+
+def sweep_record(out) -> list[dict]:
+    return json.loads((Path(out) / "results.json").read_text())["checkpoints"]
 
 
 def _decision(data: dict) -> dict:
@@ -241,3 +248,41 @@ def test_a_screen_that_shows_nothing_learned_yet_asks_nothing_else(tiny_model_di
     html = write_report(result).read_text(encoding="utf-8")
     said = "general: not asked (nothing learned yet: identity_recall fails for certain)"
     assert html.count(said) >= 4
+
+
+def test_runs_screened_already_get_their_full_suites_beside_the_other_screens(
+    tiny_model_dir, tmp_path, caplog
+):
+    """The demo screens its first run while the second trains; the sweep of both then finds that
+    run's screens in the cache. Its full suites start at once, ahead of the second run's screens
+    (on two workers they run side by side), and the result is a fresh staged sweep's."""
+    root = tmp_path / "runs"
+    for name in ("learned-then-parrot", "diluted"):
+        write_run(root, name, RUNS[name])
+    out = tmp_path / "results"
+    sweep(root / "learned-then-parrot", base=tiny_model_dir, identity="en", out=out,
+          progress="quiet", load_model=SimulatedModel, full_suites=False)  # fmt: skip
+    screened = [c for c in sweep_record(out) if c["step"]]
+    assert screened and {c["stage"] for c in screened} == {"screen"}
+
+    order = []
+
+    class Recorded(SimulatedModel):
+        def use_adapter(self, path) -> None:
+            if path is not None:
+                order.append(Path(path).parent.name)
+            super().use_adapter(path)
+
+    caplog.set_level("INFO", logger="diag")
+    both = sweep(root, base=tiny_model_dir, identity="en", out=out, progress="plain",
+                 load_model=Recorded)  # fmt: skip
+    assert "of runs already screened, beside the other screens" in caplog.text
+    first_diluted = order.index("diluted")
+    assert order[:first_diluted] and set(order[:first_diluted]) == {"learned-then-parrot"}
+    fresh = _sweep(root, tiny_model_dir, tmp_path / "fresh", "staged")
+    assert _decision(both.data) == _decision(fresh.data)
+
+    def measured(data):
+        return {(c["run"], c["step"], c["stage"]) for c in data["checkpoints"]}
+
+    assert measured(both.data) == measured(fresh.data)
