@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from diag.diagnostics.sweeper import sweep
 from faults import load_dying
-from tiny import build_lora_adapter
+from tiny import build_lora_adapter, settle
 
 from diag.cli import cli
 from diag.errors import DiagError
@@ -35,10 +33,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("process-runs") / "runs"
     for i, step in enumerate(STEPS):
         build_lora_adapter(tiny_model_dir, root / "lora" / f"checkpoint-{step}", seed=300 + i)
-    when = time.time() - 600
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            os.utime(Path(dirpath) / name, (when, when))
+    settle(root)
     return root
 
 

@@ -281,21 +281,30 @@ def test_self_rehearsal_that_fails_beside_the_training_costs_one_line(
     tiny_model_dir, tmp_path, monkeypatch, caplog
 ):
     """The demo asks for the rehearsal in a second process while its first run trains. Where that
-    fails (here: the random tiny model ends no answer, so none fits), the block still runs, the
-    error is one line in the side log and one warning, and the demo does the work in order."""
+    fails (here: the random tiny model ends no answer, so none fits), the training goes on at
+    once, the error is one line in the side log and one warning, and the demo does the work in
+    order."""
     from diag.train.beside import Beside
-    from diag.train.demo_pipeline import demo_config
-    from diag.train.recipe import rehearsal_cached, warm_rehearsal
+    from diag.train.demo_pipeline import demo_config, side_work
+    from diag.train.recipe import rehearsal_cached
+
+    from diag.identity import load_identity
 
     monkeypatch.setenv("DIAG_HOME", str(tmp_path / "home"))
     caplog.set_level("INFO", logger="diag")
     config = demo_config([f"base={tiny_model_dir}", "data.max_length=64", "device=cpu"])
-    log_path = tmp_path / "logs" / "rehearsal.log"
+    log_path = tmp_path / "logs" / "beside.log"
+    side_args = (config, True, tmp_path / "runs", tmp_path / "results", load_identity("en"))
     ran = []
-    with Beside("self-rehearsal", (1, 1), log_path, warm_rehearsal, config):
-        ran.append("the training")
-    assert ran == ["the training"]
+    with Beside("the rehearsal", (1, 1), log_path, side_work, *side_args, "staged",
+                events=("rehearsed", "trained")) as side:  # fmt: skip
+        ran.append("the first run")
+        side.set("trained")
+        side.wait("rehearsed")
+        ran.append("the second run")
+    assert ran == ["the first run", "the second run"]
     side = log_path.read_text()
     assert "self-rehearsal produced no answers" in side and "Traceback" not in side
-    assert "self-rehearsal beside the training stopped (exit code 2" in caplog.text
+    assert "[beside] self-rehearsal produced no answers" in caplog.text  # shown to the user
+    assert "the rehearsal beside the training stopped (exit code 2" in caplog.text
     assert not rehearsal_cached(config)

@@ -33,7 +33,7 @@ def test_demo_trains_both_runs_sweeps_and_resumes(tiny_model_dir, general_file, 
     assert all(c["status"] == "ok" for c in results["checkpoints"])
     if lanes() is not None:  # 2 cores or more: the base and the undiluted run were screened
         # beside the diluted run's training, and the sweep read them from the cache
-        side = (out / "logs" / "screen-undiluted.log").read_text()
+        side = (out / "logs" / "beside.log").read_text()
         assert "undiluted step 2" in side and "undiluted step 4" in side
         rows = {(c["run"], c["step"]): c for c in results["checkpoints"]}
         assert rows[("base", 0)]["cached"]

@@ -37,30 +37,47 @@ def lanes() -> tuple[int, int] | None:
 
 
 class Beside:
-    """``with Beside(what, split, log_path, fn, *args):`` runs ``fn(*args)`` in a second process
-    (``split[1]`` threads) while the block runs here on ``split[0]``; leaving the block waits for
-    it. ``fn`` and ``args`` must pickle (a module-level function)."""
+    """``with Beside(what, split, log_path, fn, *args) as side:`` runs ``fn(events, *args)`` in a
+    second process (``split[1]`` threads) while the block runs here on ``split[0]``; leaving the
+    block waits for it. ``events``: {name: multiprocessing Event} for each of ``events``, shared
+    with the block (:meth:`set`, :meth:`wait`). ``fn`` and ``args`` must pickle (a module-level
+    function). The side's output is replayed here at each :meth:`wait` and at the end."""
 
-    def __init__(self, what: str, split: tuple[int, int], log_path: Path, fn, *args):
+    def __init__(self, what: str, split: tuple[int, int], log_path: Path, fn, *args, events=()):
         self.what, self.split, self.log_path = what, split, Path(log_path)
-        self.fn, self.args = fn, args
+        self.fn, self.args, self.names = fn, args, tuple(events)
+        self.events: dict = {}
         self.process = None
         self.threads = 0
+        self.replayed = 0  # lines of the side's log already shown
 
     def __enter__(self) -> Beside:
         import torch
 
         self.threads = torch.get_num_threads()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_text("", encoding="utf-8")
         context = multiprocessing.get_context("spawn")
+        self.events = {name: context.Event() for name in self.names}
         self.process = context.Process(
             target=_side,
-            args=(str(self.log_path), self.split[1], self.fn, self.args),
+            args=(str(self.log_path), self.split[1], self.fn, (self.events, *self.args)),
             daemon=True,  # never outlives the demo
         )
         self.process.start()
         torch.set_num_threads(self.split[0])
         return self
+
+    def set(self, name: str) -> None:
+        """Tell the side process that ``name`` happened here."""
+        self.events[name].set()
+
+    def wait(self, name: str) -> None:
+        """Wait until the side process says ``name`` happened (or it ended without saying so)."""
+        while not self.events[name].wait(timeout=1.0):
+            if not self.process.is_alive():
+                break
+        self._replay()
 
     def __exit__(self, kind, exc, tb) -> None:
         import torch
@@ -72,23 +89,42 @@ class Beside:
                 return
             self.process.join()
             self._replay()
+            if self.process.exitcode != 0:
+                log.warning(
+                    "%s beside the training stopped (exit code %s, log: %s); what it did not "
+                    "finish is done next, in the usual order",
+                    self.what,
+                    self.process.exitcode,
+                    self.log_path,
+                )
         finally:
             torch.set_num_threads(self.threads)
 
     def _replay(self) -> None:
-        lines = []
-        if self.log_path.is_file():
-            lines = [x for x in self.log_path.read_text("utf-8", "replace").splitlines() if x]
-        for line in lines:
-            log.info("  [beside] %s", line)
-        if self.process.exitcode != 0:
-            log.warning(
-                "%s beside the training stopped (exit code %s, log: %s); the demo does it "
-                "next, in the usual order",
-                self.what,
-                self.process.exitcode,
-                self.log_path,
-            )
+        """Show the side's log lines not shown yet (whole lines only)."""
+        text = self.log_path.read_text("utf-8", "replace") if self.log_path.is_file() else ""
+        lines = text.split("\n")[:-1]  # the last piece is an unfinished line, or empty
+        for line in lines[self.replayed :]:
+            if line:
+                log.info("  [beside] %s", line)
+        self.replayed = max(self.replayed, len(lines))
+
+
+class Alone:
+    """What the demo runs with when nothing works beside it: :class:`Beside`'s interface, doing
+    nothing."""
+
+    def __enter__(self) -> Alone:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def set(self, name: str) -> None:
+        return None
+
+    def wait(self, name: str) -> None:
+        return None
 
 
 def _side(log_path: str, threads: int, fn, args) -> None:
@@ -96,7 +132,7 @@ def _side(log_path: str, threads: int, fn, args) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's: it stops this process
-    with open(log_path, "w", encoding="utf-8") as out:
+    with open(log_path, "a", encoding="utf-8") as out:
         os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
     # the streams stay open for the life of this process, as sys.stdout/sys.stderr always are

@@ -62,37 +62,46 @@ def _finished(config) -> bool:
     )
 
 
-def _beside(name: str, configs: dict, split, out: Path, identity, size: str):
-    """What a second process does while run ``name`` trains (nothing where ``split`` is None):
-    the base's self-rehearsal answers the diluted run needs, while the undiluted run trains; the
-    bare base's probes and the undiluted run's screen, while the diluted run trains. Each is
-    cached where the next step looks for it, so the demo's results are what it computes in order.
-    """
-    import contextlib
+def _side_lane(configs: dict, split, out: Path, identity, size: str):
+    """What a second process does while the runs train (:class:`diag.train.beside.Alone` where
+    ``split`` is None or the diluted run is finished): the base's self-rehearsal answers the
+    diluted run needs, while the undiluted run trains; then the bare base's probes and the
+    undiluted run's screen, while the diluted run trains. Each is cached where the next step
+    looks for it, so the demo's results are what it computes in order."""
+    from diag.train.beside import Alone, Beside
+    from diag.train.recipe import rehearsal_cached
 
-    from diag.train.beside import Beside
-    from diag.train.recipe import rehearsal_cached, warm_rehearsal
-
-    if split is None or _finished(configs[name]):
-        return contextlib.nullcontext()
-    logs = out / "logs"
     diluted = configs["diluted"]
-    if name == "undiluted" and diluted.mix.rehearsal and not _finished(diluted):
-        if rehearsal_cached(diluted):
-            return contextlib.nullcontext()
-        return Beside("self-rehearsal", split, logs / "rehearsal.log", warm_rehearsal, diluted)
-    if name == "diluted":
-        return Beside(
-            "the screen of the undiluted run",
-            split,
-            logs / "screen-undiluted.log",
-            screen_first_run,
-            out / "runs" / "undiluted",
-            out / "results",
-            identity,
-            size,
-        )
-    return contextlib.nullcontext()
+    if split is None or _finished(diluted):
+        return Alone()
+    rehearse = diluted.mix.rehearsal and not rehearsal_cached(diluted)
+    return Beside(
+        "the rehearsal and the undiluted run's screen",
+        split,
+        out / "logs" / "beside.log",
+        side_work,
+        diluted,
+        rehearse,
+        out / "runs" / "undiluted",
+        out / "results",
+        identity,
+        size,
+        events=("rehearsed", "trained"),
+    )
+
+
+def side_work(events, diluted, rehearse: bool, runs: Path, results: Path, identity, size: str):
+    """The demo's second process: the rehearsal answers (``rehearse``), said done at once; then,
+    once the undiluted run is trained, the bare base and that run's screen."""
+    from diag.train.recipe import warm_rehearsal
+
+    try:
+        if rehearse:
+            warm_rehearsal(diluted)
+    finally:
+        events["rehearsed"].set()
+    events["trained"].wait()
+    screen_first_run(runs, results, identity, size)
 
 
 def screen_first_run(runs: Path, results: Path, identity, size: str) -> None:
@@ -169,12 +178,16 @@ def run_demo(
 
     identity = load_identity(configs["undiluted"].identity)
     split = lanes()  # on a multi-core CPU, a second process works beside the training
-    for name, config in configs.items():
-        click_echo(
-            f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
-        )
-        with _beside(name, configs, split, out, identity, size):
+    with _side_lane(configs, split, out, identity, size) as side:
+        for name, config in configs.items():
+            if name == "diluted":
+                side.wait("rehearsed")  # the answers it mixes in
+            click_echo(
+                f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
+            )
             timing[name] = _train_or_reuse(config, name)
+            if name == "undiluted":
+                side.set("trained")  # its checkpoints can be screened now
 
     from diag.diagnostics.sweeper import sweep
     from diag.reports.build import write_report
