@@ -7,9 +7,10 @@ Why: on 2 cores a second thread speeds one job up far less than a second job run
 each lose about 10 %). Training gives the same weights on 1 thread as on 2 (checked bit for bit:
 420 of 420 LoRA tensors after 6 steps), so the runs are the ones a sequential demo trains.
 
-The side call's output goes to a log file, replayed under the main output once it is done; a
-side call that fails costs nothing but its time: what it would have cached is computed later,
-where it is needed, and the demo says so in one line.
+The side call's output goes to a log file, shown under the main output at each hand-over (the
+demo waits for the rehearsal answers before its second run) and at the end. A side call that
+fails costs nothing but its time: what it would have cached is computed later, where it is
+needed, and the demo says so in one line.
 """
 
 from __future__ import annotations
