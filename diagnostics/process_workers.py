@@ -82,6 +82,7 @@ class ProcessWorkers:
         self.idle: list = []  # connections of workers waiting for a task
         self.loading: dict = {}  # connection -> process, loading the base
         self.processes: dict = {}  # connection -> process, every live worker
+        self.busy: set = set()  # connections of workers with a task in flight
         self.load_deaths = 0
 
     def _start(self) -> None:
@@ -123,6 +124,7 @@ class ProcessWorkers:
                 conn, task = self.idle.pop(0), queue.popleft()
                 conn.send((task, self._share(len(queue), len(running))))
                 running[conn], started[conn] = task, time.perf_counter()
+                self.busy.add(conn)
             if not running and not self.loading:
                 self._spawn()  # every worker died: start another
             for conn in wait([*running, *self.loading], timeout=hold or None):
@@ -130,6 +132,7 @@ class ProcessWorkers:
                     self._loaded(conn)
                     continue
                 task = running.pop(conn)
+                self.busy.discard(conn)
                 message = _receive(conn)
                 if message is None:  # the process died (killed, out of memory)
                     self._bury(conn)
@@ -194,16 +197,21 @@ class ProcessWorkers:
         conn.close()
 
     def close(self) -> None:
-        for conn in self.processes:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)  # stop
+        """Stop every worker: an idle one when told to, a busy one (the sweep was interrupted, or
+        failed, while it worked on a task nobody will read) at once."""
+        for conn, process in self.processes.items():
+            if conn in self.busy:
+                process.terminate()
+            else:
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send(None)  # stop
         for conn, process in self.processes.items():
             process.join(timeout=10)
-            if process.is_alive():  # busy with a task the sweep no longer wants (Ctrl-C)
-                process.terminate()
+            if process.is_alive():
+                process.kill()
                 process.join(timeout=5)
             conn.close()
-        self.processes, self.idle, self.loading = {}, [], {}
+        self.processes, self.idle, self.loading, self.busy = {}, [], {}, set()
 
 
 def _receive(conn):

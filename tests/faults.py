@@ -9,6 +9,7 @@ mid-checkpoint, with half of its answers generated and nothing sent back.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from diag.backend.hf import HFBackend
@@ -34,6 +35,26 @@ class DyingBackend(HFBackend):
 def load_dying(name, *, marks: str, dies_once=(), dies_always=()):
     lm = DyingBackend.load(name, device="cpu")
     lm.marks, lm.dies_once, lm.dies_always = Path(marks), tuple(dies_once), tuple(dies_always)
+    return lm
+
+
+class StuckBackend(HFBackend):
+    """Answers the bare base; with an adapter active, it never finishes (a checkpoint that takes
+    far longer than anyone waits, for Ctrl-C tests). Each stuck process leaves a file in
+    ``marks`` named by its pid."""
+
+    marks: Path | None = None
+
+    def generate(self, prompts, config):
+        if self.active_adapter:
+            (self.marks / str(os.getpid())).touch()
+            time.sleep(3600)
+        return super().generate(prompts, config)
+
+
+def load_stuck(name, *, marks: str):
+    lm = StuckBackend.load(name, device="cpu")
+    lm.marks = Path(marks)
     return lm
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,44 @@ def test_the_last_task_waits_for_all_the_cores_only_when_the_other_is_about_to_e
     # more than one task left, or nothing finished yet to go by: never held
     assert workers._hold(["a", "b"], other, {"worker": now - 53}, took) == 0
     assert workers._hold(last, other, {"worker": now - 53}, []) == 0
+
+
+def test_ctrl_c_stops_the_sweep_and_its_busy_workers_at_once(runs, tiny_model_dir, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while both workers are busy: the sweep
+    ends within seconds, and no worker process is left behind."""
+    import signal
+    import subprocess
+
+    marks = tmp_path / "stuck"
+    marks.mkdir()
+    code = (
+        "import functools, sys\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from faults import load_stuck\n"
+        "from diag.diagnostics.sweeper import sweep\n"
+        f"sweep({str(runs)!r}, base={str(tiny_model_dir)!r}, identity='en', "
+        f"out={str(tmp_path / 'out')!r}, size='quick', progress='quiet', workers=2, "
+        f"load_model=functools.partial(load_stuck, marks={str(marks)!r}))\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.time() + 120
+        while len(list(marks.iterdir())) < 2:  # both workers stuck in a checkpoint
+            assert child.poll() is None and time.time() < deadline, child.stdout.read()
+            time.sleep(0.5)
+        os.killpg(child.pid, signal.SIGINT)
+        started = time.perf_counter()
+        out, _ = child.communicate(timeout=60)
+        assert time.perf_counter() - started < 8, "the busy workers were waited for"
+        assert child.returncode != 0 and "KeyboardInterrupt" in out  # the driver was stopped
+        stuck = [int(p.name) for p in marks.iterdir()]
+        assert not [pid for pid in stuck if os.path.exists(f"/proc/{pid}")], "a worker survived"
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
