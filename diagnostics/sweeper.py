@@ -275,6 +275,11 @@ def _probe_plan(
                 runner.close()
 
 
+def _by_key(items) -> dict:
+    """(checkpoint, chat, target) items by the staged sweep's key (run, step, path)."""
+    return {(str(c.run), c.step, str(c.path)): (c, chat, t) for c, chat, t in items}
+
+
 def _screened(runner, items, state, waiting: set[str]) -> list:
     """What the first round of promotion will measure in the runs that are screened already (every
     checkpoint in the cache: ``waiting`` names the runs still to screen), so their full suites
@@ -283,7 +288,7 @@ def _screened(runner, items, state, waiting: set[str]) -> list:
     screens; :func:`_promote` then judges everything again."""
     from diag.diagnostics.staging import key, to_promote
 
-    by_key = {(str(c.run), c.step, str(c.path)): (c, chat, t) for c, chat, t in items}
+    by_key = _by_key(items)
     named = to_promote(state.record(False), runner.policy)
     return [
         by_key[key(r)]
@@ -298,7 +303,7 @@ def _promote(runner, items, state, forced: set[tuple], bar, options: dict) -> No
     from diag.diagnostics.staging import key, to_promote
 
     policy = runner.policy
-    by_key = {(str(c.run), c.step, str(c.path)): (c, chat, t) for c, chat, t in items}
+    by_key = _by_key(items)
     first = sorted(k for k in forced if k in by_key)
     while True:
         named = to_promote(state.record(False), policy)
