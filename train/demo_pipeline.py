@@ -50,11 +50,12 @@ def demo_config(overrides=(), extra=()):
     return load_config(demo_config_path(), [*overrides, *extra])
 
 
-def _finished(config) -> bool:
-    """A finished run of exactly this config is in its output folder (the demo reuses it)."""
+def _finished(config, manifest=None) -> bool:
+    """A finished run of exactly this config is in its output folder (the demo reuses it).
+    ``manifest``: the run's manifest where the caller has read it already."""
     from diag.train.manifest import read_manifest
 
-    manifest = read_manifest(Path(config.output_dir))
+    manifest = manifest if manifest is not None else read_manifest(Path(config.output_dir))
     return bool(
         manifest
         and manifest.get("status") == "complete"
@@ -128,7 +129,7 @@ def _train_or_reuse(config, name: str) -> dict:
 
     out = Path(config.output_dir)
     manifest = read_manifest(out)
-    if _finished(config):
+    if _finished(config, manifest):
         log.info("%s: reusing the finished run in %s", name, out)
         return {**manifest.get("timing", {}), "reused": True}
     if out.exists():
