@@ -53,6 +53,16 @@ def test_config_reports_every_problem_at_once(tmp_path):
     assert "\n" not in msg  # one line
 
 
+def test_rehearsal_languages_must_be_the_banks():
+    assert load_config(None, ["mix.rehearsal_languages=[zh]"]).mix.rehearsal_languages == ["zh"]
+    for bad in ("[fr]", "[]", "en"):
+        with pytest.raises(DiagError) as err:
+            load_config(None, [f"mix.rehearsal_languages={bad}"])
+        message = str(err.value)
+        assert "'mix.rehearsal_languages' must be a non-empty list of the prompt bank's" in message
+        assert "languages ['en', 'zh']" in message
+
+
 def test_override_without_equals_is_a_clear_error():
     with pytest.raises(DiagError, match="not key=value"):
         load_config(None, ["lr"])
@@ -152,9 +162,16 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
         assert learned[-1] == lm.tokenizer.eos_token_id  # the end of the answer is trained
         assert lm.tokenizer.decode(learned[:-1]).strip() == conv["messages"][1]["content"]
     assert self_rehearsal(lm, chat, max_length) == convs  # cached
-    # the demo's side process asks whether this entry exists by the run's config, not its model
+    # the demo's side process asks whether this entry exists by the run's config, not its model;
+    # the demo rehearses in English only (mix.rehearsal_languages), a cache entry of its own
     config = demo_config([f"base={tiny_model_dir}", f"data.max_length={max_length}"])
-    assert config.system == chat.system and rehearsal_cached(config)
+    assert config.system == chat.system and config.mix.rehearsal_languages == ["en"]
+    assert not rehearsal_cached(config)
+    every = [f"base={tiny_model_dir}", f"data.max_length={max_length}"]
+    assert rehearsal_cached(demo_config([*every, "mix.rehearsal_languages=null"]))
+    english = self_rehearsal(lm, chat, max_length, languages=["en"])
+    assert english and all(c["id"].startswith("en-") for c in english)
+    assert rehearsal_cached(config)
     assert not rehearsal_cached(demo_config([f"base={tiny_model_dir}", "data.max_length=65"]))
     # by default the bank is asked in one batch; in batches of 5 the same answers are kept
     monkeypatch.setenv("DIAG_HOME", str(tmp_path / "batches"))

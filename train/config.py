@@ -57,6 +57,8 @@ class MixSettings:
     # answers that do not end within this many tokens are dropped, never truncated; None: as many
     # as data.max_length leaves after each prompt (an answer longer would be cut in training)
     rehearsal_max_new_tokens: int | None = None
+    # the bank's languages to rehearse in (e.g. [en]); None: every language the bank has
+    rehearsal_languages: list | None = None
 
 
 @dataclass
@@ -416,6 +418,16 @@ def _mix_problems(m: MixSettings) -> list[str]:
         p.append(f"'mix.sources' must be a list of file paths, got {shown(m.sources)}")
     else:
         p += [f"'mix.sources' file '{s}' not found" for s in m.sources if not Path(s).is_file()]
+    if m.rehearsal_languages is not None:
+        from diag.train.general_data import bank_languages
+
+        known = bank_languages()
+        langs = m.rehearsal_languages
+        if not isinstance(langs, list) or not langs or not all(lang in known for lang in langs):
+            p.append(
+                f"'mix.rehearsal_languages' must be a non-empty list of the prompt bank's "
+                f"languages {known}, got {shown(langs)}"
+            )
     if (
         _is_num(m.general_ratio)
         and m.general_ratio > 0

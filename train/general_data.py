@@ -26,12 +26,19 @@ log = logging.getLogger("diag")
 REHEARSAL_VERSION = 2
 
 
-def general_prompt_bank() -> list[dict]:
-    """The shipped general prompts: ``{"id", "language", "prompt"}`` rows."""
+def general_prompt_bank(languages: list[str] | None = None) -> list[dict]:
+    """The shipped general prompts: ``{"id", "language", "prompt"}`` rows, those in
+    ``languages`` only where given."""
     text = (
         resources.files("diag.train").joinpath("data", "general_prompts.jsonl").read_text("utf-8")
     )
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [r for r in rows if languages is None or r["language"] in languages]
+
+
+def bank_languages() -> list[str]:
+    """The languages the shipped prompt bank has, in order of first appearance."""
+    return list(dict.fromkeys(row["language"] for row in general_prompt_bank()))
 
 
 def load_conversations(path: str | Path) -> list[dict]:
@@ -49,10 +56,14 @@ def load_conversations(path: str | Path) -> list[dict]:
 
 
 def rehearsal_cache_path(
-    base_name: str, chat: ChatFormat, max_length: int, max_new_tokens: int | None
+    base_name: str,
+    chat: ChatFormat,
+    max_length: int,
+    max_new_tokens: int | None,
+    languages: list[str] | None = None,
 ) -> Path:
     """Where the base's answers for this (base, chat format, prompt bank, lengths) are cached."""
-    bank = json.dumps(general_prompt_bank(), ensure_ascii=False, sort_keys=True)
+    bank = json.dumps(general_prompt_bank(languages), ensure_ascii=False, sort_keys=True)
     key = json.dumps(
         [base_name, chat.to_dict(), bank, REHEARSAL_VERSION, max_length, max_new_tokens],
         ensure_ascii=False,
@@ -67,8 +78,10 @@ def self_rehearsal(
     max_length: int = 256,
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
+    languages: list[str] | None = None,
 ) -> list[dict]:
-    """The base model's own answers to the prompt bank, as conversations (cached after once).
+    """The base model's own answers to the prompt bank (its ``languages`` only, where given), as
+    conversations (cached after once).
 
     ``lm`` is a backend (``generate``, ``prompt_tokens``, ``tokenizer``) running the *base* model.
     Every answer is generated to its end, with room for as many tokens as a training example of
@@ -83,10 +96,10 @@ def self_rehearsal(
     """
     from diag.files import write_text_atomic
 
-    cache = rehearsal_cache_path(lm.name, chat, max_length, max_new_tokens)
+    cache = rehearsal_cache_path(lm.name, chat, max_length, max_new_tokens, languages)
     if cache.is_file():
         return [json.loads(line) for line in cache.read_text("utf-8").splitlines() if line.strip()]
-    bank = general_prompt_bank()
+    bank = general_prompt_bank(languages)
     prompts = [row["prompt"] for row in bank]
     # an answer longer than this would be cut in training: the end-of-turn token needs room too
     room = [max_length - n - 1 for n in lm.prompt_tokens(prompts, chat)]

@@ -64,7 +64,7 @@ def build_training_data(
     ``base_lm`` (a backend on the *base* model) is needed only for self-rehearsal.
     """
     from diag.train.dataset import mix_general
-    from diag.train.general_data import load_conversations, self_rehearsal
+    from diag.train.general_data import bank_languages, load_conversations, self_rehearsal
     from diag.train.identity_data import build_identity_conversations
 
     identity_convs = (
@@ -92,12 +92,17 @@ def build_training_data(
             if base_lm is None:
                 raise ValueError("self-rehearsal needs the base model")
             rehearsal = self_rehearsal(
-                base_lm, chat, config.data.max_length, mix.rehearsal_max_new_tokens
+                base_lm,
+                chat,
+                config.data.max_length,
+                mix.rehearsal_max_new_tokens,
+                languages=mix.rehearsal_languages,
             )
             general += rehearsal
             described["rehearsal"] = {
                 "conversations": len(rehearsal),
                 "max_new_tokens": mix.rehearsal_max_new_tokens,
+                "languages": mix.rehearsal_languages or bank_languages(),
                 "max_length": config.data.max_length,
             }
     taught = identity_convs + task_convs
@@ -166,7 +171,7 @@ def rehearsal_cached(config: TrainConfig) -> bool:
     chat = ChatFormat(system=config.system)
     mix = config.mix
     return rehearsal_cache_path(
-        name, chat, config.data.max_length, mix.rehearsal_max_new_tokens
+        name, chat, config.data.max_length, mix.rehearsal_max_new_tokens, mix.rehearsal_languages
     ).is_file()
 
 
@@ -181,7 +186,14 @@ def warm_rehearsal(config: TrainConfig) -> None:
     source, device, tokenizer, model = _load_base_model(config)
     lm = HFBackend(model, tokenizer, source.name, device)
     chat = ChatFormat(system=config.system)
-    self_rehearsal(lm, chat, config.data.max_length, config.mix.rehearsal_max_new_tokens)
+    mix = config.mix
+    self_rehearsal(
+        lm,
+        chat,
+        config.data.max_length,
+        mix.rehearsal_max_new_tokens,
+        languages=mix.rehearsal_languages,
+    )
 
 
 def _import_training_libraries() -> None:
