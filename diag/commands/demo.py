@@ -28,7 +28,7 @@ def demo(out: Path, size: str, overrides: tuple[str, ...]) -> None:
     """Train an identity into SmolLM2 twice (undiluted, diluted), sweep both, recommend one.
 
     \b
-    Runs offline on 2 CPU cores in about 8½ minutes when the machine is otherwise idle. Overrides
+    Runs offline on 2 CPU cores in about 7 minutes when the machine is otherwise idle. Overrides
     apply to both runs, e.g. `diag demo max_steps=80 save_every=10`. Re-running reuses finished
     runs and cached sweep results.
     """
