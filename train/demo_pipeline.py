@@ -26,6 +26,7 @@ from diag.files import write_json_atomic
 log = logging.getLogger("diag")
 
 RUNS = {"undiluted": 0.0, "diluted": None}  # None: the config's mix.general_ratio
+SETTLE_SECONDS = 3.0  # a demo checkpoint is written in well under a second
 
 
 @dataclass
@@ -66,9 +67,9 @@ def _finished(config, manifest=None) -> bool:
 def _side_lane(configs: dict, split, out: Path, identity, size: str):
     """What a second process does while the runs train (:class:`diag.train.beside.Alone` where
     ``split`` is None or the diluted run is finished): the base's self-rehearsal answers the
-    diluted run needs, while the undiluted run trains; then the bare base's probes and the
-    undiluted run's screen, while the diluted run trains. Each is cached where the next step
-    looks for it, so the demo's results are what it computes in order."""
+    diluted run needs; then, from the undiluted run's first checkpoint on, the bare base's probes
+    and that run's screen. Each is cached where the next step looks for it, so the demo's results
+    are what it computes in order."""
     from diag.train.beside import Alone, Beside
     from diag.train.recipe import rehearsal_cached
 
@@ -87,13 +88,14 @@ def _side_lane(configs: dict, split, out: Path, identity, size: str):
         out / "results",
         identity,
         size,
-        events=("rehearsed", "trained"),
+        events=("rehearsed", "saved", "trained"),
     )
 
 
 def side_work(events, diluted, rehearse: bool, runs: Path, results: Path, identity, size: str):
-    """The demo's second process: the rehearsal answers (``rehearse``), said done at once; then,
-    once the undiluted run is trained, the bare base and that run's screen."""
+    """The demo's second process: the rehearsal answers (``rehearsed`` is said when they are
+    cached, or failed); once the undiluted run has saved a checkpoint, the bare base and the
+    checkpoints on disk; once it is trained, the rest of its screen."""
     from diag.train.recipe import warm_rehearsal
 
     try:
@@ -101,13 +103,20 @@ def side_work(events, diluted, rehearse: bool, runs: Path, results: Path, identi
             warm_rehearsal(diluted)
     finally:
         events["rehearsed"].set()
+    events["saved"].wait()
+    # the run is still training: a checkpoint it writes now is left to the next call, and the
+    # one it has saved is older than that window once this call looks
+    time.sleep(SETTLE_SECONDS)
+    screen_first_run(runs, results, identity, size, settle_seconds=SETTLE_SECONDS)
     events["trained"].wait()
     screen_first_run(runs, results, identity, size)
 
 
-def screen_first_run(runs: Path, results: Path, identity, size: str) -> None:
-    """Probe the bare base and screen one finished run into the demo's results cache (the final
-    sweep of both runs reads them back instead of probing them again)."""
+def screen_first_run(
+    runs: Path, results: Path, identity, size: str, settle_seconds: float = 0.0
+) -> None:
+    """Probe the bare base and screen one run's checkpoints into the demo's results cache (the
+    final sweep of both runs reads them back instead of probing them again)."""
     from diag.diagnostics.sweeper import sweep
 
     sweep(
@@ -117,13 +126,14 @@ def screen_first_run(runs: Path, results: Path, identity, size: str) -> None:
         size=size,
         languages=identity.languages,
         progress="plain",
-        settle_seconds=0.0,
+        settle_seconds=settle_seconds,
         full_suites=False,
     )
 
 
-def _train_or_reuse(config, name: str) -> dict:
-    """Train one run unless a finished one is already there; returns its timing."""
+def _train_or_reuse(config, name: str, on_save=None) -> dict:
+    """Train one run unless a finished one is already there; returns its timing. ``on_save``:
+    called with the step each time a checkpoint is on disk."""
     from diag.train.manifest import read_manifest
     from diag.train.recipe import run_training
 
@@ -140,7 +150,9 @@ def _train_or_reuse(config, name: str) -> dict:
             )
         log.info("%s: discarding the unfinished/different run in %s", name, out)
         shutil.rmtree(out)
-    result = run_training(config, label=name)
+    from diag.train.save_schedule import OnSave
+
+    result = run_training(config, label=name, callbacks=[OnSave(on_save)] if on_save else None)
     return {
         "steps": result.steps,
         "train_seconds": round(result.seconds, 1),
@@ -186,9 +198,13 @@ def run_demo(
             click_echo(
                 f"[{name}] training {config.max_steps} steps, {saves(config)}, general_ratio {config.mix.general_ratio}"
             )
-            timing[name] = _train_or_reuse(config, name)
-            if name == "undiluted":
-                side.set("trained")  # its checkpoints can be screened now
+            # the undiluted run's checkpoints are screened beside the training, from the first one
+            first = name == "undiluted"
+            on_save = (lambda _step: side.set("saved")) if first else None
+            timing[name] = _train_or_reuse(config, name, on_save)
+            if first:
+                side.set("saved")  # (a reused run saved nothing now)
+                side.set("trained")
 
     from diag.diagnostics.sweeper import sweep
     from diag.reports.build import write_report

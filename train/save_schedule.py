@@ -1,5 +1,5 @@
 """The recipe's checkpoint schedule: every ``save_every`` steps (or at ``save_steps``) and at the
-final step.
+final step; and a hook that says when a checkpoint is on disk.
 
 A module of its own because it subclasses transformers' ``TrainerCallback``, and
 :mod:`diag.train.recipe` must import transformers only inside functions (``diag --help`` never
@@ -24,3 +24,14 @@ class SaveEvery(TrainerCallback):
         due = step in self.steps if self.steps is not None else step % self.every == 0
         if due or step >= state.max_steps:
             control.should_save = True
+
+
+class OnSave(TrainerCallback):
+    """Calls ``fn(step)`` each time a checkpoint is on disk (Trainer calls ``on_save`` once it has
+    written the checkpoint's files)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_save(self, args, state, control, **kwargs):
+        self.fn(state.global_step)
