@@ -3,7 +3,7 @@ then dropping what was cut (before issue 28) vs answering it whole within data.m
 batches of 64 (the probes' CPU batch) or in one batch (as it is now).
 
     .venv/bin/python benchmarks/bench_rehearsal.py [--repeats 1] [--max-length 256] [--out FILE]
-        [--arms before,batches64,after]
+        [--arms before,batches64,after,english]
 
 In one process, on one loaded base, arms alternating:
 
@@ -12,6 +12,8 @@ In one process, on one loaded base, arms alternating:
              a ``--max-length`` training example leaves after its prompt; kept only if it fits
              whole), in a fresh DIAG_HOME so nothing is cached
   after      ``self_rehearsal`` as it is: the same, the bank in as few batches as memory allows
+  english    ``after`` on the bank's English prompts only (``mix.rehearsal_languages: [en]``, as
+             the demo does)
 
 Prints per arm: wall seconds, prompts asked, answers kept, whether the kept answers equal the
 first self_rehearsal arm's, and the bank prompts whose answers did not fit (``--out`` keeps every
@@ -67,23 +69,29 @@ def main() -> None:
                     "answer_tokens": {r["id"]: g.new_tokens for r, g in zip(bank, gens)},
                 }
             else:
+                languages = ["en"] if arm == "english" else None
+                asked = general_prompt_bank(languages)
                 with tempfile.TemporaryDirectory() as home:
                     os.environ["DIAG_HOME"] = home
                     batch = 64 if arm == "batches64" else None
-                    kept = self_rehearsal(lm, chat, args.max_length, batch_size=batch)
+                    kept = self_rehearsal(
+                        lm, chat, args.max_length, batch_size=batch, languages=languages
+                    )
                 kept_ids = {c["id"] for c in kept}
                 first_kept = kept if first_kept is None else first_kept
+                ids = {r["id"] for r in asked}  # the first arm's answers to the same prompts
                 row = {
+                    "asked": len(asked),
                     "kept": len(kept),
-                    "same_kept_as_first": kept == first_kept,
-                    "not_fitting": [r["id"] for r in bank if r["id"] not in kept_ids],
+                    "same_kept_as_first": kept == [c for c in first_kept if c["id"] in ids],
+                    "not_fitting": [r["id"] for r in asked if r["id"] not in kept_ids],
                 }
             row = {
                 "arm": arm,
                 "repeat": repeat,
                 "seconds": round(time.perf_counter() - started, 1),
                 "asked": len(prompts),
-                **row,
+                **row,  # its own "asked" where it asks part of the bank
                 "load_average": os.getloadavg()[0],
             }
             print(json.dumps({k: v for k, v in row.items() if k != "answer_tokens"}), flush=True)
