@@ -35,6 +35,9 @@ def test_demo_trains_both_runs_sweeps_and_resumes(tiny_model_dir, general_file, 
         # beside the diluted run's training, and the sweep read them from the cache
         side = (out / "logs" / "beside.log").read_text()
         assert "undiluted step 2" in side and "undiluted step 4" in side
+        # once from the first checkpoint on, while that run still trained; then the rest
+        first, rest = side.split("taught: undiluted")[1:]
+        assert "base" in first and "cached" not in first and "base" in rest
         rows = {(c["run"], c["step"]): c for c in results["checkpoints"]}
         assert rows[("base", 0)]["cached"]
         assert not rows[("diluted", 2)]["cached"] and not rows[("diluted", 4)]["cached"]
