@@ -53,14 +53,22 @@ def test_config_reports_every_problem_at_once(tmp_path):
     assert "\n" not in msg  # one line
 
 
-def test_rehearsal_languages_must_be_the_banks():
+def test_rehearsal_languages_are_the_banks_or_the_identitys():
+    from diag.train.recipe import rehearsal_languages
+
     assert load_config(None, ["mix.rehearsal_languages=[zh]"]).mix.rehearsal_languages == ["zh"]
+    for identity, languages in (("en", ["en"]), ("zh", ["zh"])):
+        config = load_config(None, [f"identity={identity}", "mix.rehearsal_languages=identity"])
+        assert rehearsal_languages(config) == languages
+    assert rehearsal_languages(load_config(None, [])) is None  # the whole bank
     for bad in ("[fr]", "[]", "en"):
         with pytest.raises(DiagError) as err:
             load_config(None, [f"mix.rehearsal_languages={bad}"])
         message = str(err.value)
-        assert "'mix.rehearsal_languages' must be a non-empty list of the prompt bank's" in message
-        assert "languages ['en', 'zh']" in message
+        assert "'mix.rehearsal_languages' must be 'identity' or a non-empty list" in message
+        assert "languages ['en', 'zh'], got" in message
+    with pytest.raises(DiagError, match="needs an identity to take the languages from"):
+        load_config(None, ["identity=null", "mix.rehearsal_languages=identity"])
 
 
 def test_override_without_equals_is_a_clear_error():
@@ -131,7 +139,7 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
     import torch
     from diag.train.demo_pipeline import demo_config
     from diag.train.general_data import self_rehearsal
-    from diag.train.recipe import rehearsal_cached
+    from diag.train.recipe import rehearsal_cached, rehearsal_languages
 
     from diag.backend.hf import HFBackend
     from diag.types import ChatFormat, GenerationConfig
@@ -165,7 +173,7 @@ def test_rehearsal_answers_end_whole_inside_a_training_example_never_cut(
     # the demo's side process asks whether this entry exists by the run's config, not its model;
     # the demo rehearses in English only (mix.rehearsal_languages), a cache entry of its own
     config = demo_config([f"base={tiny_model_dir}", f"data.max_length={max_length}"])
-    assert config.system == chat.system and config.mix.rehearsal_languages == ["en"]
+    assert config.system == chat.system and rehearsal_languages(config) == ["en"]
     assert not rehearsal_cached(config)
     every = [f"base={tiny_model_dir}", f"data.max_length={max_length}"]
     assert rehearsal_cached(demo_config([*every, "mix.rehearsal_languages=null"]))

@@ -57,8 +57,9 @@ class MixSettings:
     # answers that do not end within this many tokens are dropped, never truncated; None: as many
     # as data.max_length leaves after each prompt (an answer longer would be cut in training)
     rehearsal_max_new_tokens: int | None = None
-    # the bank's languages to rehearse in (e.g. [en]); None: every language the bank has
-    rehearsal_languages: list | None = None
+    # the bank's languages to rehearse in: a list (e.g. [en]), "identity" (the languages of the
+    # identity taught), or None: every language the bank has
+    rehearsal_languages: list | str | None = None
 
 
 @dataclass
@@ -268,7 +269,7 @@ def validate(c: TrainConfig) -> list[str]:
         + _top_level_problems(c)
         + _schedule_problems(c)
         + _lora_problems(c.lora)
-        + _mix_problems(c.mix)
+        + _mix_problems(c.mix, c.identity)
         + _task_problems(c.data)
     )
 
@@ -409,8 +410,9 @@ def _lora_problems(lo: LoraSettings) -> list[str]:
     )
 
 
-def _mix_problems(m: MixSettings) -> list[str]:
-    """The ``mix`` section: the general-chat share, its source files, and where it comes from."""
+def _mix_problems(m: MixSettings, identity) -> list[str]:
+    """The ``mix`` section: the general-chat share, its source files, and where it comes from
+    (``identity``: the config's, for ``rehearsal_languages: identity``)."""
     p: list[str] = []
     if not (_is_num(m.general_ratio) and 0 <= m.general_ratio < 1):
         p.append(f"'mix.general_ratio' must be in [0, 1), got {shown(m.general_ratio)}")
@@ -418,15 +420,20 @@ def _mix_problems(m: MixSettings) -> list[str]:
         p.append(f"'mix.sources' must be a list of file paths, got {shown(m.sources)}")
     else:
         p += [f"'mix.sources' file '{s}' not found" for s in m.sources if not Path(s).is_file()]
-    if m.rehearsal_languages is not None:
+    langs = m.rehearsal_languages
+    if langs == "identity" and identity is None:
+        p.append(
+            "'mix.rehearsal_languages: identity' needs an identity to take the languages from; "
+            "list them instead, e.g. [en]"
+        )
+    elif langs not in (None, "identity"):
         from diag.train.general_data import bank_languages
 
         known = bank_languages()
-        langs = m.rehearsal_languages
         if not isinstance(langs, list) or not langs or not all(lang in known for lang in langs):
             p.append(
-                f"'mix.rehearsal_languages' must be a non-empty list of the prompt bank's "
-                f"languages {known}, got {shown(langs)}"
+                f"'mix.rehearsal_languages' must be 'identity' or a non-empty list of the prompt "
+                f"bank's languages {known}, got {shown(langs)}"
             )
     if (
         _is_num(m.general_ratio)

@@ -91,18 +91,19 @@ def build_training_data(
         if mix.rehearsal:
             if base_lm is None:
                 raise ValueError("self-rehearsal needs the base model")
+            languages = rehearsal_languages(config, identity)
             rehearsal = self_rehearsal(
                 base_lm,
                 chat,
                 config.data.max_length,
                 mix.rehearsal_max_new_tokens,
-                languages=mix.rehearsal_languages,
+                languages=languages,
             )
             general += rehearsal
             described["rehearsal"] = {
                 "conversations": len(rehearsal),
                 "max_new_tokens": mix.rehearsal_max_new_tokens,
-                "languages": mix.rehearsal_languages or bank_languages(),
+                "languages": languages or bank_languages(),
                 "max_length": config.data.max_length,
             }
     taught = identity_convs + task_convs
@@ -170,8 +171,9 @@ def rehearsal_cached(config: TrainConfig) -> bool:
     name = resolve_base(config.base).name
     chat = ChatFormat(system=config.system)
     mix = config.mix
+    languages = rehearsal_languages(config)
     return rehearsal_cache_path(
-        name, chat, config.data.max_length, mix.rehearsal_max_new_tokens, mix.rehearsal_languages
+        name, chat, config.data.max_length, mix.rehearsal_max_new_tokens, languages
     ).is_file()
 
 
@@ -192,8 +194,20 @@ def warm_rehearsal(config: TrainConfig) -> None:
         chat,
         config.data.max_length,
         mix.rehearsal_max_new_tokens,
-        languages=mix.rehearsal_languages,
+        languages=rehearsal_languages(config),
     )
+
+
+def rehearsal_languages(config: TrainConfig, identity=None) -> list[str] | None:
+    """The prompt bank's languages the base rehearses in (None: all of them). ``identity``: the
+    run's, where it is loaded already (for ``mix.rehearsal_languages: identity``)."""
+    languages = config.mix.rehearsal_languages
+    if languages != "identity":
+        return languages
+    from diag.identity import load_identity
+
+    identity = identity or load_identity(config.identity)
+    return list(identity.languages)  # an identity's languages are the bank's (en, zh)
 
 
 def _import_training_libraries() -> None:
